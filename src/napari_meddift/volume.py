@@ -1,10 +1,25 @@
-"""A CT volume with its geometry, in numpy order (z, y, x)."""
+"""A CT volume with its geometry, in numpy order (z, y, x).
+
+Reading and writing go through SimpleITK: NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd),
+NRRD (.nrrd) and DICOM series (a folder). Every user-fixable problem raises
+:class:`~napari_meddift.errors.MedDiftError` with one line naming the file and the way out.
+"""
 
 from __future__ import annotations
 
+import gzip
+import os
+import struct
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from .errors import MedDiftError
+
+#: File name endings :func:`read_volume` and :func:`write_volume` accept (a folder is read as DICOM).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
 @dataclass
@@ -25,3 +40,225 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def physical_size(self) -> tuple[float, float, float]:
+        """Extent of the voxel grid in mm, (z, y, x): shape * spacing (edge to edge)."""
+        return tuple(float(n) * float(s) for n, s in zip(self.shape, self.spacing))  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _geometry(vol: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(spacing_xyz, origin_xyz, direction) as float64 arrays."""
+    sp = np.asarray(vol.spacing, dtype=np.float64)[::-1]
+    org = np.asarray(vol.origin, dtype=np.float64)[::-1]
+    d = np.asarray(vol.direction, dtype=np.float64).reshape(3, 3)
+    return sp, org, d
+
+
+def voxel_to_world(vol: Volume, zyx) -> np.ndarray:
+    """Voxel indices (z, y, x), shape (3,) or (N, 3), to world mm in (z, y, x) order.
+
+    Same as ITK's ``TransformContinuousIndexToPhysicalPoint`` (direction honoured), with both
+    sides in zyx order: world_xyz = origin_xyz + direction @ (spacing_xyz * index_xyz).
+    """
+    p = np.asarray(zyx, dtype=np.float64)
+    if p.shape[-1:] != (3,):
+        raise MedDiftError(f"voxel_to_world needs points of shape (3,) or (N, 3), got {p.shape}")
+    sp, org, d = _geometry(vol)
+    w_xyz = org + (p[..., ::-1] * sp) @ d.T
+    return w_xyz[..., ::-1]
+
+
+def world_to_voxel(vol: Volume, zyx_mm) -> np.ndarray:
+    """World mm (z, y, x), shape (3,) or (N, 3), to continuous voxel indices (z, y, x)."""
+    p = np.asarray(zyx_mm, dtype=np.float64)
+    if p.shape[-1:] != (3,):
+        raise MedDiftError(f"world_to_voxel needs points of shape (3,) or (N, 3), got {p.shape}")
+    sp, org, d = _geometry(vol)
+    idx_xyz = ((p[..., ::-1] - org) @ np.linalg.inv(d).T) / sp
+    return idx_xyz[..., ::-1]
+
+
+# --------------------------------------------------------------------------- SimpleITK
+
+
+def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
+    """A :class:`Volume` from a 3D scalar SimpleITK image (checks dimension, size, values)."""
+    import SimpleITK as sitk
+
+    dim = image.GetDimension()
+    size = tuple(int(s) for s in image.GetSize())
+    comps = image.GetNumberOfComponentsPerPixel()
+    size_txt = "x".join(str(s) for s in size)
+    if comps != 1:
+        raise MedDiftError(
+            f"{source}: has {comps} values per voxel (vector/colour image); "
+            "give a single-channel (scalar) 3D CT instead"
+        )
+    if dim == 2:
+        raise MedDiftError(f"{source}: is a 2D image ({size_txt}); give a 3D volume (a NIfTI/MHA/NRRD file or a DICOM folder)")
+    if dim != 3:
+        raise MedDiftError(
+            f"{source}: is a {dim}D image ({size_txt}); extract one 3D volume (e.g. one 4D-CT phase) and load that"
+        )
+    if 0 in size:
+        raise MedDiftError(f"{source}: is empty (size {size_txt}); the file holds no voxels, re-export the volume")
+    if 1 in size:
+        raise MedDiftError(f"{source}: is a single slice (size {size_txt}), i.e. 2D; give a 3D volume")
+    arr = sitk.GetArrayFromImage(image)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise MedDiftError(f"{source}: holds {bad} NaN/inf voxel value(s); fix or replace them (e.g. with -1000 HU) and save again")
+    return Volume(
+        array=arr,
+        spacing=tuple(float(s) for s in image.GetSpacing()[::-1]),  # type: ignore[arg-type]
+        origin=tuple(float(o) for o in image.GetOrigin()[::-1]),  # type: ignore[arg-type]
+        direction=np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3),
+        name=name,
+    )
+
+
+def volume_to_sitk(volume: Volume):
+    """The SimpleITK image of a :class:`Volume` (float32, geometry kept)."""
+    import SimpleITK as sitk
+
+    arr = np.asarray(volume.array)
+    if arr.ndim != 3:
+        raise MedDiftError(f"volume '{volume.name}' has a {arr.ndim}D array {arr.shape}; a Volume must be 3D (z, y, x)")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
+    image.SetSpacing([float(s) for s in volume.spacing[::-1]])
+    image.SetOrigin([float(o) for o in volume.origin[::-1]])
+    image.SetDirection([float(v) for v in np.asarray(volume.direction, dtype=np.float64).reshape(9)])
+    return image
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in VOLUME_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def _stem(path: Path) -> str:
+    s = _suffix(path)
+    return path.name[: -len(s)] if s and path.name.lower().endswith(s) else path.name
+
+
+def _check_nifti(path: Path) -> None:
+    """Catch empty and truncated NIfTI files, which ITK's reader silently accepts."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(540)
+            total = len(head)
+            if path.name.lower().endswith(".gz"):
+                while chunk := f.read(1 << 22):
+                    total += len(chunk)
+            else:
+                total = os.path.getsize(path)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again") from None
+    if len(head) < 348:
+        raise MedDiftError(f"{path}: is too short to be a NIfTI file; copy or export it again")
+    for order in "<>":
+        if struct.unpack(order + "i", head[:4])[0] == 348:  # NIfTI-1
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = struct.unpack(order + "f", head[108:112])[0]
+            break
+        if struct.unpack(order + "i", head[:4])[0] == 540 and len(head) >= 540:  # NIfTI-2
+            dims = struct.unpack(order + "8q", head[16:80])
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            offset = struct.unpack(order + "q", head[168:176])[0]
+            break
+    else:
+        raise MedDiftError(f"{path}: is not a NIfTI file (bad header); check the file or its name ending")
+    ndim = int(dims[0])
+    if not 1 <= ndim <= 7:
+        raise MedDiftError(f"{path}: has a corrupt NIfTI header (dim[0]={ndim}); export the volume again")
+    shape = [int(d) for d in dims[1 : ndim + 1]]
+    if any(d <= 0 for d in shape):
+        raise MedDiftError(f"{path}: is empty (size {'x'.join(map(str, shape))}); the file holds no voxels, re-export the volume")
+    need = max(int(offset), 352) + int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 8) // 8
+    if total < need:
+        raise MedDiftError(
+            f"{path}: is truncated ({total} of {need} bytes of image data); copy or download it again"
+        )
+
+
+def _read_dicom_folder(path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(path)) or ()
+    except RuntimeError:
+        series = ()
+    if not series:
+        raise MedDiftError(
+            f"{path}: is a folder without a DICOM series; give a folder of DICOM slices or a .nii.gz/.mha/.nrrd file"
+        )
+    files = max((reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series), key=len)
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise MedDiftError(f"{path}: the DICOM series cannot be read ({msg}); check that all slices are complete") from None
+    return volume_from_sitk(image, name=path.name, source=str(path))
+
+
+def read_volume(path) -> Volume:
+    """Read a 3D CT: .nii/.nii.gz/.mha/.mhd/.nrrd file or a DICOM series folder.
+
+    Returns a float32 (z, y, x) :class:`Volume` with spacing/origin in zyx mm and ITK direction.
+    A folder holding several DICOM series gives the one with the most files.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MedDiftError(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        return _read_dicom_folder(path)
+    suffix = _suffix(path)
+    if suffix == ".dcm":
+        raise MedDiftError(f"{path}: is a single DICOM file; give the folder holding the whole series")
+    if suffix not in VOLUME_SUFFIXES:
+        raise MedDiftError(
+            f"{path}: unsupported file type '{suffix or path.name}'; use .nii/.nii.gz/.mha/.mhd/.nrrd or a DICOM folder"
+        )
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        text = str(exc)
+        if "size is zero" in text:
+            raise MedDiftError(f"{path}: is empty (an axis of size 0); the file holds no voxels, re-export the volume") from None
+        raise MedDiftError(f"{path}: cannot be read, the file is corrupt, truncated or not a {suffix} image; export it again") from None
+    return volume_from_sitk(image, name=_stem(path), source=str(path))
+
+
+def write_volume(volume: Volume, path) -> None:
+    """Write a :class:`Volume` as float32 to .nii/.nii.gz/.mha/.mhd/.nrrd, keeping its geometry."""
+    import SimpleITK as sitk
+
+    path = Path(path).expanduser()
+    suffix = _suffix(path)
+    if suffix not in VOLUME_SUFFIXES:
+        raise MedDiftError(f"{path}: cannot write '{suffix or path.name}'; use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd")
+    image = volume_to_sitk(volume)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(path))
+    except (OSError, RuntimeError) as exc:
+        raise MedDiftError(f"{path}: cannot be written ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}); check the folder exists and is writable") from None
