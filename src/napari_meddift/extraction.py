@@ -1,0 +1,97 @@
+"""Volume + backbone + settings -> descriptor store, reusing a store that already holds the answer."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .backbones.base import ExtractionSettings, ProgressCallback
+from .errors import MedDiftError
+from .store import DescriptorStore, cache_key, open_store, write_store
+from .volume import Volume
+
+
+def _accepts_preprocessing(backbone) -> bool:
+    try:
+        return "preprocessing" in inspect.signature(backbone.extract).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def find_reusable(path: str | os.PathLike, key: str) -> DescriptorStore | None:
+    """The complete store at ``path`` if its cache_key is ``key``; None otherwise."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        store = open_store(path)
+    except MedDiftError:
+        return None
+    return store if store.cache_key == key else None
+
+
+def extract_to_store(
+    volume: Volume,
+    backbone,
+    settings: ExtractionSettings,
+    path: str | os.PathLike,
+    preprocessing=None,
+    progress: ProgressCallback | None = None,
+    overwrite: bool = False,
+    dtype: str = "float16",
+) -> tuple[DescriptorStore, bool]:
+    """Extract descriptors of ``volume`` into the store at ``path``; returns (store, reused).
+
+    A complete store at ``path`` with the same cache key (same voxels, geometry, backbone,
+    weights and settings) is returned at once unless ``overwrite``. Otherwise the backbone runs
+    and the store is written atomically, replacing an older store only once the new one is whole.
+    ``progress(done, total, message)`` may raise :class:`~napari_meddift.errors.CancelledError`:
+    nothing is left behind then.
+    """
+    path = Path(path)
+    if preprocessing is not None and not _accepts_preprocessing(backbone):
+        raise MedDiftError(f"backbone {backbone.name!r} does not take preprocessing settings")
+    prep = preprocessing if preprocessing is not None else getattr(backbone, "preprocessing", None)
+    prep_dict = prep.to_dict() if hasattr(prep, "to_dict") else (dict(prep) if prep else {})
+    key = cache_key(volume, backbone.name, backbone.weights_hash, settings, prep_dict)
+
+    if not overwrite:
+        store = find_reusable(path, key)
+        if store is not None:
+            return store, True
+
+    last_total = [1]
+
+    def relay(done: int, total: int, message: str) -> None:
+        last_total[0] = total
+        if progress is not None:
+            progress(done, total, message)
+
+    kwargs = {"preprocessing": preprocessing} if preprocessing is not None else {}
+    levels = backbone.extract(volume, settings, progress=relay, **kwargs)
+    order = [n for n in backbone.level_names if n in levels] + [n for n in levels if n not in backbone.level_names]
+    levels = {n: levels[n] for n in order}
+    if progress is not None:
+        progress(last_total[0], last_total[0], "writing store")
+
+    attrs = {
+        "image_shape": list(volume.shape),
+        "spacing": [float(s) for s in volume.spacing],
+        "origin": [float(s) for s in volume.origin],
+        "direction": np.asarray(volume.direction, dtype=float).reshape(3, 3).tolist(),
+        "source": volume.name or "",
+        "backbone": backbone.name,
+        "weights_hash": backbone.weights_hash,
+        "timestep": int(settings.timestep),
+        "seed": int(settings.seed),
+        "samples": int(settings.samples),
+        "settings": settings.to_dict(),
+        "preprocessing": prep_dict,
+        "cache_key": key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return write_store(path, levels, attrs, dtype=dtype), False

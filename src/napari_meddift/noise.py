@@ -1,0 +1,61 @@
+"""The DDPM noise schedule MAISI was trained with (shared by the mini backbone).
+
+1000 steps, ``scaled_linear_beta`` from 0.0015 to 0.0195: alpha_bar(20) = 0.967, so the
+noise added at the default t=20 has standard deviation sqrt(1 - 0.967) = 0.18.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+from .errors import MedDiftError
+
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START = 0.0015
+BETA_END = 0.0195
+
+
+def make_scheduler():
+    """A fresh MONAI DDPMScheduler with the training schedule."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        schedule="scaled_linear_beta",
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        clip_sample=False,
+    )
+
+
+@lru_cache(maxsize=1)
+def _alphas_cumprod() -> torch.Tensor:
+    return make_scheduler().alphas_cumprod.to(torch.float64)
+
+
+def _check_t(t: int) -> int:
+    t = int(t)
+    if not 0 <= t < NUM_TRAIN_TIMESTEPS:
+        raise MedDiftError(f"timestep must be in 0..{NUM_TRAIN_TIMESTEPS - 1}, got {t}")
+    return t
+
+
+def noise_level(t: int) -> tuple[float, float]:
+    """(alpha_bar, noise std) at timestep t: x_t = sqrt(alpha_bar) x_0 + std * eps."""
+    ab = float(_alphas_cumprod()[_check_t(t)])
+    return ab, math.sqrt(1.0 - ab)
+
+
+def add_noise(latent: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise ``latent`` to timestep t (the forward diffusion q(x_t | x_0)).
+
+    The noise is drawn on the CPU from ``generator`` so a seed gives the same draw on any device.
+    """
+    t = _check_t(t)
+    noise = torch.randn(latent.shape, generator=generator, dtype=torch.float32, device="cpu")
+    noise = noise.to(device=latent.device, dtype=latent.dtype)
+    timesteps = torch.full((latent.shape[0],), t, dtype=torch.long, device=latent.device)
+    return make_scheduler().add_noise(original_samples=latent, noise=noise, timesteps=timesteps)

@@ -1,0 +1,278 @@
+"""Descriptor stores: one zarr v3 group per volume holding native-resolution feature levels.
+
+The public format is documented in ``docs/store-format.md``. Writes are atomic: a store is
+built in a sibling ``<name>.partial-<random>`` folder, marked ``complete`` last, then renamed
+into place, so a store that opens is always whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import STORE_FORMAT_VERSION, __version__
+from .errors import MedDiftError
+
+FORMAT = "napari-meddift-descriptors"
+#: spatial chunk edge; every chunk holds all channels of up to CHUNK^3 grid nodes
+CHUNK = 16
+_DTYPES = ("float16", "float32")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _jsonable(obj: Any) -> Any:
+    """Attributes as plain JSON types (tuples -> lists, numpy scalars -> Python)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = obj.to_dict() if hasattr(obj, "to_dict") else asdict(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):  # torch.Tensor without importing torch here
+        a = a.detach().to("cpu").float().numpy()
+    return np.asarray(a)
+
+
+def level_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(C, up to 16, 16, 16): a windowed query touches only the chunks around it."""
+    c, *spatial = (int(n) for n in shape)
+    return (c, *(max(1, min(CHUNK, n)) for n in spatial))
+
+
+def _is_our_group(path: Path) -> bool:
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return doc.get("node_type") == "group" and doc.get("attributes", {}).get("format") == FORMAT
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- cache key
+
+
+def cache_key(volume, backbone_name: str, weights_hash: str, settings: Any, preprocessing: Any = None) -> str:
+    """sha256 over the voxel data, geometry, backbone identity and settings.
+
+    ``settings.device`` is left out (where it ran does not change what was asked for).
+    """
+    arr = np.ascontiguousarray(np.asarray(volume.array, dtype=np.float32))
+    h = hashlib.sha256()
+    h.update(json.dumps(list(arr.shape)).encode())
+    h.update(memoryview(arr).cast("B"))
+    s = _jsonable(settings) if settings is not None else {}
+    if isinstance(s, dict):
+        s = {k: v for k, v in s.items() if k != "device"}
+    doc = {
+        "spacing": [float(x) for x in volume.spacing],
+        "origin": [float(x) for x in getattr(volume, "origin", (0, 0, 0))],
+        "direction": _jsonable(np.asarray(getattr(volume, "direction", np.eye(3)), dtype=float)),
+        "backbone": str(backbone_name),
+        "weights_hash": str(weights_hash),
+        "settings": s,
+        "preprocessing": _jsonable(preprocessing) if preprocessing is not None else None,
+        "format_version": STORE_FORMAT_VERSION,
+    }
+    h.update(json.dumps(doc, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- reading
+
+
+class DescriptorStore:
+    """A complete, validated store opened read-only. Use :func:`open_store`."""
+
+    def __init__(self, path: Path, group) -> None:
+        self.path = Path(path)
+        self._group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+
+    def __repr__(self) -> str:
+        return f"DescriptorStore({str(self.path)!r}, levels={list(self.level_names)})"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.attrs["image_shape"])  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.attrs["spacing"])  # type: ignore[return-value]
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.attrs.get("origin", (0.0, 0.0, 0.0)))  # type: ignore[return-value]
+
+    @property
+    def direction(self) -> np.ndarray:
+        return np.asarray(self.attrs.get("direction", np.eye(3).tolist()), dtype=float)
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(self.attrs["levels"])
+
+    @property
+    def cache_key(self) -> str | None:
+        return self.attrs.get("cache_key")
+
+    def level(self, name: str):
+        """The zarr array ``levels/<name>`` (C, z, y, x); reads are lazy, by chunk."""
+        if name not in self.level_names:
+            raise MedDiftError(f"store {self.path} has no level {name!r}; it has {', '.join(self.level_names)}")
+        return self._group[f"levels/{name}"]
+
+    def load_levels(self, names=None) -> dict[str, np.ndarray]:
+        """{name: float32 array (C, z, y, x)} for ``names`` (default: all, in fusion order)."""
+        names = self.level_names if names is None else tuple(names)
+        return {n: np.asarray(self.level(n)[...], dtype=np.float32) for n in names}
+
+    def read_box(self, name: str, slices) -> np.ndarray:
+        """float32 ``level[:, z0:z1, y0:y1, x0:x1]`` for spatial ``slices`` (reads touched chunks only)."""
+        slices = tuple(slices)
+        if len(slices) != 3:
+            raise ValueError("read_box needs three spatial slices (z, y, x)")
+        return np.asarray(self.level(name)[(slice(None), *slices)], dtype=np.float32)
+
+
+def open_store(path: str | os.PathLike) -> DescriptorStore:
+    """Open and validate a store; MedDiftError says what is wrong and how to fix it."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise MedDiftError(f"no descriptor store at {path}; run `meddift extract` first")
+    try:
+        group = zarr.open_group(str(path), mode="r", zarr_format=3)
+    except Exception as exc:  # noqa: BLE001 - any zarr failure means "not a store"
+        raise MedDiftError(f"{path} is not a zarr v3 group, so not a napari-meddift descriptor store") from exc
+    attrs = dict(group.attrs)
+    if attrs.get("format") != FORMAT:
+        raise MedDiftError(f"{path} is a zarr group but not a napari-meddift descriptor store")
+    version = attrs.get("format_version")
+    if version != STORE_FORMAT_VERSION:
+        raise MedDiftError(
+            f"{path} has descriptor store format version {version}; this napari-meddift "
+            f"({__version__}) reads version {STORE_FORMAT_VERSION}: extract the descriptors again"
+        )
+    if attrs.get("complete") is not True:
+        raise MedDiftError(f"{path} is an incomplete descriptor store (an interrupted write); extract again")
+    levels = attrs.get("levels")
+    if not isinstance(levels, list) or not levels:
+        raise MedDiftError(f"{path} lists no feature levels; extract again")
+    for key in ("image_shape", "spacing"):
+        if key not in attrs:
+            raise MedDiftError(f"{path} lacks the '{key}' attribute; extract again")
+    missing = []
+    for name in levels:
+        try:
+            arr = group[f"levels/{name}"]
+        except Exception:  # noqa: BLE001
+            missing.append(name)
+            continue
+        if not isinstance(arr, zarr.Array) or arr.ndim != 4:
+            missing.append(name)
+    if missing:
+        raise MedDiftError(f"{path} is damaged: level array(s) {', '.join(missing)} missing; extract again")
+    return DescriptorStore(path, group)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_store(
+    path: str | os.PathLike,
+    levels: Mapping[str, Any],
+    attrs: Mapping[str, Any],
+    dtype: str = "float16",
+) -> DescriptorStore:
+    """Write ``levels`` {name: (C, z, y, x)} and ``attrs`` atomically; return the opened store.
+
+    ``attrs`` must hold ``image_shape`` and ``spacing``; format, format_version, levels,
+    level_shapes, level_dtype, package_version, created and complete are filled in here.
+    An existing store at ``path`` is replaced only once the new one is complete; anything
+    that is not a napari-meddift store is never replaced.
+    """
+    import zarr
+
+    path = Path(path)
+    if dtype not in _DTYPES:
+        raise MedDiftError(f"store dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if not levels:
+        raise MedDiftError("no feature levels to write")
+    for key in ("image_shape", "spacing"):
+        if key not in attrs:
+            raise ValueError(f"write_store attrs need {key!r}")
+    if path.exists() and not _is_our_group(path):
+        raise MedDiftError(f"{path} exists and is not a napari-meddift descriptor store; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    partial = path.parent / f"{path.name}.partial-{secrets.token_hex(4)}"
+    old: Path | None = None
+    try:
+        group = zarr.open_group(str(partial), mode="w", zarr_format=3)
+        meta = _jsonable(dict(attrs))
+        meta.update(
+            format=FORMAT,
+            format_version=STORE_FORMAT_VERSION,
+            package_version=__version__,
+            levels=[str(n) for n in levels],
+            level_dtype=dtype,
+            complete=False,
+        )
+        meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        group.attrs.update(meta)  # the format is recognisable (and replaceable) from the start
+        lv = group.create_group("levels")
+        shapes = {}
+        for name, data in levels.items():
+            arr = _to_numpy(data)
+            if arr.ndim != 4:
+                raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {arr.shape}")
+            z = lv.create_array(str(name), shape=arr.shape, chunks=level_chunks(arr.shape), dtype=dtype)
+            z[...] = arr.astype(dtype, copy=False)
+            shapes[str(name)] = [int(n) for n in arr.shape]
+        group.attrs.update({"level_shapes": shapes})
+        group.attrs.update({"complete": True})  # last: only now is the store whole
+
+        if path.exists():
+            old = path.parent / f"{path.name}.old-{secrets.token_hex(4)}"
+            os.replace(path, old)
+        try:
+            os.replace(partial, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+                old = None
+            raise
+    except BaseException:
+        _rmtree(partial)
+        raise
+    if old is not None:
+        _rmtree(old)
+    return open_store(path)
