@@ -1,0 +1,85 @@
+"""`meddift demo`: the embedded default end to end, in napari or headless with a TRE table."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cache import default_cache_dir
+
+#: The methods compared by ``meddift demo --headless``: label -> (backbone, random_weights).
+DEMO_METHODS = {"mini": ("mini", False), "mini (random weights)": ("mini", True)}
+
+
+def extract_demo_stores(inhale, exhale, cache_dir: Path, random_weights: bool = False, progress=None):
+    """Descriptor stores of the demo pair from mini, cached: a second run reuses them at once."""
+    from .backbones import get_backbone
+    from .backbones.base import ExtractionSettings
+    from .extraction import extract_to_store
+
+    backbone = get_backbone("mini", random_weights=random_weights)
+    settings = ExtractionSettings(timestep=20, seed=0, samples=1, device="cpu")
+    tag = "mini-random" if random_weights else "mini"
+    stores = []
+    for name, volume in (("inhale", inhale), ("exhale", exhale)):
+        store, _ = extract_to_store(volume, backbone, settings, cache_dir / f"demo-{tag}-{name}.zarr",
+                                    progress=progress)
+        stores.append(store)
+    return stores[0], stores[1]
+
+
+def headless_report(cache_dir: Path, radius: int) -> dict:
+    """Extract, match the demo landmarks and return TRE summaries for identity and each method."""
+    from .demo import load_demo_pair
+    from .evaluation import summarize, tre_mm
+    from .matching import Matcher
+
+    inhale, exhale, src_pts, tgt_pts = load_demo_pair()
+    spacing = exhale.spacing
+    report: dict = {"n_landmarks": int(len(src_pts)), "radius": radius, "methods": {}}
+    report["methods"]["identity"] = summarize(tre_mm(src_pts, tgt_pts, spacing))
+    query = np.rint(src_pts).astype(int)
+    for label, (_, random_weights) in DEMO_METHODS.items():
+        t0 = time.perf_counter()
+        src_store, tgt_store = extract_demo_stores(inhale, exhale, cache_dir, random_weights)
+        t1 = time.perf_counter()
+        table = Matcher.from_stores(src_store, tgt_store).match_points(query, radius)
+        t2 = time.perf_counter()
+        summary = summarize(tre_mm(table.target_zyx, tgt_pts, spacing))
+        summary.update(extract_s=round(t1 - t0, 2), match_s=round(t2 - t1, 2))
+        report["methods"][label] = summary
+    return report
+
+
+def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radius: int = 8) -> int:
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    if headless:
+        report = headless_report(cache, radius)
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            from .evaluation import format_summary_table
+
+            print(f"demo pair: {report['n_landmarks']} landmarks, window radius {radius} voxels")
+            print(format_summary_table(report["methods"]))
+        return 0
+
+    from .demo import load_demo_pair
+
+    try:
+        import napari
+    except ImportError:  # pragma: no cover - depends on the install
+        print("meddift demo needs napari: pip install 'napari-meddift[all]' (or use --headless)", file=sys.stderr)
+        return 2
+    from ._qt.app import launch_explorer
+
+    inhale, exhale, src_pts, tgt_pts = load_demo_pair()
+    src_store, tgt_store = extract_demo_stores(inhale, exhale, cache)
+    launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=(src_pts, tgt_pts))
+    napari.run()
+    return 0
