@@ -1,0 +1,329 @@
+"""Extract descriptors (magicgui): image layers + backbone + settings -> cached descriptor stores.
+
+The work runs off the GUI thread (superqt's ``create_worker``, a QThreadPool worker); the core's
+``extract_to_store`` does everything (reuse of an identical store, atomic write). Cancel makes
+the progress callback raise :class:`~napari_meddift.errors.CancelledError` inside the core,
+which then leaves no store behind. Problems the user can fix appear in the widget's red label.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    Slider,
+    SpinBox,
+)
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ..backbones import backbone_levels
+from ..errors import CancelledError, MedDiftError
+from ..extraction import cached_store_path
+from ._layers import STORE_KEY, layer_to_volume
+
+__all__ = ["ExtractWidget"]
+
+NONE = "(none)"
+
+
+def _noise_text(t: int) -> str:
+    try:
+        from ..noise import noise_level
+
+        ab, std = noise_level(int(t))
+        return f"t={int(t)}: signal sqrt(alpha_bar) {ab ** 0.5:.3f}, noise std {std:.3f} (alpha_bar {ab:.3f})"
+    except Exception as exc:  # pragma: no cover - noise module missing
+        return f"t={int(t)} ({exc})"
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued connection)."""
+
+    progress = Signal(int, int, str)
+
+
+class ExtractWidget(Container):
+    """The "Extract descriptors" dock widget (a magicgui Container)."""
+
+    def __init__(self, napari_viewer):
+        from ..cache import default_cache_dir
+
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.source = ComboBox(label="Source image", choices=self._layer_choices, nullable=False)
+        self.target = ComboBox(label="Target image", choices=self._target_choices)
+        try:
+            from ..backbones import available_backbones
+
+            names = available_backbones()
+        except Exception:  # pragma: no cover
+            names = ["mini", "maisi"]
+        self.backbone = ComboBox(label="Backbone", choices=names, value="mini" if "mini" in names else names[0])
+        self.random_weights = CheckBox(text="random weights (control)", value=False)
+        self.weights = FileEdit(label="Weights", mode="r", value="", nullable=True,
+                                tooltip="mini: a .pt file (empty = packaged weights); MAISI: the folder holding "
+                                "autoencoder_epoch273.pt and diff_unet_3d_ddpm.pt")
+        self.timestep = Slider(label="Timestep", min=0, max=999, value=20, tracking=True)
+        self.noise_label = Label(value=_noise_text(20))
+        self.levels_box = Container(label="Levels", layout="vertical", labels=False)
+        self.samples = SpinBox(label="Noise samples", min=1, max=32, value=1)
+        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
+        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.cache_dir = FileEdit(label="Cache folder", mode="d", value=str(default_cache_dir()))
+        self.open_explorer = CheckBox(text="open both in the explorer when done", value=True)
+        self.run_button = PushButton(text="Extract")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
+        self.message = Label(value="")
+        self.error = Label(value="")
+        self.error.native.setStyleSheet("color: #ff6060;")
+        self.error.native.setWordWrap(True)
+        self.message.native.setWordWrap(True)
+        self.noise_label.native.setWordWrap(True)
+        self.extend([
+            self.source, self.target, self.backbone, self.random_weights, self.weights, self.timestep,
+            self.noise_label, self.levels_box, self.samples, self.seed, self.device, self.cache_dir,
+            self.open_explorer, self.run_button, self.cancel_button, self.progress, self.message, self.error,
+        ])
+        self._level_widgets: dict[str, tuple[CheckBox, FloatSpinBox]] = {}
+        self._rebuild_levels()
+        self.timestep.changed.connect(lambda v: setattr(self.noise_label, "value", _noise_text(v)))
+        self.backbone.changed.connect(self._on_backbone)
+        self.run_button.changed.connect(self.start)
+        self.cancel_button.changed.connect(self.cancel)
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self._cancel = threading.Event()
+        self._worker = None
+        self.running = False
+        self.last_result: dict | None = None
+        self.max_stall_ms = 0.0
+        self._stall_timer = QTimer()
+        self._stall_timer.setInterval(10)
+        self._stall_timer.timeout.connect(self._tick)
+        self._last_tick = 0.0
+        self.viewer.layers.events.inserted.connect(self._reset_choices)
+        self.viewer.layers.events.removed.connect(self._reset_choices)
+        self._reset_choices()
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and not ly.rgb and ly.ndim == 3]
+
+    def _layer_choices(self, *_):
+        return [ly.name for ly in self._image_layers()]
+
+    def _target_choices(self, *_):
+        return [NONE] + [ly.name for ly in self._image_layers()]
+
+    def _reset_choices(self, *_):
+        self.source.reset_choices()
+        self.target.reset_choices()
+        names = self._layer_choices()
+        if len(names) >= 2 and self.target.value in (None, NONE) and self.source.value != names[1]:
+            self.target.value = names[1]
+
+    def _rebuild_levels(self) -> None:
+        self.levels_box.clear()
+        self._level_widgets = {}
+        every, default = backbone_levels(self.backbone.value)
+        for name in every:
+            box = CheckBox(text=name, value=name in default)
+            w = FloatSpinBox(value=1.0, min=0.0, max=10.0, step=0.25, tooltip=f"fusion weight of {name}")
+            row = Container(layout="horizontal", labels=False, widgets=[box, w])
+            row.margins = (0, 0, 0, 0)
+            self.levels_box.append(row)
+            self._level_widgets[name] = (box, w)
+
+    def _on_backbone(self, name):
+        self._rebuild_levels()
+        self.weights.mode = "d" if name == "maisi" else "r"
+
+    # ------------------------------------------------------------------ settings
+
+    def chosen_levels(self) -> tuple[str, ...]:
+        return tuple(n for n, (box, _) in self._level_widgets.items() if box.value)
+
+    def level_weights(self) -> dict[str, float]:
+        return {n: float(w.value) for n, (box, w) in self._level_widgets.items() if box.value}
+
+    def settings(self):
+        from ..backbones.base import ExtractionSettings
+
+        levels = self.chosen_levels()
+        if not levels:
+            raise MedDiftError("choose at least one level to extract")
+        return ExtractionSettings(timestep=int(self.timestep.value), levels=levels, seed=int(self.seed.value),
+                                  samples=int(self.samples.value), device=str(self.device.value))
+
+    def _weights_path(self):
+        v = self.weights.value
+        if v is None or str(v) in ("", "."):
+            return None
+        return Path(v)
+
+    def make_backbone(self):
+        """Build the chosen backbone (in the worker thread: loading weights takes time)."""
+        from ..backbones import get_backbone
+
+        name = self.backbone.value
+        kw = {}
+        if name == "maisi" and "mid" in self.chosen_levels():
+            kw["include_mid"] = True
+        if self.random_weights.value:
+            return get_backbone(name, random_weights=True, **kw)
+        return get_backbone(name, weights=self._weights_path(), **kw)
+
+    # ------------------------------------------------------------------ run
+
+    def _jobs(self):
+        src_name = self.source.value
+        if not src_name or src_name not in self.viewer.layers:
+            raise MedDiftError("choose a source image layer (open a CT volume first)")
+        names = [src_name]
+        if self.target.value not in (None, NONE) and self.target.value != src_name:
+            names.append(self.target.value)
+        layers = [self.viewer.layers[n] for n in names]
+        return [(ly, layer_to_volume(ly)) for ly in layers]
+
+    def start(self, *_):
+        """Extract (or reuse) the store of the source and, if chosen, the target."""
+        from superqt.utils import create_worker
+
+        if self.running:
+            return None
+        self.error.value = ""
+        try:
+            jobs = self._jobs()
+            settings = self.settings()
+            cache = Path(self.cache_dir.value).expanduser()
+        except MedDiftError as exc:
+            self.error.value = str(exc)
+            return None
+        self._cancel.clear()
+        levels, weights = self.chosen_levels(), self.level_weights()
+
+        def work():
+            t0 = time.perf_counter()
+            try:
+                self._relay.progress.emit(0, 1, f"loading the {self.backbone.value} backbone...")
+                backbone = self.make_backbone()
+                out = []
+                for i, (layer, volume) in enumerate(jobs):
+                    path = cached_store_path(volume, backbone, settings, cache)
+                    prefix = f"[{i + 1}/{len(jobs)}] {layer.name}: "
+
+                    def progress(done, total, message, _p=prefix):
+                        if self._cancel.is_set():
+                            raise CancelledError("extraction cancelled; no store was written")
+                        self._relay.progress.emit(int(done), int(max(total, 1)), _p + str(message))
+
+                    progress(0, 1, "starting")
+                    from ..extraction import extract_to_store
+
+                    store, reused = extract_to_store(volume, backbone, settings, path, progress=progress)
+                    out.append((layer, store, reused))
+                return {"stores": out, "seconds": time.perf_counter() - t0}
+            except (MedDiftError, CancelledError):
+                raise
+            except MemoryError as exc:
+                raise MedDiftError(
+                    "out of memory while extracting; choose fewer levels, device cpu, or a smaller image") from exc
+            except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if "out of memory" in str(exc).lower():
+                    raise MedDiftError(
+                        "the GPU ran out of memory; choose device cpu or fewer levels, or close other GPU jobs") from exc
+                raise
+
+        # superqt's worker: errors go to our label only (napari's would also pop a traceback)
+        worker = create_worker(work, _start_thread=False, _connect={
+            "returned": lambda res: self._done(res, levels, weights),
+            "errored": self._failed,
+            "finished": self._finished,
+        })
+        self._worker = worker
+        self.running = True
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.value = 0
+        self.message.value = "starting..."
+        self.max_stall_ms = 0.0
+        self._last_tick = time.perf_counter()
+        self._stall_timer.start()
+        worker.start()
+        return worker
+
+    def cancel(self, *_):
+        """Stop at the next progress step; the core leaves no store behind."""
+        if self.running:
+            self._cancel.set()
+            self.message.value = "cancelling..."
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.max_stall_ms = max(self.max_stall_ms, (now - self._last_tick) * 1e3 - self._stall_timer.interval())
+        self._last_tick = now
+
+    def _on_progress(self, done, total, message):
+        self.progress.max = max(1, int(total))
+        self.progress.value = min(int(done), int(total))
+        self.message.value = message
+
+    def _done(self, res, levels, weights):
+        lines = []
+        for layer, store, reused in res["stores"]:
+            if isinstance(layer.metadata, dict):
+                layer.metadata[STORE_KEY] = str(store.path)
+                layer.metadata["meddift_levels"] = list(levels)
+                layer.metadata["meddift_weights"] = dict(weights)
+            lines.append(f"{layer.name}: {'reused existing store' if reused else 'extracted'} -> {store.path}")
+        self.progress.value = self.progress.max
+        self.last_result = res
+        self.message.value = "\n".join(lines) + f"\n({res['seconds']:.1f} s; GUI stall at most {self.max_stall_ms:.0f} ms)"
+        if self.open_explorer.value and len(res["stores"]) == 2:
+            self._open_in_explorer(res["stores"], levels, weights)
+
+    def _open_in_explorer(self, stores, levels, weights):
+        from ._explorer import ExplorerWidget, find_explorer
+
+        explorer = find_explorer(self.viewer)
+        try:
+            if explorer is None:
+                explorer = ExplorerWidget(self.viewer)
+                self.viewer.window.add_dock_widget(explorer, name="Correspondence explorer", area="right")
+            (sl, ss, _), (tl, ts, _) = stores
+            explorer.connect_pair(sl, tl, ss, ts)
+            explorer.set_levels(levels, weights)
+        except MedDiftError as exc:
+            self.error.value = str(exc)
+
+    def _failed(self, exc):
+        if isinstance(exc, CancelledError):
+            self.message.value = str(exc)
+            self.progress.value = 0
+        elif isinstance(exc, MedDiftError):
+            self.error.value = str(exc)
+            self.message.value = ""
+        else:
+            self.error.value = f"{type(exc).__name__}: {exc}"
+            self.message.value = ""
+
+    def _finished(self):
+        self._stall_timer.stop()
+        self.running = False
+        self._worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

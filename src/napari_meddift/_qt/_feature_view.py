@@ -1,0 +1,132 @@
+"""Feature view: the first three PCA components of the descriptors as RGB.
+
+Fitted jointly over source and target (``napari_meddift.pca``) so the same anatomy gets the
+same colour in both viewers: the usual way to look at DIFT features. Per level or fused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
+
+from ..errors import MedDiftError
+from ._explorer import find_explorer
+from ._layers import layer_store_path
+
+__all__ = ["FeatureViewWidget"]
+
+FUSED = "fused (levels chosen in the explorer)"
+
+
+class FeatureViewWidget(QWidget):
+    """The "Feature view (PCA)" dock widget; works on the explorer's connected pair."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.view = None
+        self._worker = None
+        lay = QVBoxLayout(self)
+        form = QFormLayout()
+        self.level_combo = QComboBox()
+        self.level_combo.addItem(FUSED)
+        form.addRow("Descriptors", self.level_combo)
+        self.grid_spin = QSpinBox()
+        self.grid_spin.setRange(16, 256)
+        self.grid_spin.setValue(96)
+        self.grid_spin.setSuffix(" voxels")
+        self.grid_spin.setToolTip("Largest display grid per axis (the finest native level grid, at most this)")
+        form.addRow("Display grid (max)", self.grid_spin)
+        lay.addLayout(form)
+        self.refresh_button = QPushButton("Refresh levels")
+        self.refresh_button.clicked.connect(self.refresh_levels)
+        self.compute_button = QPushButton("Show PCA (source and target)")
+        self.compute_button.clicked.connect(lambda: self.compute())
+        lay.addWidget(self.refresh_button)
+        lay.addWidget(self.compute_button)
+        self.info = QLabel("Connect a pair in the explorer, then show the PCA of its descriptors.")
+        self.info.setWordWrap(True)
+        lay.addWidget(self.info)
+        self.error_label = QLabel("")
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #ff6060;")
+        lay.addWidget(self.error_label)
+        lay.addStretch(1)
+        self.refresh_levels()
+
+    def refresh_levels(self):
+        ex = find_explorer(self.viewer)
+        names = ex.engine.available_levels if ex is not None and ex.engine is not None else []
+        cur = self.level_combo.currentText()
+        self.level_combo.clear()
+        self.level_combo.addItems([FUSED, *names])
+        if cur in [FUSED, *names]:
+            self.level_combo.setCurrentText(cur)
+
+    def _inputs(self):
+        ex = find_explorer(self.viewer)
+        if ex is None or ex.engine is None:
+            raise MedDiftError("open the Correspondence explorer and connect a pair first")
+        choice = self.level_combo.currentText()
+        levels = tuple(ex.state.levels) if choice == FUSED else (choice,)
+        weights = [float(ex.state.weights.get(n, 1.0)) for n in levels] if choice == FUSED else None
+        paths = [layer_store_path(ex.source_layer), layer_store_path(ex.target_layer)]
+        if any(p is None for p in paths):
+            raise MedDiftError("the PCA view reads the descriptor stores; connect the pair from stores")
+        return ex, levels, weights, paths
+
+    def compute(self, run_async: bool = True):
+        """Joint PCA of the chosen descriptors; RGB layers in both viewers (updated in place)."""
+        from superqt.utils import create_worker
+
+        self.error_label.setText("")
+        try:
+            ex, levels, weights, paths = self._inputs()
+        except MedDiftError as exc:
+            self.error_label.setText(str(exc))
+            return None
+        grid = int(self.grid_spin.value())
+
+        def work():
+            from ..pca import joint_pca_rgb
+            from ..store import open_store
+
+            stores = [open_store(p) for p in paths]
+            sets = [s.load_levels(levels) for s in stores]
+            return joint_pca_rgb(sets, [s.image_shape for s in stores], levels, weights=weights, max_grid=grid)
+
+        if not run_async:
+            self._show(ex, work())
+            return None
+        self.compute_button.setEnabled(False)
+        self.info.setText(f"computing the PCA of {'+'.join(levels)}...")
+        worker = create_worker(work, _start_thread=False, _connect={
+            "returned": lambda v: self._show(ex, v),
+            "errored": lambda e: self.error_label.setText(str(e)),
+            "finished": lambda: self.compute_button.setEnabled(True)})
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _show(self, ex, view) -> None:
+        from ..pca import grid_geometry
+
+        self.view = view
+        label = "+".join(view.levels)
+        for rgb, grid, layer, viewer in ((view.rgb[0], view.grids[0], ex.source_layer, ex.viewer),
+                                         (view.rgb[1], view.grids[1], ex.target_layer, ex.target_view.viewer)):
+            scale, translate = grid_geometry(grid, np.shape(layer.data)[-3:], layer.scale[-3:], layer.translate[-3:])
+            name = "PCA features"
+            if name in viewer.layers:
+                out = viewer.layers[name]
+                out.data = rgb
+                out.scale, out.translate = scale, translate
+            else:
+                out = viewer.add_image(rgb, name=name, rgb=True, scale=scale, translate=translate, opacity=0.7)
+            out.metadata["meddift_pca_levels"] = list(view.levels)
+            # keep the similarity map and markers on top in the target viewer
+            if viewer is not ex.viewer:
+                viewer.layers.move(viewer.layers.index(out), 1)
+        ex_var = ", ".join(f"{100 * e:.0f}%" for e in view.explained)
+        self.info.setText(f"PCA of {label} on grids {view.grids[0]} / {view.grids[1]}: "
+                          f"components explain {ex_var} of the variance (red, green, blue).")

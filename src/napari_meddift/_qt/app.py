@@ -1,0 +1,54 @@
+"""``launch_explorer``: napari with a pair loaded and the explorer ready (used by ``meddift demo``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._layers import volume_layer_kwargs
+
+__all__ = ["launch_explorer"]
+
+
+def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer=None, show: bool = True):
+    """Open napari with ``source`` (main canvas) and ``target`` (docked second canvas) ready to explore.
+
+    ``source``/``target``: :class:`~napari_meddift.volume.Volume`; ``src_store``/``tgt_store``:
+    descriptor stores (or their paths); ``landmarks``: optional (source_zyx, target_zyx) voxel
+    arrays, listed in the Landmarks widget. Returns the ``napari.Viewer`` (call ``napari.run()``).
+    """
+    import napari
+
+    from ._explorer import ExplorerWidget
+    from ._feature_view import FeatureViewWidget
+    from ._landmarks import LandmarksWidget
+
+    if viewer is None:
+        viewer = napari.Viewer(title="MedDIFT correspondence explorer", show=show)
+    src_layer = viewer.add_image(source.array, **volume_layer_kwargs(source, name=source.name or "source"))
+    tgt_layer = viewer.add_image(target.array, **volume_layer_kwargs(target, name=target.name or "target",
+                                                                    visible=False))
+    if tgt_layer.name == src_layer.name:
+        tgt_layer.name = f"{tgt_layer.name} (target)"
+    explorer = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(explorer, name="Correspondence explorer", area="right")
+    explorer.connect_pair(src_layer, tgt_layer, src_store, tgt_store)
+    docks = []
+    if landmarks is not None:
+        lw = LandmarksWidget(viewer)
+        docks.append(viewer.window.add_dock_widget(lw, name="Landmarks", area="right"))
+        src_pts, tgt_pts = landmarks
+        lw.set_pairs(np.asarray(src_pts, float), np.asarray(tgt_pts, float))
+        explorer.landmarks_widget = lw
+    fv = FeatureViewWidget(viewer)
+    docks.append(viewer.window.add_dock_widget(fv, name="Feature view (PCA)", area="right"))
+    explorer.feature_view = fv
+    # [layers | source canvas | target canvas | explorer, landmarks, feature view as tabs]
+    explorer.arrange_docks(docks)
+    # start at the centre of the source with a first map on screen
+    centre = tuple(int(s) // 2 for s in np.shape(src_layer.data))
+    explorer.show_query(centre)
+    viewer.layers.selection.active = src_layer
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(150, viewer.reset_view)  # once the docks have their final sizes
+    return viewer

@@ -1,0 +1,192 @@
+"""Correspondence explorer: real mouse callback -> core search -> layers updated in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari_meddift.matching import Matcher  # noqa: E402
+
+SHAPE = (20, 24, 22)
+
+
+def _levels(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "up0": torch.randn(16, 5, 6, 6, generator=g),
+        "up1": torch.randn(8, 10, 12, 11, generator=g),
+        "up2": torch.randn(4, 20, 24, 22, generator=g),
+    }
+
+
+class _Event:
+    """What napari hands a mouse callback (the fields our callbacks read)."""
+
+    def __init__(self, position, type="mouse_move", view_direction=None, dims_displayed=(1, 2)):
+        self.position = tuple(float(p) for p in position)
+        self.type = type
+        self.view_direction = view_direction
+        self.dims_displayed = list(dims_displayed)
+        self.modifiers = ()
+        self.handled = False
+
+
+@pytest.fixture
+def explorer(make_napari_viewer, qtbot):
+    from napari_meddift._qt._explorer import ExplorerWidget
+
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(0)
+    spacing, origin = (2.0, 1.5, 1.25), (-10.0, 5.0, 3.0)
+    src = viewer.add_image(rng.random(SHAPE, dtype=np.float32), name="source", scale=spacing, translate=origin)
+    tgt = viewer.add_image(rng.random(SHAPE, dtype=np.float32), name="target", scale=spacing, translate=origin,
+                           visible=False)
+    w = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Correspondence explorer")
+    matcher = Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
+    w.connect_pair(src, tgt, matcher=matcher)
+    w.radius_spin.setValue(4)
+    yield viewer, w, src, tgt, Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
+    w.close_explorer()
+
+
+def _move(qtbot, viewer, w, src, vox):
+    world = src.data_to_world(np.asarray(vox, float))
+    viewer.dims.point = tuple(world)  # the slice the user is looking at
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        for cb in list(viewer.mouse_move_callbacks):
+            cb(viewer, _Event(world))
+    return world
+
+
+def test_mouse_move_updates_match_and_map_like_the_core(explorer, qtbot):
+    viewer, w, src, tgt, ref = explorer
+    fused = w._layers["fused"]
+    n_layers_target = len(w.target_view.viewer.layers)
+    n_layers_main = len(viewer.layers)
+    for vox in [(10, 12, 11), (3, 20, 5)]:
+        _move(qtbot, viewer, w, src, vox)
+        sim = ref.similarity(vox, 4, per_level=True)
+        m = ref.match(vox, 4)
+        np.testing.assert_allclose(fused.data, sim.fused, atol=1e-6)
+        expect_t = np.asarray(tgt.data_to_world(np.asarray(sim.offset, float)))
+        np.testing.assert_allclose(fused.translate, expect_t)
+        np.testing.assert_allclose(fused.scale, tgt.scale)
+        assert tuple(fused.contrast_limits) == (-1.0, 1.0)
+        assert tuple(w.result.target_zyx) == tuple(m.target_zyx)
+        assert w.result.score == pytest.approx(m.score, abs=1e-6)
+        np.testing.assert_array_equal(w._layers["match"].data, [m.target_zyx])
+        np.testing.assert_array_equal(w._layers["query"].data, [vox])
+        # the target viewer followed the match: its slice is the match's z
+        tz = tgt.data_to_world(np.asarray(m.target_zyx, float))[0]
+        assert w.target_view.viewer.dims.point[0] == pytest.approx(tz)
+    # layers were updated in place, none added per event
+    assert len(w.target_view.viewer.layers) == n_layers_target
+    assert len(viewer.layers) == n_layers_main
+    # forward-backward consistency arrives and matches the core
+    qtbot.waitUntil(lambda: w.result.consistent is not None, timeout=10000)
+    assert w.result.fb_distance == pytest.approx(m.fb_distance)
+    assert "score" in w.status_label.text() and "mm" in w.status_label.text()
+
+
+def test_level_toggle_and_radius_update_the_map(explorer, qtbot):
+    viewer, w, src, tgt, ref = explorer
+    vox = (8, 9, 10)
+    _move(qtbot, viewer, w, src, vox)
+    before = w._layers["fused"].data.copy()
+    box, _ = w._level_boxes["up0"]
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        box.setChecked(False)
+    ref.set_levels(["up1", "up2"])
+    np.testing.assert_allclose(w._layers["fused"].data, ref.similarity(vox, 4).fused, atol=1e-6)
+    assert not np.allclose(before, w._layers["fused"].data)
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        w.radius_spin.setValue(2)
+    assert w._layers["fused"].data.shape == ref.similarity(vox, 2).fused.shape
+    np.testing.assert_allclose(w._layers["fused"].data, ref.similarity(vox, 2).fused, atol=1e-6)
+    # the last level cannot be switched off
+    w._level_boxes["up1"][0].setChecked(False)
+    w._level_boxes["up2"][0].setChecked(False)
+    assert w.state.levels == ("up2",) and "at least one" in w.error_label.text()
+
+
+def test_per_level_view_and_follow_off(explorer, qtbot):
+    viewer, w, src, tgt, ref = explorer
+    w.per_level_check.setChecked(True)
+    vox = (12, 6, 7)
+    _move(qtbot, viewer, w, src, vox)
+    sim = ref.similarity(vox, 4, per_level=True)
+    strip = w._layers["levels"]
+    assert strip.visible and strip.translate[2] > w._layers["fused"].translate[2]  # beside the fused map
+    for name in ("up0", "up1", "up2"):
+        np.testing.assert_allclose(w.per_level_map(name), sim.per_level[name], atol=1e-6)
+    w.range_combo.setCurrentText("[0.5, 1]")  # another fixed range, applied to every map
+    assert tuple(w._layers["fused"].contrast_limits) == (0.5, 1.0)
+    assert tuple(w._layers["levels"].contrast_limits) == (0.5, 1.0)
+    w.per_level_check.setChecked(False)
+    assert not w._layers["levels"].visible
+    w.follow_check.setChecked(False)
+    before = tuple(w.target_view.viewer.dims.point)
+    _move(qtbot, viewer, w, src, (2, 3, 4))
+    assert tuple(w.target_view.viewer.dims.point) == before
+
+
+def test_stale_events_are_dropped(explorer, qtbot):
+    viewer, w, src, tgt, ref = explorer
+    # many events while the worker is busy: only the latest is computed next
+    gate = __import__("threading").Event()
+    real = w.engine.compute
+
+    def slow(req):
+        gate.wait(5)
+        return real(req)
+
+    w.engine.compute = slow
+    for z in range(15):
+        w.submit((z, 5, 5), tag="mouse")
+    gate.set()
+    qtbot.waitUntil(lambda: w.result is not None and w.result.request.query_zyx == (14, 5, 5), timeout=10000)
+    assert w._worker.dropped >= 10
+
+
+def test_click_in_3d_picks_along_the_ray(explorer, qtbot):
+    viewer, w, src, tgt, ref = explorer
+    data = np.zeros(SHAPE, np.float32)
+    data[7, 10, 9] = 5.0  # the bright voxel a MIP shows
+    src.data = data
+    viewer.dims.ndisplay = 3
+    assert w.target_view.viewer.dims.ndisplay == 3
+    world = src.data_to_world(np.array([0.0, 10.0, 9.0]))
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        vox = w.pick_3d(world, np.array([1.0, 0.0, 0.0]), [0, 1, 2])
+    assert vox == (7, 10, 9)
+    assert w.result.request.query_zyx == (7, 10, 9)
+    # the same through the drag callback: a press and release without moving is a click
+    data[7, 10, 9] = 0.0
+    data[12, 4, 15] = 5.0
+    src.data = data
+    world = src.data_to_world(np.array([0.0, 4.0, 15.0]))
+    ev = _Event(world, type="mouse_press", view_direction=np.array([1.0, 0.0, 0.0]), dims_displayed=(0, 1, 2))
+    gen = w._on_mouse_drag(viewer, ev)
+    next(gen)
+    ev.type = "mouse_release"
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        with pytest.raises(StopIteration):
+            next(gen)
+    assert w.result.request.query_zyx == (12, 4, 15)
+
+
+def test_shape_mismatch_is_a_clear_error(make_napari_viewer):
+    from napari_meddift._qt._explorer import ExplorerWidget
+    from napari_meddift.errors import MedDiftError
+
+    viewer = make_napari_viewer()
+    a = viewer.add_image(np.zeros((5, 6, 7), np.float32), name="a")
+    w = ExplorerWidget(viewer)
+    with pytest.raises(MedDiftError, match="shape"):
+        w.connect_pair(a, a, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
+    w.close_explorer()

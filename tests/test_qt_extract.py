@@ -1,0 +1,106 @@
+"""Extract descriptors widget: runs off the GUI thread, reuses stores, cancels cleanly, shows errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+WIDGETS = ["Extract descriptors", "Correspondence explorer", "Landmarks", "Feature view (PCA)"]
+
+
+def _ct(seed, shape=(24, 28, 26)):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    body = ((z**2 + y**2 + x**2) < 0.7).astype(np.float32)
+    return (body * 1040.0 - 1000.0 + rng.normal(0, 20, shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", WIDGETS)
+def test_widgets_build_from_the_manifest(make_napari_viewer, name):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-meddift", name)
+    assert widget is not None
+    if hasattr(widget, "close_explorer"):
+        widget.close_explorer()
+
+
+@pytest.fixture
+def extract_widget(make_napari_viewer, tmp_path):
+    from napari_meddift._qt._extract import ExtractWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_ct(0), name="fixed", scale=(2.0, 1.5, 1.5))
+    viewer.add_image(_ct(1), name="moving", scale=(2.0, 1.5, 1.5))
+    w = ExtractWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Extract descriptors")
+    w.cache_dir.value = str(tmp_path / "cache")
+    w.random_weights.value = True
+    return viewer, w, tmp_path / "cache"
+
+
+def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
+    from napari_meddift._qt._explorer import find_explorer
+    from napari_meddift.store import open_store
+
+    viewer, w, cache = extract_widget
+    assert w.source.value == "fixed" and w.target.value == "moving"
+    w.timestep.value = 50
+    assert "t=50" in w.noise_label.value and "noise std" in w.noise_label.value
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=120000)
+    assert w.error.value == "", w.error.value
+    stores = w.last_result["stores"]
+    assert [reused for _, _, reused in stores] == [False, False]
+    for layer, store, _ in stores:
+        assert open_store(layer.metadata["meddift_store"]).attrs["timestep"] == 50
+        assert store.path.parent == cache
+    ex = find_explorer(viewer)
+    assert ex is not None and ex.engine is not None
+    assert ex.source_layer.name == "fixed" and ex.target_layer.name == "moving"
+    # same images and settings again: the stores are reused, nothing recomputed
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert [reused for _, _, reused in w.last_result["stores"]] == [True, True]
+    assert "reused existing store" in w.message.value
+    ex.close_explorer()
+
+
+def test_cancel_leaves_no_store(extract_widget, qtbot):
+    viewer, w, cache = extract_widget
+    w.start()
+    assert w.running and w.cancel_button.enabled
+    w.cancel()
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert "cancelled" in w.message.value
+    assert w.error.value == ""
+    assert not cache.exists() or not any(cache.iterdir())
+    assert "meddift_store" not in viewer.layers["fixed"].metadata
+
+
+def test_errors_show_in_the_widget(extract_widget, qtbot):
+    viewer, w, cache = extract_widget
+    w.backbone.value = "maisi"
+    assert "up3" in [n for n in w._level_widgets]
+    w.random_weights.value = False
+    w.weights.value = str(cache.parent / "no-such-folder")
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=60000)
+    assert "weights" in w.error.value.lower() or "maisi" in w.error.value.lower()
+    assert "Traceback" not in w.error.value
+    # no levels chosen: refused before anything runs
+    for box, _ in w._level_widgets.values():
+        box.value = False
+    assert w.start() is None and "level" in w.error.value
+
+
+def test_wrong_layer_is_refused(make_napari_viewer):
+    from napari_meddift._qt._extract import ExtractWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((10, 10), np.float32), name="flat")
+    w = ExtractWidget(viewer)
+    assert w.source.choices == ()  # 2D images are not offered
+    assert w.start() is None and "source image" in w.error.value
