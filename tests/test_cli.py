@@ -29,7 +29,7 @@ def test_extract_writes_a_complete_store(store_path, ct):
     store = open_store(store_path)
     assert store.image_shape == (64, 78, 57)  # SOURCES.md: 57x78x64 (x,y,z)
     assert store.attrs["timestep"] == 20
-    assert list(store.level_names) == ["up0", "up1", "up2"]
+    assert list(store.level_names) == ["up0", "up1"]  # mini fuses up0+up1 by default
 
 
 def test_extract_again_reuses(store_path, ct, capsys):

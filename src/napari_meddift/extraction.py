@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,23 @@ def find_reusable(path: str | os.PathLike, key: str) -> DescriptorStore | None:
     return store if store.cache_key == key else None
 
 
+def _preprocessing_dict(backbone, preprocessing=None) -> dict:
+    prep = preprocessing if preprocessing is not None else getattr(backbone, "preprocessing", None)
+    return prep.to_dict() if hasattr(prep, "to_dict") else (dict(prep) if prep else {})
+
+
+def _store_key(volume: Volume, backbone, settings: ExtractionSettings, preprocessing=None) -> str:
+    prep = _preprocessing_dict(backbone, preprocessing)
+    return cache_key(volume, backbone.name, backbone.weights_hash, settings, prep)
+
+
+def cached_store_path(volume: Volume, backbone, settings: ExtractionSettings, cache_dir, preprocessing=None) -> Path:
+    """One store per (image, backbone, weights, settings) in a cache folder, named by its cache key."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", volume.name or "volume").strip("._") or "volume"
+    key = _store_key(volume, backbone, settings, preprocessing)
+    return Path(cache_dir) / f"{stem[:40]}-{backbone.name}-{key[:12]}.zarr"
+
+
 def extract_to_store(
     volume: Volume,
     backbone,
@@ -55,9 +73,7 @@ def extract_to_store(
     path = Path(path)
     if preprocessing is not None and not _accepts_preprocessing(backbone):
         raise MedDiftError(f"backbone {backbone.name!r} does not take preprocessing settings")
-    prep = preprocessing if preprocessing is not None else getattr(backbone, "preprocessing", None)
-    prep_dict = prep.to_dict() if hasattr(prep, "to_dict") else (dict(prep) if prep else {})
-    key = cache_key(volume, backbone.name, backbone.weights_hash, settings, prep_dict)
+    key = _store_key(volume, backbone, settings, preprocessing)
 
     if not overwrite:
         store = find_reusable(path, key)
@@ -90,7 +106,7 @@ def extract_to_store(
         "seed": int(settings.seed),
         "samples": int(settings.samples),
         "settings": settings.to_dict(),
-        "preprocessing": prep_dict,
+        "preprocessing": _preprocessing_dict(backbone, preprocessing),
         "cache_key": key,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

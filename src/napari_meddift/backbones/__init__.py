@@ -28,8 +28,7 @@ def register_backbone(name: str, target: str) -> None:
     _REGISTRY[name] = target
 
 
-def get_backbone(name: str, weights=None, random_weights: bool = False, **kw: Any) -> Backbone:
-    """Build the backbone called ``name``; MedDiftError for an unknown name."""
+def _backbone_class(name: str):
     key = str(name).lower()
     if key not in _REGISTRY:
         raise MedDiftError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
@@ -40,8 +39,18 @@ def get_backbone(name: str, weights=None, random_weights: bool = False, **kw: An
         if exc.name == module_name:
             raise MedDiftError(f"backbone {name!r} is not installed in this build ({module_name})") from exc
         raise
-    cls = getattr(module, cls_name)
-    return cls(weights=weights, random_weights=random_weights, **kw)
+    return getattr(module, cls_name)
 
 
-__all__ = ["Backbone", "ExtractionSettings", "available_backbones", "get_backbone", "register_backbone"]
+def backbone_levels(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every level, default fused levels) of a backbone, without building it (no weights loaded)."""
+    cls = _backbone_class(name)
+    return tuple(cls.level_names), tuple(cls.default_levels)
+
+
+def get_backbone(name: str, weights=None, random_weights: bool = False, **kw: Any) -> Backbone:
+    """Build the backbone called ``name``; MedDiftError for an unknown name."""
+    return _backbone_class(name)(weights=weights, random_weights=random_weights, **kw)
+
+
+__all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_levels", "get_backbone", "register_backbone"]

@@ -220,6 +220,8 @@ class MaisiBackbone:
     """
 
     name = "maisi"
+    level_names: tuple[str, ...] = ("up0", "up1", "up2", "up3")  # + "mid" with include_mid
+    default_levels: tuple[str, ...] = ("up0", "up1", "up2", "up3")
 
     def __init__(
         self,
@@ -245,7 +247,6 @@ class MaisiBackbone:
         self.seed = int(seed)
         self.include_mid = bool(include_mid)
         self.preprocessing = preprocessing or PreprocessSettings()
-        self.default_levels = ("up0", "up1", "up2", "up3")
         self.level_names = self.default_levels + (("mid",) if include_mid else ())
         self._files: list[Path] = []
 
