@@ -152,6 +152,16 @@ def cmd_train_mini(argv: Sequence[str]) -> int:
     return int(main_train(list(argv)) or 0)
 
 
+def cmd_evaluate_l2r(argv: Sequence[str]) -> int:
+    from .l2r import main_evaluate_l2r
+
+    return int(main_evaluate_l2r(list(argv)) or 0)
+
+
+#: sub-commands whose own parsers own their flags
+_DELEGATED = {"train-mini": cmd_train_mini, "evaluate-l2r": cmd_evaluate_l2r}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -206,13 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train-mini", help="train the built-in mini diffusion model (see docs/model-card.md)",
                    add_help=False)
+    sub.add_parser("evaluate-l2r", help="run the Learn2Reg LungCT protocol on a data folder (--root DIR)",
+                   add_help=False)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train-mini":
-        runner = lambda: cmd_train_mini(argv[1:])  # noqa: E731 - its own parser owns the flags
+    if argv and argv[0] in _DELEGATED:
+        runner = lambda: _DELEGATED[argv[0]](argv[1:])  # noqa: E731
     else:
         args = build_parser().parse_args(argv)
         runner = lambda: args.func(args)  # noqa: E731

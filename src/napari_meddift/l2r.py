@@ -1,0 +1,522 @@
+"""Learn2Reg LungCT evaluation harness: descriptor stores, matching, TRE per case and overall.
+
+Layout (as the challenge distributes it; ``root`` is the unpacked LungCT folder)::
+
+    root/LungCT_VAL_evaluation_config.json   eval_pairs: fixed/moving image paths
+    root/imagesTr/LungCT_0001_0000.nii.gz     fixed  = inspiration (_0000)
+    root/imagesTr/LungCT_0001_0001.nii.gz     moving = expiration  (_0001)
+    root/landmarksTr/LungCT_0001_0000.csv     manual landmarks, x,y,z 0-based voxel indices
+    root/keypointsTr/LungCT_0001_0000.csv     corrField keypoints, same convention
+    root/masksTr/LungCT_0001_0000.nii.gz      lung mask of the fixed image
+
+Images are 192 x 192 x 208 (x, y, z) at 1.75 x 1.25 x 1.75 mm. The config, landmarks,
+keypoints and masks may live in a second folder (``labels_root``); every file is looked up in
+``root`` first, then there.
+
+For each pair the harness extracts a descriptor store per image (reused when it exists),
+matches the fixed landmarks (and the fixed keypoints inside the fixed mask) into the moving
+image and reports TRE = ||(predicted - true) * spacing|| in mm against the moving points:
+per case and pooled over all cases, next to the identity (no registration) TRE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import MedDiftError
+
+CONFIG_NAME = "LungCT_VAL_evaluation_config.json"
+L2R_SOURCE = (
+    "the Learn2Reg challenge, task LungCT (https://learn2reg.grand-challenge.org, Datasets; "
+    "Hering et al., IEEE TMI 2022): download the LungCT data set and unpack it so that "
+    "ROOT/imagesTr holds LungCT_XXXX_0000.nii.gz (inspiration) and LungCT_XXXX_0001.nii.gz (expiration)"
+)
+IDENTITY = "identity"
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+@dataclass
+class L2RCase:
+    """One fixed/moving pair and its annotation files (paths may not exist yet)."""
+
+    case_id: str  # "0001"
+    fixed_image: Path
+    moving_image: Path
+    fixed_landmarks: Path
+    moving_landmarks: Path
+    fixed_keypoints: Path
+    moving_keypoints: Path
+    fixed_mask: Path
+
+    @property
+    def number(self) -> int:
+        return int(self.case_id)
+
+
+def _find_config(root: Path, labels_root: Path | None) -> Path:
+    for folder in (root, labels_root):
+        if folder is None:
+            continue
+        p = folder / CONFIG_NAME
+        if p.is_file():
+            return p
+        found = sorted(folder.glob("*_evaluation_config.json"))
+        if found:
+            return found[0]
+    where = " or ".join(str(f) for f in (root, labels_root) if f is not None)
+    raise MedDiftError(
+        f"no Learn2Reg evaluation config ({CONFIG_NAME}) in {where}; it comes with the LungCT data of {L2R_SOURCE}"
+    )
+
+
+def _pick(rel: str, root: Path, labels_root: Path | None) -> Path:
+    """``rel`` under root if it exists there, else under labels_root (else the root path)."""
+    p = root / rel
+    if p.exists() or labels_root is None:
+        return p
+    q = labels_root / rel
+    return q if q.exists() else p
+
+
+def _case_id(name: str) -> str:
+    m = re.search(r"_(\d{4})_000[01]", name)
+    if not m:
+        raise MedDiftError(f"unexpected Learn2Reg image name {name!r}; expected LungCT_XXXX_0000.nii.gz")
+    return m.group(1)
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def l2r_cases(root, labels_root=None, cases: Sequence[int | str] | None = None) -> tuple[dict, list[L2RCase]]:
+    """The evaluation config and its pairs (optionally only ``cases``: ints or '0001' ids)."""
+    from .evaluation import read_l2r_config
+
+    root = Path(root).expanduser()
+    labels_root = Path(labels_root).expanduser() if labels_root is not None else None
+    if not root.is_dir():
+        raise MedDiftError(f"{root}: no such folder; give the unpacked Learn2Reg LungCT folder as --root")
+    cfg = read_l2r_config(_find_config(root, labels_root))
+    out = []
+    for pair in cfg["eval_pairs"]:
+        f_rel, m_rel = Path(pair["fixed"]).as_posix(), Path(pair["moving"]).as_posix()  # drops "./"
+        cid = _case_id(Path(f_rel).name)
+        fs, ms = _stem(f_rel), _stem(m_rel)
+        out.append(
+            L2RCase(
+                case_id=cid,
+                fixed_image=root / f_rel,
+                moving_image=root / m_rel,
+                fixed_landmarks=_pick(f"landmarksTr/{fs}.csv", root, labels_root),
+                moving_landmarks=_pick(f"landmarksTr/{ms}.csv", root, labels_root),
+                fixed_keypoints=_pick(f"keypointsTr/{fs}.csv", root, labels_root),
+                moving_keypoints=_pick(f"keypointsTr/{ms}.csv", root, labels_root),
+                fixed_mask=_pick(f"masksTr/{fs}.nii.gz", root, labels_root),
+            )
+        )
+    if cases is not None:
+        want = {f"{int(c):04d}" for c in cases}
+        have = {c.case_id for c in out}
+        unknown = sorted(want - have)
+        if unknown:
+            raise MedDiftError(
+                f"case(s) {', '.join(unknown)} are not in the evaluation config; it has {', '.join(sorted(have))}"
+            )
+        out = [c for c in out if c.case_id in want]
+    return cfg, out
+
+
+def check_files(root, cases: Sequence[L2RCase], keypoints: bool = True) -> None:
+    """MedDiftError naming every missing image and annotation file, and where they come from."""
+    root = Path(root).expanduser()
+    missing_images: list[str] = []
+    missing_labels: list[str] = []
+    for c in cases:
+        for p in (c.fixed_image, c.moving_image):
+            if not p.is_file():
+                missing_images.append(str(p))
+        label_files = [c.fixed_landmarks, c.moving_landmarks]
+        if keypoints:
+            label_files += [c.fixed_keypoints, c.moving_keypoints, c.fixed_mask]
+        for p in label_files:
+            if not p.is_file():
+                missing_labels.append(str(p))
+    parts = []
+    if missing_images:
+        parts.append(
+            f"{len(missing_images)} Learn2Reg LungCT image file(s) missing: " + ", ".join(missing_images)
+            + f". The images are not shipped with napari-meddift; they come from {L2R_SOURCE.replace('ROOT', str(root))}"
+        )
+    if missing_labels:
+        parts.append(
+            f"{len(missing_labels)} annotation file(s) missing: " + ", ".join(missing_labels)
+            + " (landmarksTr/keypointsTr/masksTr come with the same data set; pass --labels DIR if they live elsewhere)"
+        )
+    if parts:
+        raise MedDiftError("; ".join(parts))
+
+
+# ------------------------------------------------------------------------------ running
+
+
+@dataclass
+class L2RCaseResult:
+    case_id: str
+    spacing_zyx: tuple[float, float, float]
+    landmarks: dict  # summarize() of predicted TRE
+    landmarks_initial: dict  # identity TRE
+    keypoints: dict | None = None
+    keypoints_initial: dict | None = None
+    extract_seconds: float = 0.0
+    match_seconds: float = 0.0
+    landmark_tre: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    landmark_tre_initial: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    keypoint_tre: np.ndarray | None = field(default=None, repr=False)
+    keypoint_tre_initial: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class L2RResult:
+    method: str
+    cases: list[L2RCaseResult]
+    overall: dict
+    overall_initial: dict
+    overall_keypoints: dict | None
+    overall_keypoints_initial: dict | None
+    table: str
+    out_dir: Path | None = None
+
+    def to_dict(self) -> dict:
+        def case(c: L2RCaseResult) -> dict:
+            return {
+                "case": c.case_id,
+                "spacing_zyx": list(c.spacing_zyx),
+                "landmarks": c.landmarks,
+                "landmarks_initial": c.landmarks_initial,
+                "keypoints": c.keypoints,
+                "keypoints_initial": c.keypoints_initial,
+                "extract_seconds": c.extract_seconds,
+                "match_seconds": c.match_seconds,
+            }
+
+        return {
+            "method": self.method,
+            "cases": [case(c) for c in self.cases],
+            "overall": self.overall,
+            "overall_initial": self.overall_initial,
+            "overall_keypoints": self.overall_keypoints,
+            "overall_keypoints_initial": self.overall_keypoints_initial,
+        }
+
+
+def _image_spacing_shape(path: Path) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """Spacing (z, y, x) mm and shape (z, y, x) from an image header, without reading voxels."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise MedDiftError(f"{path}: cannot be read as an image; replace it with the Learn2Reg file") from None
+    return tuple(float(s) for s in reader.GetSpacing()[::-1]), tuple(int(s) for s in reader.GetSize()[::-1])  # type: ignore[return-value]
+
+
+def _pm(s: dict | None) -> str:
+    if not s or not s.get("n"):
+        return "-"
+    return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall=None, overall_initial=None,
+                     overall_kp=None, overall_kp_initial=None) -> str:
+    """Markdown table: per case and overall, identity and predicted TRE (mean ± std, mm)."""
+    kp = any(c.keypoints is not None for c in result_cases)
+    head = "| case | landmarks | initial TRE (mm) | " + f"{method} TRE (mm) | median (mm) | p95 (mm) |"
+    sep = "|---|---:|---:|---:|---:|---:|"
+    if kp:
+        head += " keypoints | initial kp TRE (mm) | " + f"{method} kp TRE (mm) |"
+        sep += "---:|---:|---:|"
+    lines = [head, sep]
+
+    def row(name, lm, lm0, k, k0):
+        line = f"| {name} | {lm['n']} | {_pm(lm0)} | {_pm(lm)} | {lm['median']:.2f} | {lm['p95']:.2f} |"
+        if kp:
+            line += f" {k['n'] if k else 0} | {_pm(k0)} | {_pm(k)} |"
+        return line
+
+    for c in result_cases:
+        lines.append(row(c.case_id, c.landmarks, c.landmarks_initial, c.keypoints, c.keypoints_initial))
+    if overall is not None and len(result_cases) > 1:
+        lines.append(row("**all**", overall, overall_initial, overall_kp, overall_kp_initial))
+    return "\n".join(lines) + "\n"
+
+
+def _resolve_backbone(backbone, weights=None, random_weights=False):
+    if backbone is None or (isinstance(backbone, str) and backbone.lower() == IDENTITY):
+        return None
+    if isinstance(backbone, str):
+        from .backbones import get_backbone
+
+        return get_backbone(backbone, weights=weights, random_weights=random_weights)
+    return backbone
+
+
+def _store_dir(out_dir: Path, backbone, settings) -> Path:
+    tag = f"{backbone.name}-{backbone.weights_hash}-t{settings.timestep}-s{settings.seed}"
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:120]
+    return out_dir / "stores" / tag
+
+
+def evaluate_l2r(
+    root,
+    backbone="mini",
+    settings=None,
+    radius: int | None = 16,
+    cases: Sequence[int | str] | None = None,
+    out_dir=None,
+    *,
+    labels_root=None,
+    levels: Sequence[str] | None = None,
+    keypoints: bool = True,
+    device: str = "cpu",
+    weights=None,
+    random_weights: bool = False,
+    progress=None,
+    log=None,
+) -> L2RResult:
+    """Evaluate a descriptor source on Learn2Reg LungCT pairs.
+
+    ``backbone``: a Backbone, a registered name ('mini', 'maisi', 'mind-ssc', ...), or
+    'identity' / None (no matching: the fixed points are the prediction; images are then only
+    checked, not read). ``settings``: :class:`ExtractionSettings` (default: its defaults).
+    ``radius``: search window half-width in voxels, None for a global search. ``levels``: the
+    levels to fuse (default: all in the stores). ``out_dir``: stores, predicted points, the
+    table and a JSON summary go there (default ``root/meddift_l2r``).
+    ``progress(done, total, message)`` is called per step; ``log(str)`` gets one line per case.
+    """
+    from .backbones.base import ExtractionSettings
+    from .evaluation import summarize, tre_mm
+    from .landmarks import read_points, write_points_csv
+
+    cfg, case_list = l2r_cases(root, labels_root, cases)
+    check_files(root, case_list, keypoints=keypoints)
+    bb = _resolve_backbone(backbone, weights, random_weights)
+    settings = settings or ExtractionSettings(device=device)
+    method = IDENTITY if bb is None else f"{bb.name}" + ("" if radius is None else f" r{radius}")
+    out = Path(out_dir).expanduser() if out_dir is not None else Path(root).expanduser() / "meddift_l2r"
+    out.mkdir(parents=True, exist_ok=True)
+    total = len(case_list)
+    results: list[L2RCaseResult] = []
+
+    for k, case in enumerate(case_list):
+        if progress is not None:
+            progress(k, total, f"case {case.case_id}")
+        f_lm = read_points(case.fixed_landmarks, fmt="l2r")
+        m_lm = read_points(case.moving_landmarks, fmt="l2r")
+        if f_lm.shape != m_lm.shape:
+            raise MedDiftError(
+                f"{case.fixed_landmarks} has {len(f_lm)} landmarks but {case.moving_landmarks} has {len(m_lm)}"
+            )
+        f_kp = m_kp = None
+        if keypoints:
+            f_kp = read_points(case.fixed_keypoints, fmt="l2r")
+            m_kp = read_points(case.moving_keypoints, fmt="l2r")
+            if f_kp.shape != m_kp.shape:
+                raise MedDiftError(
+                    f"{case.fixed_keypoints} has {len(f_kp)} keypoints but {case.moving_keypoints} has {len(m_kp)}"
+                )
+            from .volume import read_volume
+
+            mask = read_volume(case.fixed_mask).array > 0
+            idx = np.rint(f_kp).astype(np.int64)
+            inside = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1)
+            inside[inside] = mask[tuple(idx[inside].T)]
+            f_kp, m_kp = f_kp[inside], m_kp[inside]
+
+        spacing, shape = _image_spacing_shape(case.fixed_image)
+        m_spacing, m_shape = _image_spacing_shape(case.moving_image)
+        if m_shape != shape:
+            raise MedDiftError(f"{case.moving_image} has shape {m_shape[::-1]} (x,y,z) but {case.fixed_image} has {shape[::-1]}")
+        for name, pts in (("landmarks", f_lm), ("keypoints", f_kp)):
+            if pts is not None and len(pts) and (np.any(pts < 0) or np.any(pts > np.asarray(shape) - 1)):
+                raise MedDiftError(
+                    f"case {case.case_id}: fixed {name} fall outside the image of shape {shape[::-1]} (x,y,z); "
+                    "are these the right images for these annotation files?"
+                )
+
+        t_ext = t_match = 0.0
+        if bb is None:
+            pred_lm = f_lm.copy()
+            pred_kp = f_kp.copy() if f_kp is not None else None
+        else:
+            from .extraction import extract_to_store
+            from .matching import Matcher
+            from .volume import read_volume
+
+            sdir = _store_dir(out, bb, settings)
+            t0 = time.perf_counter()
+            stores = []
+            for img in (case.fixed_image, case.moving_image):
+                vol = read_volume(img)
+                store, _ = extract_to_store(vol, bb, settings, sdir / f"{_stem(img.name)}.zarr")
+                stores.append(store)
+                del vol
+            t_ext = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            matcher = Matcher.from_stores(stores[0], stores[1], levels=levels, device=device)
+            pts = np.rint(f_lm).astype(np.int64)
+            table = matcher.match_points(pts, radius, check_consistency=False)
+            pred_lm = table.target_zyx.astype(np.float64)
+            pred_kp = None
+            if f_kp is not None and len(f_kp):
+                table_kp = matcher.match_points(np.rint(f_kp).astype(np.int64), radius, check_consistency=False)
+                pred_kp = table_kp.target_zyx.astype(np.float64)
+            elif f_kp is not None:
+                pred_kp = np.zeros((0, 3))
+            t_match = time.perf_counter() - t0
+            del matcher
+
+        e_lm, e_lm0 = tre_mm(pred_lm, m_lm, spacing), tre_mm(f_lm, m_lm, spacing)
+        res = L2RCaseResult(
+            case_id=case.case_id,
+            spacing_zyx=spacing,
+            landmarks=summarize(e_lm),
+            landmarks_initial=summarize(e_lm0),
+            extract_seconds=t_ext,
+            match_seconds=t_match,
+            landmark_tre=e_lm,
+            landmark_tre_initial=e_lm0,
+        )
+        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
+        write_points_csv(out / f"LungCT_{case.case_id}_landmarks_{tag}.csv", pred_lm, {"tre_mm": e_lm})
+        if f_kp is not None:
+            e_kp = tre_mm(pred_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
+            e_kp0 = tre_mm(f_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
+            res.keypoints, res.keypoints_initial = summarize(e_kp), summarize(e_kp0)
+            res.keypoint_tre, res.keypoint_tre_initial = e_kp, e_kp0
+            write_points_csv(out / f"LungCT_{case.case_id}_keypoints_{tag}.csv", pred_kp, {"tre_mm": e_kp})
+        results.append(res)
+        if log is not None:
+            line = (f"case {case.case_id}: landmarks {_pm(res.landmarks)} mm (initial {_pm(res.landmarks_initial)})")
+            if res.keypoints is not None:
+                line += f", keypoints {_pm(res.keypoints)} mm (initial {_pm(res.keypoints_initial)})"
+            if bb is not None:
+                line += f"; extract {t_ext:.1f} s, match {t_match:.1f} s"
+            log(line)
+
+    if progress is not None:
+        progress(total, total, "done")
+    overall = summarize(np.concatenate([r.landmark_tre for r in results]))
+    overall0 = summarize(np.concatenate([r.landmark_tre_initial for r in results]))
+    okp = okp0 = None
+    if keypoints:
+        okp = summarize(np.concatenate([r.keypoint_tre for r in results]))
+        okp0 = summarize(np.concatenate([r.keypoint_tre_initial for r in results]))
+    table = format_l2r_table(results, method, overall, overall0, okp, okp0)
+    result = L2RResult(method, results, overall, overall0, okp, okp0, table, out)
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
+    (out / f"l2r_{tag}.md").write_text(table, encoding="utf-8")
+    summary = result.to_dict()
+    summary["settings"] = settings.to_dict() if bb is not None else None
+    summary["radius"] = radius
+    summary["levels"] = list(levels) if levels is not None else None
+    (out / f"l2r_{tag}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return result
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meddift evaluate-l2r",
+        description="TRE of MedDIFT correspondence on Learn2Reg LungCT pairs (landmarks and masked keypoints).",
+    )
+    p.add_argument("--root", required=True, help="unpacked Learn2Reg LungCT folder (imagesTr/, landmarksTr/, ...)")
+    p.add_argument("--labels", help="folder with the config, landmarksTr/, keypointsTr/, masksTr/ if not in --root")
+    p.add_argument("--backbone", default="mini", help="mini, maisi, mind-ssc, ... or 'identity' (no matching)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", help="folder with the backbone's checkpoint files (MAISI)")
+    w.add_argument("--random-weights", action="store_true", help="same architecture at seeded random weights")
+    p.add_argument("--timestep", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--levels", help="levels to fuse: indices or names; default all")
+    s = p.add_mutually_exclusive_group()
+    s.add_argument("--radius", type=int, default=16, help="search window half-width in voxels")
+    s.add_argument("--global", dest="global_search", action="store_true", help="search the whole moving image")
+    p.add_argument("--cases", help="comma-separated case numbers, e.g. 1,2 (default: all in the config)")
+    p.add_argument("--no-keypoints", action="store_true", help="landmarks only")
+    p.add_argument("-o", "--out", help="output folder (default ROOT/meddift_l2r)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    return p
+
+
+def main_evaluate_l2r(argv: Sequence[str] | None = None) -> int:
+    """``meddift evaluate-l2r --root DIR ...``; MedDiftError propagates to the CLI's handler."""
+    import sys
+
+    from .backbones.base import ExtractionSettings, resolve_device
+
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    cases = None
+    if args.cases:
+        try:
+            cases = [int(c) for c in args.cases.split(",") if c.strip()]
+        except ValueError:
+            raise MedDiftError(f"--cases must be comma-separated numbers like 1,2,3, got {args.cases!r}") from None
+    bb = _resolve_backbone(args.backbone, args.weights, args.random_weights)
+    levels = None
+    if bb is not None and args.levels:
+        from .cli import resolve_levels
+
+        levels = resolve_levels(args.levels, bb.level_names)
+    device = str(resolve_device(args.device))
+    settings = ExtractionSettings(timestep=args.timestep, seed=args.seed, device=device, levels=levels)
+    result = evaluate_l2r(
+        args.root,
+        bb,
+        settings,
+        radius=None if args.global_search else args.radius,
+        cases=cases,
+        out_dir=args.out,
+        labels_root=args.labels,
+        levels=levels,
+        keypoints=not args.no_keypoints,
+        device="cuda" if device.startswith("cuda") else "cpu",
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.table, end="")
+        print(f"results in {result.out_dir}", file=sys.stderr)
+    return 0
+
+
+__all__ = [
+    "L2RCase",
+    "L2RCaseResult",
+    "L2RResult",
+    "check_files",
+    "evaluate_l2r",
+    "format_l2r_table",
+    "l2r_cases",
+    "main_evaluate_l2r",
+]
