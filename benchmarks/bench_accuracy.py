@@ -236,13 +236,10 @@ def _extract_pair(backbone, case: Case, settings: ExtractionSettings):
     return a, b, m
 
 
-def run_descriptor(case: Case, label: str, backbone, settings: ExtractionSettings, args,
-                   levels_cache: dict | None = None) -> list[Row]:
+def run_descriptor(case: Case, label: str, backbone, settings: ExtractionSettings, args) -> list[Row]:
     from napari_meddift.matching import Matcher
 
     a, b, mx = _extract_pair(backbone, case, settings)
-    if levels_cache is not None:
-        levels_cache[(label, case.name, settings.timestep)] = (a, b)
     rows = []
     searches = [(f"window r{args.radius}", args.radius, case.src, case.tgt)]
     if args.global_points > 0:
@@ -262,19 +259,16 @@ def run_descriptor(case: Case, label: str, backbone, settings: ExtractionSetting
 # ----------------------------------------------------------------------------- ablation
 
 
-def run_ablation(cases: list[Case], mini, args, cache: dict) -> dict:
+def run_ablation(cases: list[Case], mini, args) -> dict:
     """mini: every timestep x (each level alone, all fused), windowed search, unseen cases pooled."""
     from napari_meddift.matching import Matcher
 
-    configs = [(n,) for n in mini.level_names] + [tuple(mini.level_names)]
+    every = tuple(mini.level_names)
+    configs = [(n,) for n in every] + list(dict.fromkeys([tuple(mini.default_levels), every]))
     errs: dict[tuple[int, str], list[np.ndarray]] = {}
     for case in cases:
         for t in args.timesteps:
-            key = ("mini", case.name, t)
-            if key in cache:
-                a, b = cache.pop(key)
-            else:
-                a, b, _ = _extract_pair(mini, case, ExtractionSettings(timestep=t, device="cpu"))
+            a, b, _ = _extract_pair(mini, case, ExtractionSettings(timestep=t, levels=every, device="cpu"))
             matcher = Matcher(a, b, case.inhale.shape, case.exhale.shape, device="cpu")
             preds = {cfg: np.zeros((len(case.src), 3)) for cfg in configs}
             for i, p in enumerate(case.src):
@@ -282,13 +276,13 @@ def run_ablation(cases: list[Case], mini, args, cache: dict) -> dict:
                 off = np.asarray(res.offset)
                 maps = dict(res.per_level)
                 for cfg in configs:
-                    m = res.fused if len(cfg) > 1 else maps[cfg[0]]
+                    m = sum(maps[n] for n in cfg) / len(cfg)  # equal-weight fusion of this subset
                     preds[cfg][i] = np.unravel_index(int(np.argmax(m)), m.shape) + off
             for cfg in configs:
                 name = "+".join(cfg) if len(cfg) > 1 else cfg[0]
                 errs.setdefault((t, name), []).append(tre_mm(preds[cfg], case.tgt, case.inhale.spacing))
             del matcher, a, b
-            log(f"ablation {case.name} t={t}: fused {summarize(errs[(t, '+'.join(configs[-1]))][-1])['mean']:.2f} mm")
+            log(f"ablation {case.name} t={t}: all fused {summarize(errs[(t, '+'.join(every))][-1])['mean']:.2f} mm")
     return {f"{t}|{name}": summarize(np.concatenate(v)) for (t, name), v in errs.items()}
 
 
@@ -525,7 +519,6 @@ def main(argv=None) -> int:
     rows: list[Row] = []
     skipped: list[str] = []
     settings = ExtractionSettings(timestep=20, device="cpu")
-    cache: dict = {}
 
     # descriptor sources: (label, backbone, which cases)
     sources = [("MIND-SSC", get_backbone("mind-ssc"), cases)]
@@ -562,7 +555,6 @@ def main(argv=None) -> int:
             skipped.append("elastix B-spline: itk-elastix is not installed (pip install itk-elastix)")
             log("SKIP elastix: pip install itk-elastix")
 
-    ablation_cases = [] if args.no_ablation else [c for c in cases if not c.seen][: args.ablation_cases]
     for case in cases:
         rows += run_identity(case)
         if have_elastix:
@@ -572,8 +564,7 @@ def main(argv=None) -> int:
         for label, bb, which in sources:
             if case not in which:
                 continue
-            r = run_descriptor(case, label, bb, settings, args,
-                               levels_cache=cache if (label == "mini" and case in ablation_cases) else None)
+            r = run_descriptor(case, label, bb, settings, args)
             rows += r
             log(f"{case.name}: {label} " + ", ".join(f"{x.search} {x.summary()['mean']:.2f} mm" for x in r)
                 + f" (extract {r[0].extract_s:.1f} s, match {sum(x.match_s for x in r):.1f} s)")
@@ -583,8 +574,7 @@ def main(argv=None) -> int:
         if mini is None:
             skipped.append("ablation: needs the trained mini weights")
         else:
-            abl = run_ablation([c for c in cases if not c.seen][: args.ablation_cases], mini, args, cache)
-    cache.clear()
+            abl = run_ablation([c for c in cases if not c.seen][: args.ablation_cases], mini, args)
     total = time.perf_counter() - t_start
     log(f"done in {total / 60:.1f} min")
 

@@ -126,6 +126,21 @@ def test_ambiguity_definition(pair, dense):
     assert math.isnan(m.match((6, 5, 8), 1, exclusion=2, check_consistency=False).ambiguity)
 
 
+def test_best_of_a_shown_map_is_the_match(pair, dense):
+    """A viewer reusing the map it displays gets exactly what match() would report."""
+    m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    for p in [(6, 5, 8), (0, 0, 0), (12, 10, 16)]:
+        for radius in (3, None):
+            sim = m.similarity(p, radius)
+            got = m.match(p, radius, exclusion=2, check_consistency=False)
+            target, score, ambiguity = sim.best(exclusion=2)
+            assert target == tuple(got.target_zyx)
+            _close(score, got.score, 1e-6)
+            _close(ambiguity, got.ambiguity, 1e-6)
+            box, fused, _ = dense.similarity(p, radius)
+            _close(score, fused.max())
+
+
 def test_weights_and_level_subsets(pair):
     names = ["b", "same"]
     w = {"b": 3.0, "same": 0.5}

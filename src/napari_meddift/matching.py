@@ -88,6 +88,13 @@ class SimilarityResult:
         """Target index of ``fused[0, 0, 0]``."""
         return tuple(int(s.start) for s in self.box)  # type: ignore[return-value]
 
+    def best(self, exclusion: int = 2) -> tuple[tuple[int, int, int], float, float]:
+        """(target voxel, score, ambiguity) of this map by the matcher's own rule: first of ties in
+        C order, rival taken outside the exclusion cube. Lets a viewer reuse the map it shows."""
+        box = [(s.start, s.stop) for s in self.box]
+        tgt, score, amb = Matcher._best(torch.from_numpy(np.array(self.fused, np.float32))[None], box, exclusion)
+        return tuple(int(v) for v in tgt[0]), float(score[0]), float(amb[0])  # type: ignore[return-value]
+
 
 @dataclass
 class Match:

@@ -95,21 +95,17 @@ class ExplorerEngine:
 
     def compute(self, req: QueryRequest) -> QueryResult:
         """Similarity map (fused and per level) and the best voxel in it."""
-        import torch
-
         t0 = time.perf_counter()
         with self._lock:
             self._configure(req)
             sim = self.matcher.similarity(req.query_zyx, req.radius, per_level=True)
-            box = [(s.start, s.stop) for s in sim.box]
-            # best voxel, score and ambiguity of the map just computed: the matcher's own rule
-            # (first of ties, rival outside the exclusion cube), without searching a second time
-            tgt, score, amb = self.matcher._best(torch.from_numpy(sim.fused)[None], box, req.exclusion)
+            # best voxel of the map just computed, without searching a second time
+            target_zyx, score, ambiguity = sim.best(req.exclusion)
         return QueryResult(
             request=req,
-            target_zyx=tuple(int(v) for v in tgt[0]),  # type: ignore[arg-type]
-            score=float(score[0]),
-            ambiguity=float(amb[0]),
+            target_zyx=target_zyx,
+            score=score,
+            ambiguity=ambiguity,
             offset=sim.offset,
             fused=sim.fused,
             per_level=sim.per_level,
