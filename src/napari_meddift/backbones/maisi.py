@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..hashing import file_sha256
 from ..errors import MedDiftError
 from ..noise import add_noise, noise_level
 from ..preprocessing import PreprocessSettings, from_canonical, prepare
@@ -120,22 +121,6 @@ def build_unet(width: float = 1.0) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------- checkpoints
-
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, mtime, size) for this process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
-
 
 def find_weights(weights: str | os.PathLike) -> Path:
     """The folder holding both checkpoints: ``weights`` itself, ``weights/models`` or

@@ -19,7 +19,6 @@ which is checked at load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,9 @@ import numpy as np
 import torch
 
 from ..errors import MedDiftError
+from ..hashing import file_sha256
+from ..noise import make_scheduler
+from ..preprocessing import window_intensity
 from ..volume import Volume
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
 
@@ -52,14 +54,6 @@ SIZE_MULTIPLE = 16
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_WEIGHTS = DATA_DIR / "mini_v1.pt"
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def metadata_path(weights: str | Path) -> Path:
     """The JSON that describes a weight file: same name, ``.json`` suffix."""
     return Path(weights).with_suffix(".json")
@@ -78,31 +72,6 @@ def build_unet(arch: dict[str, Any] | None = None) -> torch.nn.Module:
         raise MedDiftError(f"the mini backbone needs an optional MONAI dependency: {exc}; pip install einops") from exc
 
 
-def make_scheduler():
-    """The DDPM schedule shared with MAISI (noise.make_scheduler when that module exists)."""
-    try:
-        from ..noise import make_scheduler as _make  # type: ignore[attr-defined]
-
-        return _make()
-    except ImportError:
-        from monai.networks.schedulers import DDPMScheduler
-
-        return DDPMScheduler(
-            num_train_timesteps=1000,
-            schedule="scaled_linear_beta",
-            beta_start=0.0015,
-            beta_end=0.0195,
-            clip_sample=False,
-        )
-
-
-def window_to_unit(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """HU clipped to [-1000, 1000] and scaled to [0, 1] (the MAISI convention)."""
-    from ..preprocessing import window_intensity
-
-    return window_intensity(array)
-
-
 def network_shape(shape: tuple[int, ...], multiple: int = SIZE_MULTIPLE) -> tuple[int, ...]:
     """Each axis to the nearest multiple of ``multiple`` (ties up), at least ``multiple``."""
     from ..preprocessing import network_shape as _network_shape
@@ -110,7 +79,10 @@ def network_shape(shape: tuple[int, ...], multiple: int = SIZE_MULTIPLE) -> tupl
     return _network_shape(shape, multiple=multiple, min_size=multiple)
 
 
-def _signed_unit(x: torch.Tensor, scaling: str) -> torch.Tensor:
+def network_input(hu: np.ndarray | torch.Tensor, scaling: str = "minus1_1") -> torch.Tensor:
+    """HU windowed to [-1000, 1000] as MAISI does, then scaled as the network was trained
+    (training and extraction both call this, so they cannot drift apart)."""
+    x = window_intensity(np.asarray(hu, dtype=np.float32) if isinstance(hu, np.ndarray) else hu)
     if scaling == "minus1_1":
         return x * 2.0 - 1.0
     if scaling == "0_1":
@@ -160,7 +132,7 @@ class MiniBackbone:
     def _prepare(self, volume: Volume) -> torch.Tensor:
         from ..preprocessing import resize
 
-        x = _signed_unit(window_to_unit(np.asarray(volume.array, dtype=np.float32)), self.input_scaling)
+        x = network_input(volume.array, self.input_scaling)
         return resize(x, network_shape(tuple(x.shape)))[None, None].contiguous()
 
     @torch.no_grad()
@@ -226,7 +198,7 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise MedDiftError(f"cannot read mini weights metadata {meta_path}: {exc}") from exc
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     expected = meta.get("sha256")
     if expected is None:
         raise MedDiftError(f"{meta_path} has no 'sha256' entry; cannot verify {path.name}")
