@@ -190,3 +190,30 @@ def test_shape_mismatch_is_a_clear_error(make_napari_viewer):
     with pytest.raises(MedDiftError, match="shape"):
         w.connect_pair(a, a, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
     w.close_explorer()
+
+
+def test_map_colour_range_is_suggested_per_pair():
+    """Alike descriptors (as trained ones are over a window) get a narrow range, random ones [-1, 1]."""
+    from napari_meddift._qt._explorer import MAP_RANGES
+    from napari_meddift._qt._model import ExplorerEngine, suggest_map_range
+
+    assert suggest_map_range(ExplorerEngine(Matcher(_levels(0), _levels(1), SHAPE, SHAPE)), MAP_RANGES, 4) == "[-1, 1]"
+
+    def alike(seed):  # one shared direction plus a little noise per voxel: cosines ~0.85-1
+        g = torch.Generator().manual_seed(seed)
+        out = {}
+        for name, v in _levels(0).items():
+            base = torch.randn(v.shape[0], 1, 1, 1, generator=torch.Generator().manual_seed(7))
+            out[name] = base + 0.25 * torch.randn(v.shape, generator=g)
+        return out
+
+    name = suggest_map_range(ExplorerEngine(Matcher(alike(1), alike(2), SHAPE, SHAPE)), MAP_RANGES, 4)
+    assert MAP_RANGES[name][0] >= 0.5, name
+
+
+def test_connect_suggests_range_but_keeps_a_chosen_one(explorer):
+    viewer, w, src, tgt, ref = explorer
+    assert w.range_combo.currentText() == "[-1, 1]"  # random descriptors
+    w.range_combo.setCurrentText("[0.9, 1]")
+    w.connect_pair(src, tgt, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
+    assert w.range_combo.currentText() == "[0.9, 1]"  # the user's choice survives a reconnect

@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/images/make_screenshots.py [--demo-dir DIR] [--random]
 
 Uses the packaged demo pair (or --demo-dir, built by ``python -m napari_meddift.demo build``)
-and the mini backbone (its packaged weights; --random for the random-weights control).
+and the mini backbone (its packaged weights, default levels up0+up1; --random for the
+random-weights control, --weights for another weights file).
 Stores go to a temporary cache. ``Viewer(show=False).screenshot()`` is black: the window is shown.
 """
 
@@ -85,9 +86,9 @@ def main(argv=None):
     pump(app, 1.5)
     viewer.screenshot(str(out / "explorer.png"), canvas_only=False)
 
-    # 2. per-level maps beside the fused one (a narrower fixed colour range shows more)
+    # 2. per-level maps beside the fused one (in the colour range suggested for the pair)
+    print("map colour range suggested for the pair:", ex.range_combo.currentText())
     ex.per_level_check.setChecked(True)
-    ex.range_combo.setCurrentText("[0.5, 1]")
     ex.rerun()
     ex._worker.wait_idle(10)
     pump(app, 1.0)
@@ -104,7 +105,6 @@ def main(argv=None):
     viewer.screenshot(str(out / "explorer_per_level.png"), canvas_only=False)
     tv.camera.center, tv.camera.zoom = cam_center, cam_zoom
     ex.per_level_check.setChecked(False)
-    ex.range_combo.setCurrentText("[-1, 1]")
 
     # 3. the landmarks table, worst pair selected
     _raise(lw)

@@ -80,6 +80,6 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
 
     inhale, exhale, src_pts, tgt_pts = load_demo_pair()
     src_store, tgt_store = extract_demo_stores(inhale, exhale, cache)
-    launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=(src_pts, tgt_pts))
+    launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=(src_pts, tgt_pts), radius=radius)
     napari.run()
     return 0

@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import MedDiftError
 from ._layers import STORE_KEY, layer_store_path, voxel_to_world, world_to_voxel
-from ._model import ExplorerEngine, ExplorerState, QueryResult, format_status, pick_along_ray
+from ._model import ExplorerEngine, ExplorerState, QueryResult, format_status, pick_along_ray, suggest_map_range
 from ._worker import LatestRequestWorker
 
 __all__ = ["ExplorerWidget", "TargetView", "find_explorer"]
@@ -49,7 +49,8 @@ __all__ = ["ExplorerWidget", "TargetView", "find_explorer"]
 SIM_COLORMAP = "coolwarm"
 SIM_LIMITS = (-1.0, 1.0)
 #: fixed colour ranges offered for the similarity maps (fixed, so maps stay comparable)
-MAP_RANGES = {"[-1, 1]": (-1.0, 1.0), "[0, 1]": (0.0, 1.0), "[0.5, 1]": (0.5, 1.0), "[0.9, 1]": (0.9, 1.0)}
+MAP_RANGES = {"[-1, 1]": (-1.0, 1.0), "[0, 1]": (0.0, 1.0), "[0.5, 1]": (0.5, 1.0), "[0.8, 1]": (0.8, 1.0),
+              "[0.9, 1]": (0.9, 1.0), "[0.95, 1]": (0.95, 1.0)}
 _EXPLORERS: "weakref.WeakValueDictionary[int, ExplorerWidget]" = weakref.WeakValueDictionary()
 
 
@@ -154,6 +155,9 @@ class ExplorerWidget(QWidget):
         self._callbacks_on = False
         self._layers: dict[str, object] = {}
         self._level_boxes: dict[str, tuple[QCheckBox, QDoubleSpinBox]] = {}
+        #: the map colour range was chosen (not suggested from the pair): keep it on reconnect
+        self._range_chosen = False
+        self._suggesting_range = False
 
         # torch's intra-op thread count is per thread: the search gets all cores but one, so the
         # GUI thread (slicing, drawing) keeps a core of its own on small machines
@@ -237,8 +241,9 @@ class ExplorerWidget(QWidget):
         sform.addRow(self.per_level_check)
         self.range_combo = QComboBox()
         self.range_combo.addItems(list(MAP_RANGES))
-        self.range_combo.setToolTip("Fixed colour range of the similarity maps (cosine); "
-                                    "[-1, 1] keeps every map comparable, narrower ranges show fine differences")
+        self.range_combo.setToolTip("Fixed colour range of the similarity maps (cosine); chosen for each pair "
+                                    "when it is connected (trained descriptors are alike over a whole window), "
+                                    "then fixed so maps stay comparable; [-1, 1] suits any pair")
         self.range_combo.currentTextChanged.connect(self._on_range)
         sform.addRow("Map colour range", self.range_combo)
         outer.addWidget(search)
@@ -403,6 +408,8 @@ class ExplorerWidget(QWidget):
         self.state.levels = tuple(matcher.levels)
         self.state.weights = {n: float(w) for n, w in matcher.weights.items()}
         self._rebuild_levels()
+        if not self._range_chosen:
+            self._suggest_range()
         for combo, layer in ((self.source_combo, source_layer), (self.target_combo, target_layer)):
             combo.blockSignals(True)
             combo.setCurrentText(layer.name)
@@ -652,7 +659,21 @@ class ExplorerWidget(QWidget):
     def map_limits(self) -> tuple[float, float]:
         return MAP_RANGES.get(self.range_combo.currentText(), SIM_LIMITS)
 
+    def _suggest_range(self) -> None:
+        """Set the colour range that shows this pair's maps (see ``suggest_map_range``)."""
+        try:
+            name = suggest_map_range(self.engine, MAP_RANGES, self.state.radius)
+        except Exception:  # pragma: no cover - a suggestion only; [-1, 1] always works
+            return
+        self._suggesting_range = True
+        try:
+            self.range_combo.setCurrentText(name)
+        finally:
+            self._suggesting_range = False
+
     def _on_range(self, *_):
+        if not self._suggesting_range:
+            self._range_chosen = True
         for key, layer in self._layers.items():
             if key in ("fused", "levels"):
                 layer.contrast_limits = self.map_limits

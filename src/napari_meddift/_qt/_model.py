@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from psygnal import evented
 
-__all__ = ["ExplorerState", "QueryRequest", "QueryResult", "ExplorerEngine", "pick_along_ray", "format_status"]
+__all__ = ["ExplorerState", "QueryRequest", "QueryResult", "ExplorerEngine", "pick_along_ray", "format_status",
+           "suggest_map_range"]
 
 
 @evented
@@ -130,6 +131,37 @@ class ExplorerEngine:
         """Validate a level choice now (raises MedDiftError), so the widget can refuse it."""
         with self._lock:
             self.matcher.set_levels(list(levels), dict(weights or {}))
+
+
+def suggest_map_range(engine: "ExplorerEngine", ranges: Mapping[str, tuple[float, float]], radius: int | None,
+                      fractions: Sequence[float] = (0.35, 0.65), quantile: float = 25.0) -> str:
+    """The narrowest of ``ranges`` (name -> (low, high)) that shows the maps of this pair.
+
+    Trained descriptors are alike over a whole window (on the demo pair a map's cosines lie
+    between ~0.8 and 1 for most voxels), so a [-1, 1] colour range paints every map one colour;
+    random or untrained ones spread around 0 and need [-1, 1].
+    Samples the fused maps at the centre and a few grid points of the source (window ``radius``,
+    at most 16; the whole-target setting is sampled with 16) and returns the narrowest range whose
+    low end lies under the median of their ``quantile``-th percentiles. Chosen once per pair, so
+    the maps stay comparable while the user explores.
+    """
+    shape = engine.matcher.source_shape
+    r = 16 if radius is None else min(int(radius), 16)
+    pts = [tuple(int(n) // 2 for n in shape)]
+    pts += [tuple(int(f * (n - 1)) for f, n in zip(fs, shape))
+            for fs in ((a, b, c) for a in fractions for b in fractions for c in fractions)]
+    lows = []
+    with engine._lock:
+        for p in pts:
+            f = engine.matcher.similarity(p, r).fused
+            f = f[np.isfinite(f)]
+            if f.size:
+                lows.append(float(np.percentile(f, quantile)))
+    if not lows:
+        return next(iter(ranges))
+    low = float(np.median(lows))
+    fitting = [(hi - lo, name) for name, (lo, hi) in ranges.items() if lo <= low]
+    return min(fitting)[1] if fitting else max((hi - lo, name) for name, (lo, hi) in ranges.items())[1]
 
 
 def pick_along_ray(data, start, end, rendering: str = "mip", threshold: float | None = None, n: int | None = None):

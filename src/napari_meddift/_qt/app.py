@@ -9,12 +9,14 @@ from ._layers import volume_layer_kwargs
 __all__ = ["launch_explorer"]
 
 
-def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer=None, show: bool = True):
+def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer=None, show: bool = True,
+                    radius: int | None = None):
     """Open napari with ``source`` (main canvas) and ``target`` (docked second canvas) ready to explore.
 
     ``source``/``target``: :class:`~napari_meddift.volume.Volume`; ``src_store``/``tgt_store``:
     descriptor stores (or their paths); ``landmarks``: optional (source_zyx, target_zyx) voxel
-    arrays, listed in the Landmarks widget. Returns the ``napari.Viewer`` (call ``napari.run()``).
+    arrays, listed in the Landmarks widget; ``radius``: the search window half-width in voxels
+    (None: the explorer's default; 0: the whole target). Returns the ``napari.Viewer`` (call ``napari.run()``).
     """
     import napari
 
@@ -31,6 +33,8 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
         tgt_layer.name = f"{tgt_layer.name} (target)"
     explorer = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Correspondence explorer", area="right")
+    if radius is not None:
+        explorer.radius_spin.setValue(int(radius))
     explorer.connect_pair(src_layer, tgt_layer, src_store, tgt_store)
     docks = []
     if landmarks is not None:
