@@ -26,11 +26,9 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -41,6 +39,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import MedDiftError
 from ._layers import STORE_KEY, layer_store_path, voxel_to_world, world_to_voxel
+from ._controls import error_label, path_field
 from ._model import ExplorerEngine, ExplorerState, QueryResult, format_status, pick_along_ray, suggest_map_range
 from ._worker import LatestRequestWorker
 
@@ -212,9 +211,9 @@ class ExplorerWidget(QWidget):
         self.src_store_edit.setPlaceholderText("descriptor store (.zarr) of the source")
         self.tgt_store_edit.setPlaceholderText("descriptor store (.zarr) of the target")
         form.addRow("Source image", self.source_combo)
-        form.addRow("Source store", self._with_browse(self.src_store_edit))
+        form.addRow("Source store", path_field(self.src_store_edit, "Descriptor store (.zarr folder)", folder=True))
         form.addRow("Target image", self.target_combo)
-        form.addRow("Target store", self._with_browse(self.tgt_store_edit))
+        form.addRow("Target store", path_field(self.tgt_store_edit, "Descriptor store (.zarr folder)", folder=True))
         self.connect_button = QPushButton("Connect")
         self.connect_button.setToolTip("Load both stores and open the target viewer")
         self.connect_button.clicked.connect(self._connect_clicked)
@@ -259,27 +258,9 @@ class ExplorerWidget(QWidget):
         font.setStyleHint(QFont.StyleHint.TypeWriter)
         self.status_label.setFont(font)
         outer.addWidget(self.status_label)
-        self.error_label = QLabel("")
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #ff6060;")
+        self.error_label = error_label()
         outer.addWidget(self.error_label)
         outer.addStretch(1)
-
-    def _with_browse(self, edit: QLineEdit) -> QWidget:
-        w = QWidget()
-        h = QHBoxLayout(w)
-        h.setContentsMargins(0, 0, 0, 0)
-        h.addWidget(edit)
-        b = QPushButton("...")
-        b.setMaximumWidth(30)
-        b.clicked.connect(lambda: self._browse(edit))
-        h.addWidget(b)
-        return w
-
-    def _browse(self, edit: QLineEdit) -> None:  # pragma: no cover - interactive
-        path = QFileDialog.getExistingDirectory(self, "Descriptor store (.zarr folder)", edit.text())
-        if path:
-            edit.setText(path)
 
     def _image_layers(self):
         from napari.layers import Image

@@ -30,6 +30,7 @@ from ..backbones import backbone_levels
 from ..errors import CancelledError, MedDiftError
 from ..extraction import cached_store_path
 from ._layers import STORE_KEY, layer_to_volume
+from ._controls import ERROR_STYLE
 
 __all__ = ["ExtractWidget"]
 
@@ -86,7 +87,7 @@ class ExtractWidget(Container):
         self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
         self.message = Label(value="")
         self.error = Label(value="")
-        self.error.native.setStyleSheet("color: #ff6060;")
+        self.error.native.setStyleSheet(ERROR_STYLE)
         self.error.native.setWordWrap(True)
         self.message.native.setWordWrap(True)
         self.noise_label.native.setWordWrap(True)

@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox
 from ..errors import MedDiftError
 from ._explorer import find_explorer
 from ._layers import layer_store_path
+from ._controls import error_label
 
 __all__ = ["FeatureViewWidget"]
 
@@ -47,9 +48,7 @@ class FeatureViewWidget(QWidget):
         self.info = QLabel("Connect a pair in the explorer, then show the PCA of its descriptors.")
         self.info.setWordWrap(True)
         lay.addWidget(self.info)
-        self.error_label = QLabel("")
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #ff6060;")
+        self.error_label = error_label()
         lay.addWidget(self.error_label)
         lay.addStretch(1)
         self.refresh_levels()

@@ -15,7 +15,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -31,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import MedDiftError
 from ._explorer import find_explorer
+from ._controls import error_label, path_field
 
 __all__ = ["LandmarksWidget"]
 
@@ -74,8 +74,8 @@ class LandmarksWidget(QWidget):
         self.src_edit, self.tgt_edit = QLineEdit(), QLineEdit()
         self.src_edit.setPlaceholderText("landmarks of the source image")
         self.tgt_edit.setPlaceholderText("corresponding landmarks of the target image")
-        form.addRow("Source points", self._with_browse(self.src_edit))
-        form.addRow("Target points", self._with_browse(self.tgt_edit))
+        form.addRow("Source points", path_field(self.src_edit, "Landmark file"))
+        form.addRow("Target points", path_field(self.tgt_edit, "Landmark file"))
         self.format_combo = QComboBox()
         try:
             from ..landmarks import FORMATS
@@ -99,9 +99,7 @@ class LandmarksWidget(QWidget):
         self.summary = QLabel("Load landmark pairs, then 'Match all'. Rows sort worst first.")
         self.summary.setWordWrap(True)
         lay.addWidget(self.summary)
-        self.error_label = QLabel("")
-        self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #ff6060;")
+        self.error_label = error_label()
         lay.addWidget(self.error_label)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -112,22 +110,6 @@ class LandmarksWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.itemSelectionChanged.connect(self._on_select)
         lay.addWidget(self.table, 1)
-
-    def _with_browse(self, edit):
-        w = QWidget()
-        h = QHBoxLayout(w)
-        h.setContentsMargins(0, 0, 0, 0)
-        h.addWidget(edit)
-        b = QPushButton("...")
-        b.setMaximumWidth(30)
-        b.clicked.connect(lambda: self._browse(edit))
-        h.addWidget(b)
-        return w
-
-    def _browse(self, edit):  # pragma: no cover - interactive
-        path, _ = QFileDialog.getOpenFileName(self, "Landmark file", edit.text())
-        if path:
-            edit.setText(path)
 
     def _explorer(self):
         ex = find_explorer(self.viewer)
