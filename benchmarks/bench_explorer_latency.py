@@ -44,6 +44,15 @@ def _process_until(app, cond, timeout=30.0):
         time.sleep(0.0005)
 
 
+def _settle(app, seconds=0.02):
+    """Run the event loop a moment: queued GUI slots and repaints of the last event finish
+    before the next one is sent, so each single event is timed on its own."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.0005)
+
+
 def pct(a):
     a = np.asarray(a, float)
     return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 1),
@@ -124,6 +133,7 @@ def run(args) -> dict:
         single.append((applied[-1][0] - t_send) * 1e3)
         t_send_list.append((applied[-1][1].request.t_event - t_send) * 1e3)
         _process_until(app, lambda: ex._fb_worker.idle)  # let the consistency check finish (not timed)
+        _settle(app)  # ...and its status repaint, which would otherwise overlap the next search
 
     # (b) bursts: an event every 5 ms for 2 s; latency of each *displayed* result from its own event
     burst_lat, sent, shown = [], 0, 0
