@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from napari_meddift.backbones.base import Backbone, ExtractionSettings
-from napari_meddift.backbones.mind import MindSscBackbone, hu_window, mind_ssc, ssc_pairs
+from napari_meddift.backbones.mind import MindSscBackbone, mind_ssc, ssc_pairs
+from napari_meddift.preprocessing import window_intensity
 from napari_meddift.errors import MedDiftError
 from napari_meddift.volume import Volume
 
@@ -112,7 +113,7 @@ def _mind_numpy_loop(img: np.ndarray, radius: int, dilation: int) -> np.ndarray:
 def test_hand_computed_value_against_numpy_loop():
     rng = np.random.default_rng(5)
     img = rng.uniform(-1000, 1000, size=(6, 7, 8)).astype(np.float32)
-    ref, pairs = _mind_numpy_loop(np.asarray(hu_window(img)), radius=1, dilation=2)
+    ref, pairs = _mind_numpy_loop(np.asarray(window_intensity(img)), radius=1, dilation=2)
     assert [tuple(map(tuple, p)) for p in pairs] == ssc_pairs()  # same channel order
     got = MindSscBackbone(radius=1, dilation=2).extract(Volume(img), ExtractionSettings(device="cpu"))["mind"]
     for voxel in [(3, 3, 4), (0, 0, 0), (5, 6, 7), (2, 5, 1)]:

@@ -277,12 +277,6 @@ def _resolve_backbone(backbone, weights=None, random_weights=False):
     return backbone
 
 
-def _store_dir(out_dir: Path, backbone, settings) -> Path:
-    tag = f"{backbone.name}-{backbone.weights_hash}-t{settings.timestep}-s{settings.seed}"
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", tag)[:120]
-    return out_dir / "stores" / tag
-
-
 def evaluate_l2r(
     root,
     backbone="mini",
@@ -365,16 +359,15 @@ def evaluate_l2r(
             pred_lm = f_lm.copy()
             pred_kp = f_kp.copy() if f_kp is not None else None
         else:
-            from .extraction import extract_to_store
+            from .extraction import cached_store_path, extract_to_store
             from .matching import Matcher
             from .volume import read_volume
 
-            sdir = _store_dir(out, bb, settings)
             t0 = time.perf_counter()
             stores = []
             for img in (case.fixed_image, case.moving_image):
                 vol = read_volume(img)
-                store, _ = extract_to_store(vol, bb, settings, sdir / f"{_stem(img.name)}.zarr")
+                store, _ = extract_to_store(vol, bb, settings, cached_store_path(vol, bb, settings, out / "stores"))
                 stores.append(store)
                 del vol
             t_ext = time.perf_counter() - t0

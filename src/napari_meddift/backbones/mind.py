@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..preprocessing import window_intensity
 from ..volume import Volume
 from .base import ExtractionSettings, ProgressCallback
 
@@ -51,13 +51,6 @@ def ssc_pairs() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
             pairs.append((a, b))
     assert len(pairs) == 12
     return pairs
-
-
-def hu_window(array: np.ndarray | torch.Tensor, low: float = -1000.0, high: float = 1000.0) -> torch.Tensor:
-    """Clip HU to [low, high] and scale to [0, 1] (the project's CT window)."""
-    t = torch.as_tensor(np.asarray(array, dtype=np.float32) if not torch.is_tensor(array) else array)
-    t = t.to(torch.float32)
-    return (t.clamp(low, high) - low) / (high - low)
 
 
 def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2, eps_rel: float = 1e-3) -> torch.Tensor:
@@ -131,7 +124,7 @@ class MindSscBackbone:
         device = resolve_device(settings.device)
         if progress is not None:
             progress(0, 1, "MIND-SSC")
-        img = hu_window(volume.array).to(device)
+        img = window_intensity(volume.array).to(device)
         with torch.no_grad():
             desc = mind_ssc(img, self.radius, self.dilation)
         if progress is not None:
