@@ -23,8 +23,8 @@ import sys
 import time
 
 import numpy as np
+from maisi_sizes import MAISI_LEVELS
 
-MAISI_LEVELS = {"up0": (512, 16), "up1": (256, 32), "up2": (128, 64), "up3": (64, 64)}
 IMAGE = (192, 192, 208)
 
 

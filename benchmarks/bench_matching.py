@@ -29,9 +29,10 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from dense_reference import dense_level  # noqa: E402
+from maisi_sizes import MAISI_LEVELS  # noqa: E402
 from napari_meddift.matching import Matcher  # noqa: E402
 
-SIZES = {"up0": (512, 16, 16, 16), "up1": (256, 32, 32, 32), "up2": (128, 64, 64, 64), "up3": (64, 64, 64, 64)}
+SIZES = {name: (c, n, n, n) for name, (c, n) in MAISI_LEVELS.items()}  # (C, z, y, x)
 IMAGE = (192, 192, 208)
 DOC = REPO / "docs" / "performance.md"
 START, END = "<!-- bench_matching:start -->", "<!-- bench_matching:end -->"

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from maisi_sizes import MAISI_LEVELS
 from napari_meddift.store import open_store, write_store
 
 IMAGE = (208, 192, 192)  # z, y, x
-LEVELS = {"up0": (512, 16), "up1": (256, 32), "up2": (128, 64), "up3": (64, 64)}
+LEVELS = MAISI_LEVELS
 
 
 def du(path: Path) -> int:
