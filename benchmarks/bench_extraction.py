@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from napari_meddift.backbones import get_backbone
 from napari_meddift.backbones.base import ExtractionSettings
-from napari_meddift.volume import Volume, read_volume
+from napari_meddift.io.volume import Volume, read_volume
 
 CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "chest_popi00.nii.gz"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from maisi_sizes import MAISI_LEVELS
-from napari_meddift.store import open_store, write_store
+from napari_meddift.io.store import open_store, write_store
 
 IMAGE = (208, 192, 192)  # z, y, x
 LEVELS = MAISI_LEVELS

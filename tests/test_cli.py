@@ -10,7 +10,7 @@ import pytest
 
 from napari_meddift.cli import main, resolve_levels
 from napari_meddift.errors import MedDiftError
-from napari_meddift.store import open_store
+from napari_meddift.io.store import open_store
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_meddift.deformation import (
+from napari_meddift.synthetic.deformation import (
     anatomical_axes,
     breathing_field,
     exhale_from_inhale,
@@ -13,7 +13,7 @@ from napari_meddift.deformation import (
     lung_mask,
 )
 from napari_meddift.errors import MedDiftError
-from napari_meddift.keypoints import lung_keypoints
+from napari_meddift.synthetic.keypoints import lung_keypoints
 
 SPACING = (2.5, 2.5, 2.5)
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_meddift import demo
-from napari_meddift.deformation import exhale_to_inhale, inhale_to_exhale
+from napari_meddift.synthetic import demo
+from napari_meddift.synthetic.deformation import exhale_to_inhale, inhale_to_exhale
 from napari_meddift.errors import MedDiftError
 
 
@@ -80,7 +80,7 @@ def test_regenerated_from_code_with_the_seed(pair, lungs):
     assert res.max() < 1e-4
     np.testing.assert_allclose(q, tgt, atol=1e-3)  # the CSV holds 4 decimals
     np.testing.assert_allclose(exhale_to_inhale(tgt, field), src, atol=2e-3)
-    from napari_meddift.deformation import exhale_from_inhale
+    from napari_meddift.synthetic.deformation import exhale_from_inhale
 
     ex, le = exhale_from_inhale(hu, field, li)
     assert np.abs(np.clip(np.round(ex), -1024, 3071) - exhale.array).max() <= 1.0
@@ -96,7 +96,7 @@ def test_missing_demo_files_is_a_clear_error(tmp_path):
 
 
 def test_learn2reg_csv_round_trip(tmp_path):
-    from napari_meddift.landmarks import read_points, write_points_csv
+    from napari_meddift.io.landmarks import read_points, write_points_csv
 
     pts = np.array([[1.0, 2.5, 3.25], [10.0, 0.0, 7.125]])
     write_points_csv(tmp_path / "p.csv", pts, header=False)

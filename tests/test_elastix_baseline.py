@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.volume import Volume
+from napari_meddift.io.volume import Volume
 
 # itk's SWIG wrappers raise these on import under Python 3.11+; nothing of ours
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
@@ -21,7 +21,7 @@ def _smooth_ct(shape, seed=0):
 
 
 def test_missing_itk_elastix_says_how_to_install(monkeypatch):
-    from napari_meddift.baselines import elastix
+    from napari_meddift.evaluation import elastix
 
     monkeypatch.setitem(sys.modules, "itk", None)  # makes `import itk` fail
     with pytest.raises(MedDiftError, match="pip install itk-elastix"):
@@ -30,7 +30,7 @@ def test_missing_itk_elastix_says_how_to_install(monkeypatch):
 
 
 def test_index_physical_round_trip_with_direction():
-    from napari_meddift.baselines.elastix import _geometry, _index_to_physical, _physical_to_index
+    from napari_meddift.evaluation.elastix import _geometry, _index_to_physical, _physical_to_index
 
     c, s = np.cos(0.3), np.sin(0.3)
     direction = np.array([[c, -s, 0], [s, c, 0], [0, 0, -1.0]])
@@ -44,7 +44,7 @@ def test_index_physical_round_trip_with_direction():
 
 
 def test_parameter_maps_are_affine_then_bspline():
-    from napari_meddift.baselines.elastix import lung_parameter_maps
+    from napari_meddift.evaluation.elastix import lung_parameter_maps
 
     affine, bspline = lung_parameter_maps(iterations=100, grid_spacing_mm=12)
     assert affine["Transform"] == ["AffineTransform"] and bspline["Transform"] == ["BSplineTransform"]
@@ -61,7 +61,7 @@ def test_known_translation_is_recovered(tmp_path):
     pytest.importorskip("itk")
     from scipy.ndimage import shift as nd_shift
 
-    from napari_meddift.baselines.elastix import map_points, register_bspline
+    from napari_meddift.evaluation.elastix import map_points, register_bspline
 
     fixed = _smooth_ct((36, 40, 44))
     t = np.array([2.0, -3.0, 1.5])  # voxels (z, y, x): moving(p + t) = fixed(p)

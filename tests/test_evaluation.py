@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.evaluation import (
+from napari_meddift.evaluation.metrics import (
     format_summary_table,
     l2r_case_ids,
     l2r_shape_zyx,
@@ -15,7 +15,7 @@ from napari_meddift.evaluation import (
     tre_mm,
     tre_table,
 )
-from napari_meddift.landmarks import read_point_pairs
+from napari_meddift.io.landmarks import read_point_pairs
 
 # Learn2Reg LungCT spacing: 1.75 x 1.25 x 1.75 mm in x,y,z, i.e. (1.75, 1.25, 1.75) in z,y,x
 L2R_SPACING_ZYX = (1.75, 1.25, 1.75)
@@ -119,7 +119,7 @@ def test_read_l2r_config(l2r, tmp_path):
     # the config carries no spacing; it belongs to the images/masks
     assert "spacing" not in cfg
     # and the shape agrees with the shipped masks (192x192x208, 1.75x1.25x1.75 mm in x,y,z)
-    from napari_meddift.volume import read_volume
+    from napari_meddift.io.volume import read_volume
 
     mask = read_volume(l2r / "masksTr" / "LungCT_0001_0000.nii.gz")
     assert mask.shape == l2r_shape_zyx(cfg)

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_meddift import store as S
+from napari_meddift.io import store as S
 from napari_meddift.backbones.base import ExtractionSettings
 from napari_meddift.errors import CancelledError, MedDiftError
-from napari_meddift.extraction import extract_to_store
-from napari_meddift.preprocessing import PreprocessSettings
-from napari_meddift.volume import Volume
+from napari_meddift.backbones.extraction import extract_to_store
+from napari_meddift.backbones.preprocessing import PreprocessSettings
+from napari_meddift.io.volume import Volume
 
 
 class FakeBackbone:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.l2r import check_files, evaluate_l2r, l2r_cases, main_evaluate_l2r
+from napari_meddift.evaluation.l2r import check_files, evaluate_l2r, l2r_cases, main_evaluate_l2r
 
 SHIFT = np.array([2, -3, 1])  # (z, y, x) voxels: stand-in moving(p + SHIFT) = fixed(p)
 
@@ -114,8 +114,8 @@ def test_end_to_end_matching_with_standins(labels, tmp_path):
     shutil.copy(labels / "LungCT_VAL_evaluation_config.json", root)
     lines = []
     res = evaluate_l2r(root, PatchBackbone(), radius=4, cases=[1], out_dir=tmp_path / "out", log=lines.append)
-    from napari_meddift.evaluation import tre_mm
-    from napari_meddift.landmarks import read_point_columns, read_points
+    from napari_meddift.evaluation.metrics import tre_mm
+    from napari_meddift.io.landmarks import read_point_columns, read_points
 
     f = read_points(labels / "landmarksTr" / "LungCT_0001_0000.csv")
     m = read_points(labels / "landmarksTr" / "LungCT_0001_0001.csv")

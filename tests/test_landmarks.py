@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.landmarks import (
+from napari_meddift.io.landmarks import (
     detect_format,
     read_point_columns,
     read_point_pairs,
     read_points,
     write_points_csv,
 )
-from napari_meddift.volume import Volume, read_volume, voxel_to_world
+from napari_meddift.io.volume import Volume, read_volume, voxel_to_world
 
 
 @pytest.fixture(scope="module")

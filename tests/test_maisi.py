@@ -10,8 +10,8 @@ from napari_meddift.backbones import available_backbones, get_backbone
 from napari_meddift.backbones import maisi as M
 from napari_meddift.backbones.base import Backbone, ExtractionSettings
 from napari_meddift.errors import CancelledError, MedDiftError
-from napari_meddift.preprocessing import PreprocessSettings
-from napari_meddift.volume import Volume
+from napari_meddift.backbones.preprocessing import PreprocessSettings
+from napari_meddift.io.volume import Volume
 
 WIDTH = 0.125
 SMALL = PreprocessSettings(multiple=32, min_size=32)

@@ -8,9 +8,9 @@ import torch
 
 from napari_meddift.backbones.base import Backbone, ExtractionSettings
 from napari_meddift.backbones.mind import MindSscBackbone, mind_ssc, ssc_pairs
-from napari_meddift.preprocessing import window_intensity
+from napari_meddift.backbones.preprocessing import window_intensity
 from napari_meddift.errors import MedDiftError
-from napari_meddift.volume import Volume
+from napari_meddift.io.volume import Volume
 
 
 def _ct(shape=(14, 16, 18), seed=0):

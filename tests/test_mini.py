@@ -10,7 +10,7 @@ import torch
 from napari_meddift.backbones.base import Backbone, ExtractionSettings
 from napari_meddift.backbones.mini import DEFAULT_WEIGHTS, MINI_ARCH, MiniBackbone, metadata_path, network_shape
 from napari_meddift.errors import MedDiftError
-from napari_meddift.volume import Volume
+from napari_meddift.io.volume import Volume
 
 
 def small_volume(shape=(20, 24, 36), seed=0):
@@ -110,7 +110,7 @@ def test_train_mini_smoke(tmp_path):
     """Two steps on tiny synthetic CTs: the demo scan is never used, outputs load as a backbone."""
     import SimpleITK as sitk
 
-    from napari_meddift.training import main_train, train_mini
+    from napari_meddift.training.mini import main_train, train_mini
 
     ct = tmp_path / "data" / "ct"
     ct.mkdir(parents=True)

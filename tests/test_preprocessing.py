@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.noise import add_noise, make_scheduler, noise_level
-from napari_meddift.preprocessing import (
+from napari_meddift.backbones.noise import add_noise, make_scheduler, noise_level
+from napari_meddift.backbones.preprocessing import (
     PreprocessSettings,
     canonical_axes,
     canonical_spacing,
@@ -17,7 +17,7 @@ from napari_meddift.preprocessing import (
     to_canonical,
     window_intensity,
 )
-from napari_meddift.volume import Volume
+from napari_meddift.io.volume import Volume
 
 
 def test_settings_defaults_and_dict():

@@ -15,7 +15,7 @@ ORIGIN = (-20.0, 10.0, 5.0)
 
 
 def _volume(seed, name):
-    from napari_meddift.volume import Volume
+    from napari_meddift.io.volume import Volume
 
     rng = np.random.default_rng(seed)
     return Volume(array=(rng.random(SHAPE, dtype=np.float32) * 1400 - 1000).astype(np.float32),
@@ -23,7 +23,7 @@ def _volume(seed, name):
 
 
 def _store(path, seed):
-    from napari_meddift.store import write_store
+    from napari_meddift.io.store import write_store
 
     g = torch.Generator().manual_seed(seed)
     levels = {"up0": torch.randn(12, 5, 5, 6, generator=g), "up1": torch.randn(6, 9, 10, 11, generator=g),
@@ -59,7 +59,7 @@ def test_launch_explorer_shows_a_first_match(app):
 
 
 def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
-    from napari_meddift.evaluation import tre_mm
+    from napari_meddift.evaluation.metrics import tre_mm
     from napari_meddift.matching import Matcher
 
     viewer, ex, s, t, pts = app
@@ -83,7 +83,7 @@ def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
 
 
 def test_landmarks_load_files(app, tmp_path):
-    from napari_meddift.landmarks import write_points_csv
+    from napari_meddift.io.landmarks import write_points_csv
 
     viewer, ex, s, t, pts = app
     write_points_csv(tmp_path / "a.csv", pts)
@@ -122,7 +122,7 @@ def test_feature_view_joint_pca(app):
 
 def test_readers_open_volumes_and_stores(make_napari_viewer, tmp_path):
     from napari_meddift._qt._reader import get_store_reader, get_volume_reader
-    from napari_meddift.volume import write_volume
+    from napari_meddift.io.volume import write_volume
 
     vol = _volume(5, "ct")
     path = tmp_path / "ct.nii.gz"
@@ -144,12 +144,12 @@ def test_readers_open_volumes_and_stores(make_napari_viewer, tmp_path):
 
 
 def test_sample_data_demo_pair(make_napari_viewer):
-    pytest.importorskip("napari_meddift.demo")
+    pytest.importorskip("napari_meddift.synthetic.demo")
     viewer = make_napari_viewer()
     layers = viewer.open_sample("napari-meddift", "demo_pair")
     images = [ly for ly in layers if ly._type_string == "image"]
     assert len(images) == 2 and all(ly.ndim == 3 for ly in images)
-    from napari_meddift.demo import load_demo_pair
+    from napari_meddift.synthetic.demo import load_demo_pair
 
     inhale = load_demo_pair()[0]
     np.testing.assert_allclose(images[0].scale, inhale.spacing)

@@ -43,7 +43,7 @@ def extract_widget(make_napari_viewer, tmp_path):
 
 def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
     from napari_meddift._qt._explorer import find_explorer
-    from napari_meddift.store import open_store
+    from napari_meddift.io.store import open_store
 
     viewer, w, cache = extract_widget
     assert w.source.value == "fixed" and w.target.value == "moving"

@@ -6,10 +6,10 @@ import torch
 import zarr
 
 from napari_meddift import STORE_FORMAT_VERSION, __version__
-from napari_meddift import store as S
+from napari_meddift.io import store as S
 from napari_meddift.backbones.base import ExtractionSettings
 from napari_meddift.errors import MedDiftError
-from napari_meddift.volume import Volume
+from napari_meddift.io.volume import Volume
 
 
 def _levels():

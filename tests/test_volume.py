@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.volume import (
+from napari_meddift.io.volume import (
     Volume,
     read_volume,
     voxel_to_world,

@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/images/make_screenshots.py [--demo-dir DIR] [--random]
 
-Uses the packaged demo pair (or --demo-dir, built by ``python -m napari_meddift.demo build``)
+Uses the packaged demo pair (or --demo-dir, built by ``python -m napari_meddift.synthetic.demo build``)
 and the mini backbone (its packaged weights, default levels up0+up1; --random for the
 random-weights control, --weights for another weights file).
 Stores go to a temporary cache. ``Viewer(show=False).screenshot()`` is black: the window is shown.
@@ -55,8 +55,8 @@ def main(argv=None):
     from napari_meddift._qt.app import launch_explorer
     from napari_meddift.backbones import get_backbone
     from napari_meddift.backbones.base import ExtractionSettings
-    from napari_meddift.demo import load_demo_pair
-    from napari_meddift.extraction import extract_to_store
+    from napari_meddift.synthetic.demo import load_demo_pair
+    from napari_meddift.backbones.extraction import extract_to_store
 
     out = Path(args.out)
     inhale, exhale, src_pts, tgt_pts = load_demo_pair(args.demo_dir) if args.demo_dir else load_demo_pair()

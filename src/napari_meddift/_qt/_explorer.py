@@ -332,7 +332,7 @@ class ExplorerWidget(QWidget):
 
         def load():
             from ..matching import Matcher
-            from ..store import open_store
+            from ..io.store import open_store
 
             s, t = open_store(src_path), open_store(tgt_path)
             return s, t, Matcher.from_stores(s, t)
@@ -365,7 +365,7 @@ class ExplorerWidget(QWidget):
         """Explore ``source_layer`` -> ``target_layer`` with their stores (or a ready matcher)."""
         if matcher is None:
             from ..matching import Matcher
-            from ..store import open_store
+            from ..io.store import open_store
 
             src_store = open_store(src_store) if isinstance(src_store, (str, Path)) else src_store
             tgt_store = open_store(tgt_store) if isinstance(tgt_store, (str, Path)) else tgt_store

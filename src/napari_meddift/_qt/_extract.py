@@ -28,7 +28,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..backbones import backbone_levels
 from ..errors import CancelledError, MedDiftError
-from ..extraction import cached_store_path
+from ..backbones.extraction import cached_store_path
 from ._layers import STORE_KEY, layer_to_volume
 from ._controls import ERROR_STYLE
 
@@ -39,7 +39,7 @@ NONE = "(none)"
 
 def _noise_text(t: int) -> str:
     try:
-        from ..noise import noise_level
+        from ..backbones.noise import noise_level
 
         ab, std = noise_level(int(t))
         return f"t={int(t)}: signal sqrt(alpha_bar) {ab ** 0.5:.3f}, noise std {std:.3f} (alpha_bar {ab:.3f})"
@@ -57,7 +57,7 @@ class ExtractWidget(Container):
     """The "Extract descriptors" dock widget (a magicgui Container)."""
 
     def __init__(self, napari_viewer):
-        from ..cache import default_cache_dir
+        from ..io.cache import default_cache_dir
 
         super().__init__(labels=True)
         self.viewer = napari_viewer
@@ -233,7 +233,7 @@ class ExtractWidget(Container):
                         self._relay.progress.emit(int(done), int(max(total, 1)), _p + str(message))
 
                     progress(0, 1, "starting")
-                    from ..extraction import extract_to_store
+                    from ..backbones.extraction import extract_to_store
 
                     store, reused = extract_to_store(volume, backbone, settings, path, progress=progress)
                     out.append((layer, store, reused))

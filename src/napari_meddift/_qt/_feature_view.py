@@ -88,7 +88,7 @@ class FeatureViewWidget(QWidget):
 
         def work():
             from ..pca import joint_pca_rgb
-            from ..store import open_store
+            from ..io.store import open_store
 
             stores = [open_store(p) for p in paths]
             sets = [s.load_levels(levels) for s in stores]

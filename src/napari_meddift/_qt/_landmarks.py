@@ -78,7 +78,7 @@ class LandmarksWidget(QWidget):
         form.addRow("Target points", path_field(self.tgt_edit, "Landmark file"))
         self.format_combo = QComboBox()
         try:
-            from ..landmarks import FORMATS
+            from ..io.landmarks import FORMATS
 
             self.format_combo.addItems(list(FORMATS))
         except Exception:  # pragma: no cover
@@ -128,7 +128,7 @@ class LandmarksWidget(QWidget):
 
     def load(self, source_file, target_file, fmt: str = "auto"):
         """Read a landmark pair with the core's readers (geometry from the explorer's layers)."""
-        from ..landmarks import read_points
+        from ..io.landmarks import read_points
         from ._layers import layer_to_volume
 
         if not source_file or not target_file:
@@ -178,7 +178,7 @@ class LandmarksWidget(QWidget):
             if levels:
                 engine.set_levels(levels, weights)
             table = engine.match_points(query, radius, progress=progress)
-            from ..evaluation import tre_mm
+            from ..evaluation.metrics import tre_mm
 
             return table, tre_mm(table.target_zyx, self.target_points, spacing)
 
@@ -208,7 +208,7 @@ class LandmarksWidget(QWidget):
         self.table_data, self.errors_mm = table, np.asarray(err, float)
         self._fill(table)
         e = self.errors_mm
-        from ..evaluation import tre_mm
+        from ..evaluation.metrics import tre_mm
 
         ex = find_explorer(self.viewer)
         spacing = tuple(ex.target_layer.scale[-3:]) if ex is not None else (1.0, 1.0, 1.0)

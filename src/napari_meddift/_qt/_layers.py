@@ -11,7 +11,7 @@ VOLUME_KEY = "meddift_volume"  # layer.metadata key: geometry of the volume the 
 
 
 def volume_layer_kwargs(volume, name: str | None = None, **extra) -> dict:
-    """napari Image kwargs for a :class:`~napari_meddift.volume.Volume`: scale = spacing, translate = origin."""
+    """napari Image kwargs for a :class:`~napari_meddift.io.volume.Volume`: scale = spacing, translate = origin."""
     meta = {
         VOLUME_KEY: {
             "spacing": tuple(float(s) for s in volume.spacing),
@@ -48,7 +48,7 @@ def _ct_limits(arr) -> tuple[float, float]:
 def layer_to_volume(layer):
     """A Volume from a napari Image layer (3D, scalar); MedDiftError otherwise."""
     from ..errors import MedDiftError
-    from ..volume import Volume
+    from ..io.volume import Volume
 
     if layer is None:
         raise MedDiftError("no image layer chosen; open a CT volume first")

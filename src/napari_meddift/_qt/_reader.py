@@ -52,7 +52,7 @@ def get_volume_reader(path):
 
 
 def read_volume_layers(path):
-    from ..volume import read_volume
+    from ..io.volume import read_volume
 
     p = Path(_single(path))
     if p.is_file() and p.suffix.lower() == ".dcm":
@@ -72,7 +72,7 @@ def get_store_reader(path):
 def read_store_layers(path, levels=None, max_grid: int = 96):
     """The store's fused descriptors as a PCA RGB image placed over the image it came from."""
     from ..pca import grid_geometry, pca_rgb
-    from ..store import open_store
+    from ..io.store import open_store
 
     store = open_store(_single(path))
     names = tuple(levels) if levels else tuple(store.level_names)

@@ -8,7 +8,7 @@ from ._layers import volume_layer_kwargs
 
 
 def demo_pair():
-    from ..demo import load_demo_pair
+    from ..synthetic.demo import load_demo_pair
 
     inhale, exhale, src_pts, tgt_pts = load_demo_pair()
     src_name = inhale.name or "inhale"

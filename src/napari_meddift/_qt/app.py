@@ -13,7 +13,7 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
                     radius: int | None = None):
     """Open napari with ``source`` (main canvas) and ``target`` (docked second canvas) ready to explore.
 
-    ``source``/``target``: :class:`~napari_meddift.volume.Volume`; ``src_store``/``tgt_store``:
+    ``source``/``target``: :class:`~napari_meddift.io.volume.Volume`; ``src_store``/``tgt_store``:
     descriptor stores (or their paths); ``landmarks``: optional (source_zyx, target_zyx) voxel
     arrays, listed in the Landmarks widget; ``radius``: the search window half-width in voxels
     (None: the explorer's default; 0: the whole target). Returns the ``napari.Viewer`` (call ``napari.run()``).

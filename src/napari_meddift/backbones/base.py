@@ -7,7 +7,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
-from ..volume import Volume
+from ..io.volume import Volume
 
 #: progress(done, total, message) -> None; raise CancelledError inside to stop.
 ProgressCallback = Callable[[int, int, str], None]

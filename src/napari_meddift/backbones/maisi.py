@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..hashing import file_sha256
+from ..io.hashing import file_sha256
 from ..errors import MedDiftError
-from ..noise import add_noise, noise_level
-from ..preprocessing import PreprocessSettings, from_canonical, prepare
-from ..volume import Volume
+from .noise import add_noise, noise_level
+from .preprocessing import PreprocessSettings, from_canonical, prepare
+from ..io.volume import Volume
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
 
 AUTOENCODER_FILE = "autoencoder_epoch273.pt"

@@ -27,8 +27,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from ..preprocessing import window_intensity
-from ..volume import Volume
+from .preprocessing import window_intensity
+from ..io.volume import Volume
 from .base import ExtractionSettings, ProgressCallback
 
 #: the six face neighbours, (dz, dy, dx)

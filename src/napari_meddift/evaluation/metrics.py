@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MedDiftError
+from ..errors import MedDiftError
 
 SUMMARY_KEYS = ("n", "mean", "std", "median", "p95", "max")
 

@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import MedDiftError
+from ..errors import MedDiftError
 
 CONFIG_NAME = "LungCT_VAL_evaluation_config.json"
 L2R_SOURCE = (
@@ -105,7 +105,7 @@ def _stem(path: str) -> str:
 
 def l2r_cases(root, labels_root=None, cases: Sequence[int | str] | None = None) -> tuple[dict, list[L2RCase]]:
     """The evaluation config and its pairs (optionally only ``cases``: ints or '0001' ids)."""
-    from .evaluation import read_l2r_config
+    from .metrics import read_l2r_config
 
     root = Path(root).expanduser()
     labels_root = Path(labels_root).expanduser() if labels_root is not None else None
@@ -271,7 +271,7 @@ def _resolve_backbone(backbone, weights=None, random_weights=False):
     if backbone is None or (isinstance(backbone, str) and backbone.lower() == IDENTITY):
         return None
     if isinstance(backbone, str):
-        from .backbones import get_backbone
+        from ..backbones import get_backbone
 
         return get_backbone(backbone, weights=weights, random_weights=random_weights)
     return backbone
@@ -304,9 +304,9 @@ def evaluate_l2r(
     table and a JSON summary go there (default ``root/meddift_l2r``).
     ``progress(done, total, message)`` is called per step; ``log(str)`` gets one line per case.
     """
-    from .backbones.base import ExtractionSettings
-    from .evaluation import summarize, tre_mm
-    from .landmarks import read_points, write_points_csv
+    from ..backbones.base import ExtractionSettings
+    from .metrics import summarize, tre_mm
+    from ..io.landmarks import read_points, write_points_csv
 
     cfg, case_list = l2r_cases(root, labels_root, cases)
     check_files(root, case_list, keypoints=keypoints)
@@ -335,7 +335,7 @@ def evaluate_l2r(
                 raise MedDiftError(
                     f"{case.fixed_keypoints} has {len(f_kp)} keypoints but {case.moving_keypoints} has {len(m_kp)}"
                 )
-            from .volume import read_volume
+            from ..io.volume import read_volume
 
             mask = read_volume(case.fixed_mask).array > 0
             idx = np.rint(f_kp).astype(np.int64)
@@ -359,9 +359,9 @@ def evaluate_l2r(
             pred_lm = f_lm.copy()
             pred_kp = f_kp.copy() if f_kp is not None else None
         else:
-            from .extraction import cached_store_path, extract_to_store
-            from .matching import Matcher
-            from .volume import read_volume
+            from ..backbones.extraction import cached_store_path, extract_to_store
+            from ..matching import Matcher
+            from ..io.volume import read_volume
 
             t0 = time.perf_counter()
             stores = []
@@ -465,7 +465,7 @@ def main_evaluate_l2r(argv: Sequence[str] | None = None) -> int:
     """``meddift evaluate-l2r --root DIR ...``; MedDiftError propagates to the CLI's handler."""
     import sys
 
-    from .backbones.base import ExtractionSettings, resolve_device
+    from ..backbones.base import ExtractionSettings, resolve_device
 
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     cases = None
@@ -477,7 +477,7 @@ def main_evaluate_l2r(argv: Sequence[str] | None = None) -> int:
     bb = _resolve_backbone(args.backbone, args.weights, args.random_weights)
     levels = None
     if bb is not None and args.levels:
-        from .cli import resolve_levels
+        from ..cli import resolve_levels
 
         levels = resolve_levels(args.levels, bb.level_names)
     device = str(resolve_device(args.device))

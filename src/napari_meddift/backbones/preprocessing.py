@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import MedDiftError
+from ..errors import MedDiftError
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class Prepared:
 
 
 def prepare(volume, s: PreprocessSettings | None = None) -> Prepared:
-    """Window, orient to RAS and resize a :class:`~napari_meddift.volume.Volume` for a network."""
+    """Window, orient to RAS and resize a :class:`~napari_meddift.io.volume.Volume` for a network."""
     s = s or PreprocessSettings()
     arr = np.asarray(volume.array)
     if arr.ndim != 3:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import default_cache_dir
+from ..io.cache import default_cache_dir
 
 #: The methods compared by ``meddift demo --headless``: label -> (backbone, random_weights).
 DEMO_METHODS = {"mini": ("mini", False), "mini (random weights)": ("mini", True)}
@@ -17,9 +17,9 @@ DEMO_METHODS = {"mini": ("mini", False), "mini (random weights)": ("mini", True)
 
 def extract_demo_stores(inhale, exhale, cache_dir: Path, random_weights: bool = False, progress=None):
     """Descriptor stores of the demo pair from mini, cached: a second run reuses them at once."""
-    from .backbones import get_backbone
-    from .backbones.base import ExtractionSettings
-    from .extraction import extract_to_store
+    from ..backbones import get_backbone
+    from ..backbones.base import ExtractionSettings
+    from ..backbones.extraction import extract_to_store
 
     backbone = get_backbone("mini", random_weights=random_weights)
     settings = ExtractionSettings(timestep=20, seed=0, samples=1, device="cpu")
@@ -34,9 +34,9 @@ def extract_demo_stores(inhale, exhale, cache_dir: Path, random_weights: bool = 
 
 def headless_report(cache_dir: Path, radius: int) -> dict:
     """Extract, match the demo landmarks and return TRE summaries for identity and each method."""
-    from .demo import load_demo_pair
-    from .evaluation import summarize, tre_mm
-    from .matching import Matcher
+    from ..synthetic.demo import load_demo_pair
+    from ..evaluation.metrics import summarize, tre_mm
+    from ..matching import Matcher
 
     inhale, exhale, src_pts, tgt_pts = load_demo_pair()
     spacing = exhale.spacing
@@ -63,20 +63,20 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
         if as_json:
             print(json.dumps(report, indent=2))
         else:
-            from .evaluation import format_summary_table
+            from ..evaluation.metrics import format_summary_table
 
             print(f"demo pair: {report['n_landmarks']} landmarks, window radius {radius} voxels")
             print(format_summary_table(report["methods"]))
         return 0
 
-    from .demo import load_demo_pair
+    from ..synthetic.demo import load_demo_pair
 
     try:
         import napari
     except ImportError:  # pragma: no cover - depends on the install
         print("meddift demo needs napari: pip install 'napari-meddift[all]' (or use --headless)", file=sys.stderr)
         return 2
-    from ._qt.app import launch_explorer
+    from .._qt.app import launch_explorer
 
     inhale, exhale, src_pts, tgt_pts = load_demo_pair()
     src_store, tgt_store = extract_demo_stores(inhale, exhale, cache)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import MedDiftError
+from ..errors import MedDiftError
 
 HU_AIR = -1000.0
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import CancelledError, MedDiftError
+from ..errors import CancelledError, MedDiftError
 
 
 def _tqdm_progress(desc: str):
@@ -68,10 +68,10 @@ def resolve_levels(spec: str | None, level_names: Sequence[str]) -> tuple[str, .
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .backbones import get_backbone
-    from .backbones.base import ExtractionSettings
-    from .extraction import extract_to_store
-    from .volume import read_volume
+    from ..backbones import get_backbone
+    from ..backbones.base import ExtractionSettings
+    from ..backbones.extraction import extract_to_store
+    from ..io.volume import read_volume
 
     volume = read_volume(args.image)
     backbone = get_backbone(args.backbone, weights=args.weights, random_weights=args.random_weights)
@@ -92,9 +92,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_match(args: argparse.Namespace) -> int:
-    from .landmarks import read_points, write_points_csv
-    from .matching import Matcher
-    from .store import open_store
+    from ..io.landmarks import read_points, write_points_csv
+    from ..matching import Matcher
+    from ..io.store import open_store
 
     src, tgt = open_store(args.source), open_store(args.target)
     levels = resolve_levels(args.levels, src.level_names)
@@ -117,14 +117,14 @@ def cmd_match(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import format_summary_table, summarize, tre_mm
-    from .landmarks import read_points
+    from ..evaluation.metrics import format_summary_table, summarize, tre_mm
+    from ..io.landmarks import read_points
 
     if args.spacing:
         sx, sy, sz = _parse_triplet(args.spacing, "--spacing")
         spacing_zyx = (sz, sy, sx)
     else:
-        from .volume import read_volume
+        from ..io.volume import read_volume
 
         spacing_zyx = read_volume(args.image).spacing
     pred, true = read_points(args.predicted), read_points(args.truth)
@@ -141,19 +141,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo_run import run_demo
+    from .demo import run_demo
 
     return run_demo(headless=args.headless, as_json=args.json, cache_dir=args.cache, radius=args.radius)
 
 
 def cmd_train_mini(argv: Sequence[str]) -> int:
-    from .training import main_train
+    from ..training.mini import main_train
 
     return int(main_train(list(argv)) or 0)
 
 
 def cmd_evaluate_l2r(argv: Sequence[str]) -> int:
-    from .l2r import main_evaluate_l2r
+    from ..evaluation.l2r import main_evaluate_l2r
 
     return int(main_evaluate_l2r(list(argv)) or 0)
 
@@ -163,7 +163,7 @@ _DELEGATED = {"train-mini": cmd_train_mini, "evaluate-l2r": cmd_evaluate_l2r}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     p = argparse.ArgumentParser(
         prog="meddift", description="Training-free 3D correspondence from diffusion features (MedDIFT)."

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MedDiftError
-from ..volume import Volume
+from ..io.volume import Volume
 
 INSTALL_HINT = "the elastix baseline needs itk-elastix: pip install itk-elastix"
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import torch
 
-from .errors import MedDiftError
+from ..errors import MedDiftError
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 0.0015

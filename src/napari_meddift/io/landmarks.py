@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MedDiftError
+from ..errors import MedDiftError
 from .volume import Volume, world_to_voxel
 
 FORMATS = ("auto", "l2r", "dirlab", "elastix", "csv")

@@ -1,0 +1,1 @@
+"""Reading and writing: CT volumes, landmark files, descriptor stores, the cache folder, hashes."""

@@ -1,0 +1,1 @@
+"""Synthetic data: smooth breathing deformations, lung keypoints and the packaged demo pair."""

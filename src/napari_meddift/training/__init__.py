@@ -1,0 +1,1 @@
+"""Training the built-in ``mini`` diffusion backbone (``meddift train-mini``)."""
