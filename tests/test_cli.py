@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from napari_meddift.cli import main, resolve_levels
+from napari_meddift.backbones.levels import resolve_levels
+from napari_meddift.cli import main
 from napari_meddift.errors import MedDiftError
 from napari_meddift.io.store import open_store
 

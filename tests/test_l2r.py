@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.evaluation.l2r import check_files, evaluate_l2r, l2r_cases, main_evaluate_l2r
+from napari_meddift.cli import main
+from napari_meddift.evaluation.l2r import check_files, evaluate_l2r, l2r_cases
 
 SHIFT = np.array([2, -3, 1])  # (z, y, x) voxels: stand-in moving(p + SHIFT) = fixed(p)
 
@@ -135,12 +136,14 @@ def test_end_to_end_matching_with_standins(labels, tmp_path):
 def test_cli_identity(labels, tmp_path, capsys):
     root = tmp_path / "l2r"
     _write_standins(root, labels, ("0003",), shift=False)
-    rc = main_evaluate_l2r(
-        ["--root", str(root), "--labels", str(labels), "--backbone", "identity", "--cases", "3", "--no-keypoints",
+    rc = main(
+        ["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--backbone", "identity", "--cases", "3", "--no-keypoints",
          "-o", str(tmp_path / "o")]
     )
     assert rc == 0
     out = capsys.readouterr().out
     assert "| 0003 | 100 | 8.14 ± 4.22 |" in out, out
-    with pytest.raises(MedDiftError, match="--cases"):
-        main_evaluate_l2r(["--root", str(root), "--labels", str(labels), "--cases", "one"])
+    # a malformed --cases is one error line and exit status 2, before any work
+    assert main(["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--cases", "one"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("meddift: error: --cases must be"), err

@@ -106,11 +106,12 @@ def test_corrupt_hash_and_missing_files(tmp_path):
         MiniBackbone(weights=tmp_path / "nothere.pt")
 
 
-def test_train_mini_smoke(tmp_path):
+def test_train_mini_smoke(tmp_path, capsys):
     """Two steps on tiny synthetic CTs: the demo scan is never used, outputs load as a backbone."""
     import SimpleITK as sitk
 
-    from napari_meddift.training.mini import main_train, train_mini
+    from napari_meddift.cli import main
+    from napari_meddift.training.mini import train_mini
 
     ct = tmp_path / "data" / "ct"
     ct.mkdir(parents=True)
@@ -129,5 +130,7 @@ def test_train_mini_smoke(tmp_path):
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     bb = MiniBackbone(weights=out)
     assert bb.weights_hash == meta["sha256"]
-    # the CLI entry reports user errors as exit code 1
-    assert main_train(["--data", str(tmp_path / "nope"), "--out", str(out), "--quiet"]) == 1
+    # the CLI reports user errors like every sub-command: one line, exit status 2
+    assert main(["train-mini", "--data", str(tmp_path / "nope"), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("meddift: error: no ct/ folder"), err

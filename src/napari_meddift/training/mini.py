@@ -18,13 +18,11 @@ Recipe (documented in docs/model-card.md):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -272,36 +270,3 @@ def plot_loss(csv_path: str | Path, png_path: str | Path, window: int = 50) -> N
     Path(png_path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path)
     plt.close(fig)
-
-
-def main_train(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``meddift train-mini``."""
-    ap = argparse.ArgumentParser(prog="meddift train-mini", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="shared data folder (with ct/)")
-    ap.add_argument("--out", required=True, help="output weights (.pt); JSON and loss CSV go beside it")
-    ap.add_argument("--minutes", type=float, default=45.0)
-    ap.add_argument("--crop", type=int, default=48)
-    ap.add_argument("--spacing", type=float, default=2.5)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--hold-out", nargs="*", default=[DEMO_SOURCE])
-    ap.add_argument("--plot", default=None, help="also write the loss curve to this PNG")
-    ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
-    try:
-        train_mini(a.data, a.out, a.minutes, crop=a.crop, spacing=a.spacing, batch=a.batch, seed=a.seed,
-                   hold_out=tuple(a.hold_out), progress=not a.quiet, lr=a.lr, max_steps=a.max_steps,
-                   threads=a.threads)
-        if a.plot:
-            plot_loss(Path(a.out).with_suffix(".loss.csv"), a.plot)
-    except MedDiftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main_train())

@@ -1,0 +1,93 @@
+"""What every sub-command shares: the error-to-exit mapping, argument groups and the progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from ..backbones.base import ProgressCallback
+from ..errors import CancelledError, MedDiftError
+
+#: exit status of a user-fixable problem (``MedDiftError``), the same as argparse's usage errors
+EXIT_ERROR = 2
+#: exit status of a cancelled or interrupted run (128 + SIGINT)
+EXIT_CANCELLED = 130
+
+
+def run_guarded(run: Callable[[], int | None]) -> int:
+    """Run a sub-command and map what escapes it to an exit status and one line on stderr.
+
+    ``MedDiftError`` -> 2 and ``meddift: error: <message>``; ``CancelledError`` and Ctrl-C -> 130.
+    Anything else is a bug and propagates with its traceback.
+    """
+    try:
+        return int(run() or 0)
+    except CancelledError as exc:
+        print(f"meddift: cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("meddift: interrupted; nothing half-written was kept", file=sys.stderr)
+        return EXIT_CANCELLED
+    except MedDiftError as exc:
+        print(f"meddift: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def tqdm_progress(desc: str) -> ProgressCallback:
+    """A core progress callback ``progress(done, total, message)`` drawn as a tqdm bar on stderr."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+        bar.total = total
+        bar.n = done
+        if message:
+            bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+def parse_triplet(text: str, what: str) -> tuple[float, float, float]:
+    """``"1.75,1.25,1.75"`` -> three floats; a MedDiftError naming ``what`` otherwise."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise MedDiftError(f"{what} must be three comma-separated numbers like 1.75,1.25,1.75, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def add_backbone_arguments(p: argparse.ArgumentParser, backbone_help: str, timestep_help: str | None = None) -> None:
+    """--backbone, --weights | --random-weights, --timestep, --seed."""
+    p.add_argument("--backbone", default="mini", help=backbone_help)
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", help="folder with the backbone's checkpoint files (MAISI)")
+    w.add_argument("--random-weights", action="store_true", help="same architecture at seeded random weights")
+    p.add_argument("--timestep", type=int, default=20, help=timestep_help)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_levels_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """--levels: indices or names, resolved by :func:`napari_meddift.backbones.levels.resolve_levels`."""
+    p.add_argument("--levels", help=help)
+
+
+def add_search_arguments(p: argparse.ArgumentParser, radius: int, global_help: str, radius_help: str) -> None:
+    """--radius N | --global (``global_search``): the matching search window."""
+    s = p.add_mutually_exclusive_group()
+    s.add_argument("--radius", type=int, default=radius, help=radius_help)
+    s.add_argument("--global", dest="global_search", action="store_true", help=global_help)
+
+
+def add_device_argument(p: argparse.ArgumentParser, default: str = "auto", auto: bool = True) -> None:
+    """--device auto|cpu|cuda (without ``auto`` where the command has no default device)."""
+    p.add_argument("--device", default=default, choices=(["auto"] if auto else []) + ["cpu", "cuda"])

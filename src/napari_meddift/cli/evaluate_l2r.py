@@ -1,0 +1,69 @@
+"""``meddift evaluate-l2r --root DIR``: the Learn2Reg LungCT protocol (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import MedDiftError
+from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, add_search_arguments
+
+NAME = "evaluate-l2r"
+HELP = "run the Learn2Reg LungCT protocol on a data folder (--root DIR)"
+DESCRIPTION = "TRE of MedDIFT correspondence on Learn2Reg LungCT pairs (landmarks and masked keypoints)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", required=True, help="unpacked Learn2Reg LungCT folder (imagesTr/, landmarksTr/, ...)")
+    p.add_argument("--labels", help="folder with the config, landmarksTr/, keypointsTr/, masksTr/ if not in --root")
+    add_backbone_arguments(p, "mini, maisi, mind-ssc, ... or 'identity' (no matching)")
+    add_levels_argument(p, "levels to fuse: indices or names; default all")
+    add_search_arguments(p, 16, global_help="search the whole moving image",
+                         radius_help="search window half-width in voxels")
+    p.add_argument("--cases", help="comma-separated case numbers, e.g. 1,2 (default: all in the config)")
+    p.add_argument("--no-keypoints", action="store_true", help="landmarks only")
+    p.add_argument("-o", "--out", help="output folder (default ROOT/meddift_l2r)")
+    add_device_argument(p)
+    p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+
+
+def parse_cases(text: str | None) -> list[int] | None:
+    """``"1,2"`` -> ``[1, 2]``; ``None`` or blank -> ``None`` (all cases of the config)."""
+    if not text:
+        return None
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise MedDiftError(f"--cases must be comma-separated numbers like 1,2,3, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbones.base import ExtractionSettings, resolve_device
+    from ..backbones.levels import resolve_levels
+    from ..evaluation.l2r import evaluate_l2r, resolve_backbone
+
+    cases = parse_cases(args.cases)
+    bb = resolve_backbone(args.backbone, args.weights, args.random_weights)
+    levels = resolve_levels(args.levels, bb.level_names) if bb is not None else None
+    device = str(resolve_device(args.device))
+    settings = ExtractionSettings(timestep=args.timestep, seed=args.seed, device=device, levels=levels)
+    result = evaluate_l2r(
+        args.root,
+        bb,
+        settings,
+        radius=None if args.global_search else args.radius,
+        cases=cases,
+        out_dir=args.out,
+        labels_root=args.labels,
+        levels=levels,
+        keypoints=not args.no_keypoints,
+        device="cuda" if device.startswith("cuda") else "cpu",
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.table, end="")
+        print(f"results in {result.out_dir}", file=sys.stderr)
+    return 0

@@ -1,0 +1,47 @@
+"""``meddift extract IMAGE -o STORE.zarr``: a descriptor store from a CT volume."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, tqdm_progress
+
+NAME = "extract"
+HELP = "extract a descriptor store (zarr) from a CT volume"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="NIfTI, MHA/MHD, NRRD file or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="descriptor store to write (STORE.zarr)")
+    add_backbone_arguments(p, "descriptor source: mini (built in), maisi, ...",
+                           timestep_help="diffusion timestep of the added noise (0-999)")
+    add_levels_argument(p, "levels to keep: indices (0,1,2,3) or names; default all")
+    p.add_argument("--samples", type=int, default=1, help="noise samples averaged")
+    add_device_argument(p)
+    p.add_argument("--overwrite", action="store_true", help="re-extract even if the store matches")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..backbones import get_backbone
+    from ..backbones.base import ExtractionSettings
+    from ..backbones.extraction import extract_to_store
+    from ..backbones.levels import resolve_levels
+    from ..io.volume import read_volume
+
+    volume = read_volume(args.image)
+    backbone = get_backbone(args.backbone, weights=args.weights, random_weights=args.random_weights)
+    settings = ExtractionSettings(
+        timestep=args.timestep,
+        levels=resolve_levels(args.levels, backbone.level_names),
+        seed=args.seed,
+        samples=args.samples,
+        device=args.device,
+    )
+    store, reused = extract_to_store(
+        volume, backbone, settings, args.output, progress=tqdm_progress(f"extract {Path(args.image).name}"),
+        overwrite=args.overwrite,
+    )
+    verb = "reused existing" if reused else "wrote"
+    print(f"{verb} {store.path} ({', '.join(store.level_names)}; image {tuple(store.image_shape)})")
+    return 0
