@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
 from .base import ExtractionSettings, ProgressCallback
 from ..errors import MedDiftError
+from ..io.cache import safe_filename
 from ..io.store import DescriptorStore, cache_key, open_store, write_store
 from ..io.volume import Volume
 
@@ -47,7 +47,7 @@ def _store_key(volume: Volume, backbone, settings: ExtractionSettings, preproces
 
 def cached_store_path(volume: Volume, backbone, settings: ExtractionSettings, cache_dir, preprocessing=None) -> Path:
     """One store per (image, backbone, weights, settings) in a cache folder, named by its cache key."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", volume.name or "volume").strip("._") or "volume"
+    stem = safe_filename(volume.name, "volume").strip("._") or "volume"
     key = _store_key(volume, backbone, settings, preprocessing)
     return Path(cache_dir) / f"{stem[:40]}-{backbone.name}-{key[:12]}.zarr"
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MedDiftError
-from ..io.volume import Volume
+from ..io.volume import Volume, voxel_to_world, world_to_voxel
 
 INSTALL_HINT = "the elastix baseline needs itk-elastix: pip install itk-elastix"
 
@@ -93,20 +93,20 @@ def _geometry(volume: Volume) -> dict[str, Any]:
     }
 
 
+def _grid(geom: dict[str, Any]) -> Volume:
+    """The geometry of a stored ``_geometry`` dict as a voxel-less :class:`Volume` for io.volume's maps."""
+    return Volume(np.empty((0, 0, 0), np.float32), spacing=geom["spacing_zyx"], origin=geom["origin_zyx"],
+                  direction=geom["direction_xyz"])
+
+
 def _index_to_physical(points_zyx: np.ndarray, geom: dict[str, Any]) -> np.ndarray:
-    """Continuous voxel indices (z, y, x) -> ITK physical points (x, y, z) in mm."""
-    idx_xyz = np.asarray(points_zyx, dtype=np.float64)[:, ::-1]
-    spacing_xyz = np.asarray(geom["spacing_zyx"], dtype=np.float64)[::-1]
-    origin_xyz = np.asarray(geom["origin_zyx"], dtype=np.float64)[::-1]
-    return origin_xyz + (idx_xyz * spacing_xyz) @ geom["direction_xyz"].T
+    """Continuous voxel indices (z, y, x), (N, 3) -> ITK physical points (x, y, z) in mm, (N, 3)."""
+    return voxel_to_world(_grid(geom), np.asarray(points_zyx, dtype=np.float64))[:, ::-1]
 
 
 def _physical_to_index(points_xyz: np.ndarray, geom: dict[str, Any]) -> np.ndarray:
-    """ITK physical points (x, y, z) in mm -> continuous voxel indices (z, y, x)."""
-    spacing_xyz = np.asarray(geom["spacing_zyx"], dtype=np.float64)[::-1]
-    origin_xyz = np.asarray(geom["origin_zyx"], dtype=np.float64)[::-1]
-    idx_xyz = (np.asarray(points_xyz, dtype=np.float64) - origin_xyz) @ np.linalg.inv(geom["direction_xyz"]).T
-    return (idx_xyz / spacing_xyz)[:, ::-1]
+    """ITK physical points (x, y, z) in mm, (N, 3) -> continuous voxel indices (z, y, x), (N, 3)."""
+    return world_to_voxel(_grid(geom), np.asarray(points_xyz, dtype=np.float64)[:, ::-1])
 
 
 def _to_itk_image(itk, array: np.ndarray, geom: dict[str, Any], pixel=np.float32):

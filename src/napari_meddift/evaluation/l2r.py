@@ -22,7 +22,6 @@ per case and pooled over all cases, next to the identity (no registration) TRE.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import MedDiftError
+from ..io.cache import safe_filename
+from .l2r_config import l2r_case_id, read_l2r_config
 
 CONFIG_NAME = "LungCT_VAL_evaluation_config.json"
 L2R_SOURCE = (
@@ -87,13 +88,6 @@ def _pick(rel: str, root: Path, labels_root: Path | None) -> Path:
     return q if q.exists() else p
 
 
-def _case_id(name: str) -> str:
-    m = re.search(r"_(\d{4})_000[01]", name)
-    if not m:
-        raise MedDiftError(f"unexpected Learn2Reg image name {name!r}; expected LungCT_XXXX_0000.nii.gz")
-    return m.group(1)
-
-
 def _stem(path: str) -> str:
     name = Path(path).name
     for suffix in (".nii.gz", ".nii"):
@@ -104,7 +98,6 @@ def _stem(path: str) -> str:
 
 def l2r_cases(root, labels_root=None, cases: Sequence[int | str] | None = None) -> tuple[dict, list[L2RCase]]:
     """The evaluation config and its pairs (optionally only ``cases``: ints or '0001' ids)."""
-    from .metrics import read_l2r_config
 
     root = Path(root).expanduser()
     labels_root = Path(labels_root).expanduser() if labels_root is not None else None
@@ -114,7 +107,7 @@ def l2r_cases(root, labels_root=None, cases: Sequence[int | str] | None = None) 
     out = []
     for pair in cfg["eval_pairs"]:
         f_rel, m_rel = Path(pair["fixed"]).as_posix(), Path(pair["moving"]).as_posix()  # drops "./"
-        cid = _case_id(Path(f_rel).name)
+        cid = l2r_case_id(f_rel)
         fs, ms = _stem(f_rel), _stem(m_rel)
         out.append(
             L2RCase(
@@ -395,7 +388,7 @@ def evaluate_l2r(
             landmark_tre=e_lm,
             landmark_tre_initial=e_lm0,
         )
-        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
+        tag = safe_filename(method, "method")
         write_points_csv(out / f"LungCT_{case.case_id}_landmarks_{tag}.csv", pred_lm, {"tre_mm": e_lm})
         if f_kp is not None:
             e_kp = tre_mm(pred_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
@@ -422,7 +415,7 @@ def evaluate_l2r(
         okp0 = summarize(np.concatenate([r.keypoint_tre_initial for r in results]))
     table = format_l2r_table(results, method, overall, overall0, okp, okp0)
     result = L2RResult(method, results, overall, overall0, okp, okp0, table, out)
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
+    tag = safe_filename(method, "method")
     (out / f"l2r_{tag}.md").write_text(table, encoding="utf-8")
     summary = result.to_dict()
     summary["settings"] = settings.to_dict() if bb is not None else None

@@ -7,9 +7,6 @@ voxel grid; the direction matrix is a rotation and does not change lengths).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import MedDiftError
@@ -100,41 +97,3 @@ def format_summary_table(rows: dict[str, dict], digits: int = 2) -> str:
         vals = [f"{float(s[k]):.{digits}f}" for k in SUMMARY_KEYS[1:]]
         lines.append(f"| {method} | {int(s['n'])} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
-
-
-def read_l2r_config(path) -> dict:
-    """The Learn2Reg evaluation config (JSON) as a dict; checks the keys the protocol uses.
-
-    It holds ``expected_shape`` (displacement field, NIfTI x,y,z then 3), ``eval_pairs``
-    (fixed/moving image paths) and ``evaluation_methods``. It carries no spacing: Learn2Reg
-    LungCT is 1.75 x 1.25 x 1.75 mm (x, y, z), read it from the images or masks.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MedDiftError(f"{path}: no such Learn2Reg config file; check the path")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedDiftError(f"{path}: is not valid JSON ({exc}); use the challenge's *_evaluation_config.json") from None
-    if not isinstance(cfg, dict) or "eval_pairs" not in cfg:
-        raise MedDiftError(f"{path}: is not a Learn2Reg evaluation config (no 'eval_pairs'); use the challenge's *_evaluation_config.json")
-    return cfg
-
-
-def l2r_shape_zyx(cfg: dict) -> tuple[int, int, int]:
-    """The image shape in numpy (z, y, x) order from a config's ``expected_shape`` (x, y, z, 3)."""
-    shape = cfg.get("expected_shape")
-    if not shape or len(shape) < 3:
-        raise MedDiftError("the Learn2Reg config has no 'expected_shape' [x, y, z, 3]")
-    x, y, z = (int(v) for v in shape[:3])
-    return (z, y, x)
-
-
-def l2r_case_ids(cfg: dict) -> list[str]:
-    """Case ids ('0001', ...) of the config's eval_pairs, from the fixed image names."""
-    ids = []
-    for pair in cfg.get("eval_pairs", []):
-        name = Path(pair["fixed"]).name
-        parts = name.split("_")
-        ids.append(parts[-2] if len(parts) >= 3 else name)
-    return ids
