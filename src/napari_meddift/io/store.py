@@ -15,7 +15,7 @@ import secrets
 import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -107,6 +107,28 @@ def cache_key(volume, backbone_name: str, weights_hash: str, settings: Any, prep
 # ---------------------------------------------------------------- reading
 
 
+@runtime_checkable
+class LevelSource(Protocol):
+    """What matching needs from descriptors: the image grid and named levels.
+
+    :class:`DescriptorStore` is one; an in-memory stand-in only needs these three members.
+    """
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The image grid (z, y, x) in voxels the levels span."""
+        ...
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        """Every level held, in fusion order."""
+        ...
+
+    def load_levels(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """{name: float32 array (C, z', y', x')} at each level's native resolution."""
+        ...
+
+
 class DescriptorStore:
     """A complete, validated store opened read-only. Use :func:`open_store`."""
 
@@ -148,7 +170,7 @@ class DescriptorStore:
             raise MedDiftError(f"store {self.path} has no level {name!r}; it has {', '.join(self.level_names)}")
         return self._group[f"levels/{name}"]
 
-    def load_levels(self, names=None) -> dict[str, np.ndarray]:
+    def load_levels(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """{name: float32 array (C, z, y, x)} for ``names`` (default: all, in fusion order)."""
         names = self.level_names if names is None else tuple(names)
         return {n: np.asarray(self.level(n)[...], dtype=np.float32) for n in names}
