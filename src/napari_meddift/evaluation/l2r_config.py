@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -12,12 +13,21 @@ from ..errors import MedDiftError
 _CASE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*_(\d{4})_(\d{4})(?:\.nii\.gz|\.nii|\.csv)")
 
 
-def read_l2r_config(path) -> dict:
-    """The Learn2Reg evaluation config (JSON) as a dict; checks the keys the protocol uses.
+def read_l2r_config(path: str | os.PathLike) -> dict:
+    """Read a Learn2Reg evaluation config (``*_evaluation_config.json``).
 
     It holds ``expected_shape`` (displacement field, NIfTI x,y,z then 3), ``eval_pairs``
     (fixed/moving image paths) and ``evaluation_methods``. It carries no spacing: Learn2Reg
     LungCT is 1.75 x 1.25 x 1.75 mm (x, y, z), read it from the images or masks.
+
+    Args:
+        path: the JSON file.
+
+    Returns:
+        The config as a dict.
+
+    Raises:
+        MedDiftError: no such file, not JSON, or no ``eval_pairs``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -32,7 +42,17 @@ def read_l2r_config(path) -> dict:
 
 
 def l2r_shape_zyx(cfg: dict) -> tuple[int, int, int]:
-    """The image shape in numpy (z, y, x) order from a config's ``expected_shape`` (x, y, z, 3)."""
+    """The image shape of a config.
+
+    Args:
+        cfg: a config from :func:`read_l2r_config`.
+
+    Returns:
+        The shape (z, y, x) in voxels, from ``expected_shape`` (x, y, z, 3).
+
+    Raises:
+        MedDiftError: the config has no usable ``expected_shape``.
+    """
     shape = cfg.get("expected_shape")
     if not shape or len(shape) < 3:
         raise MedDiftError("the Learn2Reg config has no 'expected_shape' [x, y, z, 3]")
@@ -63,6 +83,12 @@ def l2r_case_id(name: str) -> str:
 
 def l2r_case_ids(cfg: dict) -> list[str]:
     """Case ids (``"0001"``, ...) of the config's ``eval_pairs``, from the fixed image names.
+
+    Args:
+        cfg: a config from :func:`read_l2r_config`.
+
+    Returns:
+        One id per pair, in the config's order.
 
     Raises:
         MedDiftError: a fixed image name that is not ``TASK_XXXX_XXXX.nii.gz``.

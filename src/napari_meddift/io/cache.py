@@ -10,7 +10,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def default_cache_dir() -> Path:
-    """$MEDDIFT_CACHE, else $XDG_CACHE_HOME/napari-meddift, else ~/.cache/napari-meddift."""
+    """The folder for descriptor stores nobody named a path for.
+
+    Returns:
+        ``$MEDDIFT_CACHE``, else ``$XDG_CACHE_HOME/napari-meddift``, else
+        ``~/.cache/napari-meddift``; it may not exist yet.
+    """
     env = os.environ.get("MEDDIFT_CACHE")
     if env:
         return Path(env).expanduser()
