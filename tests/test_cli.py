@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_meddift.backbones.levels import resolve_levels
-from napari_meddift.cli import main
+from napari_meddift.cli import SUBCOMMANDS, main
 from napari_meddift.errors import MedDiftError
 from napari_meddift.io.store import open_store
 
@@ -73,6 +73,10 @@ def test_evaluate_uses_spacing_in_xyz_order(tmp_path, capsys):
         (["extract", "/nonexistent/scan.nii.gz", "-o", "x.zarr", "--random-weights"], "scan.nii.gz"),
         (["match", "/nonexistent/a.zarr", "/nonexistent/b.zarr", "--points", "p.csv", "-o", "o.csv"], "a.zarr"),
         (["evaluate", "a.csv", "b.csv", "--spacing", "1,2"], "--spacing"),
+        # the sub-commands that used to parse and report on their own follow the same contract
+        (["train-mini", "--data", "/nonexistent/data", "--out", "w.pt", "--quiet"], "no ct/ folder"),
+        (["evaluate-l2r", "--root", "/nonexistent/l2r", "--backbone", "identity"], "/nonexistent/l2r"),
+        (["build-demo", "--ct", "/nonexistent/ct.nii.gz", "--out", "demo"], "ct.nii.gz"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(argv, needle, capsys, tmp_path, monkeypatch):
@@ -88,6 +92,14 @@ def test_maisi_without_weights_names_the_missing_files(ct, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "diff_unet_3d_ddpm.pt" in err and "--random-weights" in err
     assert not (tmp_path / "m.zarr").exists()
+
+
+@pytest.mark.parametrize("name", [c.NAME for c in SUBCOMMANDS])
+def test_every_sub_command_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: meddift {name}")
 
 
 def test_resolve_levels():

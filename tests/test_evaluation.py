@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.evaluation.metrics import (
-    format_summary_table,
-    l2r_case_ids,
-    l2r_shape_zyx,
-    read_l2r_config,
-    summarize,
-    tre_mm,
-    tre_table,
-)
+from napari_meddift.evaluation.l2r_config import l2r_case_id, l2r_case_ids, l2r_shape_zyx, read_l2r_config
+from napari_meddift.evaluation.metrics import format_summary_table, summarize, tre_mm, tre_table
 from napari_meddift.io.landmarks import read_point_pairs
 
 # Learn2Reg LungCT spacing: 1.75 x 1.25 x 1.75 mm in x,y,z, i.e. (1.75, 1.25, 1.75) in z,y,x
@@ -130,3 +123,18 @@ def test_read_l2r_config(l2r, tmp_path):
         read_l2r_config(bad)
     with pytest.raises(MedDiftError, match="no such"):
         read_l2r_config(tmp_path / "none.json")
+
+
+def test_l2r_case_id_is_strict():
+    """One parser for case ids: paths and every Learn2Reg ending work, anything else is refused."""
+    assert l2r_case_id("LungCT_0001_0000.nii.gz") == "0001"
+    assert l2r_case_id("./imagesTr/LungCT_0012_0001.nii.gz") == "0012"
+    assert l2r_case_id("landmarksTr/NLST_0101_0000.csv") == "0101"
+    for bad in ("LungCT_1_0000.nii.gz", "scan.nii.gz", "LungCT_0001.nii.gz", "LungCT_0001_0000_x.nii.gz",
+                "LungCT_0001_0000.mha", "_0001_0000.nii.gz"):
+        with pytest.raises(MedDiftError, match="expected TASK_XXXX_0000"):
+            l2r_case_id(bad)
+    # a config naming a malformed image is refused, not turned into a made-up id
+    with pytest.raises(MedDiftError, match="scan_a.nii.gz"):
+        l2r_case_ids({"eval_pairs": [{"fixed": "imagesTr/scan_a.nii.gz", "moving": "imagesTr/scan_b.nii.gz"}]})
+

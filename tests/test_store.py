@@ -153,3 +153,11 @@ def test_cache_key_sensitivity():
     ]
     assert len({k, *others}) == len(others) + 1
     assert S.cache_key(v, "maisi", "h", ExtractionSettings(device="cpu"), {"multiple": 128}) == k
+
+
+def test_flat_store_import_still_works():
+    """Scripts written against the flat layout keep ``from napari_meddift.store import open_store``."""
+    from napari_meddift import store as flat
+
+    assert flat.open_store is S.open_store and flat.write_store is S.write_store
+    assert flat.DescriptorStore is S.DescriptorStore

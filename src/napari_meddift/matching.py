@@ -26,16 +26,17 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import MedDiftError
+from .progress import ProgressCallback
 
-#: progress(done, total, message) -> None; raise CancelledError inside to stop.
-ProgressCallback = Callable[[int, int, str], None]
+if TYPE_CHECKING:
+    from .io.store import LevelSource
 
 #: Same epsilon as ``torch.nn.functional.normalize``: zero features give cosine 0, not nan.
 EPS = 1e-12
@@ -401,8 +402,8 @@ class Matcher:
         self,
         source_levels: Mapping,
         target_levels: Mapping,
-        source_shape,
-        target_shape,
+        source_shape: tuple[int, int, int],
+        target_shape: tuple[int, int, int],
         levels: Sequence[str] | None = None,
         weights: Mapping[str, float] | None = None,
         device: str | torch.device = "cpu",
@@ -429,7 +430,14 @@ class Matcher:
         return m
 
     @classmethod
-    def from_stores(cls, src_store, tgt_store, levels=None, weights=None, device="cpu") -> "Matcher":
+    def from_stores(
+        cls,
+        src_store: LevelSource,
+        tgt_store: LevelSource,
+        levels: Sequence[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Matcher:
         """Build from two descriptor stores (anything with ``.image_shape`` and ``.load_levels``)."""
         if levels is not None:
             levels = list(levels)

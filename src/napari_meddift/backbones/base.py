@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from ..io.volume import Volume
-
-#: progress(done, total, message) -> None; raise CancelledError inside to stop.
-ProgressCallback = Callable[[int, int, str], None]
+from ..progress import ProgressCallback
 
 
 @dataclass(frozen=True)

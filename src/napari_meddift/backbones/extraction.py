@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 import inspect
 import os
-import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .base import ExtractionSettings, ProgressCallback
+from .base import Backbone, ExtractionSettings, ProgressCallback
 from ..errors import MedDiftError
+from ..io.cache import safe_filename
 from ..io.store import DescriptorStore, cache_key, open_store, write_store
 from ..io.volume import Volume
 
@@ -35,40 +36,69 @@ def find_reusable(path: str | os.PathLike, key: str) -> DescriptorStore | None:
     return store if store.cache_key == key else None
 
 
-def _preprocessing_dict(backbone, preprocessing=None) -> dict:
+def _preprocessing_dict(backbone: Backbone, preprocessing: Any = None) -> dict:
     prep = preprocessing if preprocessing is not None else getattr(backbone, "preprocessing", None)
     return prep.to_dict() if hasattr(prep, "to_dict") else (dict(prep) if prep else {})
 
 
-def _store_key(volume: Volume, backbone, settings: ExtractionSettings, preprocessing=None) -> str:
+def _store_key(volume: Volume, backbone: Backbone, settings: ExtractionSettings, preprocessing: Any = None) -> str:
     prep = _preprocessing_dict(backbone, preprocessing)
     return cache_key(volume, backbone.name, backbone.weights_hash, settings, prep)
 
 
-def cached_store_path(volume: Volume, backbone, settings: ExtractionSettings, cache_dir, preprocessing=None) -> Path:
-    """One store per (image, backbone, weights, settings) in a cache folder, named by its cache key."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", volume.name or "volume").strip("._") or "volume"
+def cached_store_path(
+    volume: Volume,
+    backbone: Backbone,
+    settings: ExtractionSettings,
+    cache_dir: str | os.PathLike,
+    preprocessing: Any = None,
+) -> Path:
+    """One store per (image, backbone, weights, settings) in a cache folder, named by its cache key.
+
+    Args:
+        volume: the CT the store describes; its name starts the file name.
+        backbone: the descriptor source (name and weights hash enter the key).
+        settings: timestep, levels, seed, samples: they enter the key.
+        cache_dir: the folder, e.g. :func:`napari_meddift.io.cache.default_cache_dir`.
+        preprocessing: preprocessing settings of backbones that take them (None: the backbone's own).
+
+    Returns:
+        ``cache_dir / "<image>-<backbone>-<key[:12]>.zarr"``; the path may not exist yet.
+    """
+    stem = safe_filename(volume.name, "volume").strip("._") or "volume"
     key = _store_key(volume, backbone, settings, preprocessing)
     return Path(cache_dir) / f"{stem[:40]}-{backbone.name}-{key[:12]}.zarr"
 
 
 def extract_to_store(
     volume: Volume,
-    backbone,
+    backbone: Backbone,
     settings: ExtractionSettings,
     path: str | os.PathLike,
-    preprocessing=None,
+    preprocessing: Any = None,
     progress: ProgressCallback | None = None,
     overwrite: bool = False,
     dtype: str = "float16",
 ) -> tuple[DescriptorStore, bool]:
-    """Extract descriptors of ``volume`` into the store at ``path``; returns (store, reused).
+    """Extract descriptors of ``volume`` into the store at ``path``.
 
     A complete store at ``path`` with the same cache key (same voxels, geometry, backbone,
     weights and settings) is returned at once unless ``overwrite``. Otherwise the backbone runs
     and the store is written atomically, replacing an older store only once the new one is whole.
-    ``progress(done, total, message)`` may raise :class:`~napari_meddift.errors.CancelledError`:
-    nothing is left behind then.
+
+    Args:
+        volume: the CT, array (z, y, x) in HU with spacing and origin in mm.
+        backbone: the descriptor source; each level comes back as (C, z', y', x') on its own grid.
+        settings: timestep, levels, seed, samples, device and dtype of the extraction.
+        path: the store to write (``STORE.zarr``).
+        preprocessing: preprocessing settings for backbones that take them (None: the backbone's own).
+        progress: ``progress(done, total, message)``; raising
+            :class:`~napari_meddift.errors.CancelledError` in it stops the run and leaves nothing behind.
+        overwrite: extract again even if ``path`` holds a matching store.
+        dtype: the stored precision, ``"float16"`` or ``"float32"``.
+
+    Returns:
+        ``(store, reused)``: the opened store and whether it was already there.
     """
     path = Path(path)
     if preprocessing is not None and not _accepts_preprocessing(backbone):

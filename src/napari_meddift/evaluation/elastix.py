@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import MedDiftError
-from ..io.volume import Volume
+from ..io.volume import Volume, voxel_to_world, world_to_voxel
 
 INSTALL_HINT = "the elastix baseline needs itk-elastix: pip install itk-elastix"
 
@@ -42,6 +43,7 @@ def _itk():
 
 
 def elastix_available() -> bool:
+    """Whether itk-elastix can be imported (the baseline is optional)."""
     try:
         _itk()
     except MedDiftError:
@@ -93,20 +95,20 @@ def _geometry(volume: Volume) -> dict[str, Any]:
     }
 
 
+def _grid(geom: dict[str, Any]) -> Volume:
+    """The geometry of a stored ``_geometry`` dict as a voxel-less :class:`Volume` for io.volume's maps."""
+    return Volume(np.empty((0, 0, 0), np.float32), spacing=geom["spacing_zyx"], origin=geom["origin_zyx"],
+                  direction=geom["direction_xyz"])
+
+
 def _index_to_physical(points_zyx: np.ndarray, geom: dict[str, Any]) -> np.ndarray:
-    """Continuous voxel indices (z, y, x) -> ITK physical points (x, y, z) in mm."""
-    idx_xyz = np.asarray(points_zyx, dtype=np.float64)[:, ::-1]
-    spacing_xyz = np.asarray(geom["spacing_zyx"], dtype=np.float64)[::-1]
-    origin_xyz = np.asarray(geom["origin_zyx"], dtype=np.float64)[::-1]
-    return origin_xyz + (idx_xyz * spacing_xyz) @ geom["direction_xyz"].T
+    """Continuous voxel indices (z, y, x), (N, 3) -> ITK physical points (x, y, z) in mm, (N, 3)."""
+    return voxel_to_world(_grid(geom), np.asarray(points_zyx, dtype=np.float64))[:, ::-1]
 
 
 def _physical_to_index(points_xyz: np.ndarray, geom: dict[str, Any]) -> np.ndarray:
-    """ITK physical points (x, y, z) in mm -> continuous voxel indices (z, y, x)."""
-    spacing_xyz = np.asarray(geom["spacing_zyx"], dtype=np.float64)[::-1]
-    origin_xyz = np.asarray(geom["origin_zyx"], dtype=np.float64)[::-1]
-    idx_xyz = (np.asarray(points_xyz, dtype=np.float64) - origin_xyz) @ np.linalg.inv(geom["direction_xyz"]).T
-    return (idx_xyz / spacing_xyz)[:, ::-1]
+    """ITK physical points (x, y, z) in mm, (N, 3) -> continuous voxel indices (z, y, x), (N, 3)."""
+    return world_to_voxel(_grid(geom), np.asarray(points_xyz, dtype=np.float64)[:, ::-1])
 
 
 def _to_itk_image(itk, array: np.ndarray, geom: dict[str, Any], pixel=np.float32):
@@ -126,7 +128,23 @@ def lung_parameter_maps(
     samples: int = 2048,
     bending_weight: float = 0.05,
 ) -> list[dict[str, list[str]]]:
-    """The affine + B-spline parameter maps used by :func:`register_bspline`."""
+    """The affine + B-spline parameter maps used by :func:`register_bspline`.
+
+    Args:
+        iterations: maximum iterations per resolution of the B-spline stage.
+        affine_iterations: the same for the affine stage (default: ``iterations``).
+        grid_spacing_mm: final B-spline control-point spacing in mm.
+        metric: ``"mi"`` (Mattes mutual information) or ``"ncc"`` (normalised correlation).
+        resolutions: pyramid levels (smoothing, no downsampling).
+        samples: random spatial samples per iteration.
+        bending_weight: weight of the bending-energy penalty of the B-spline stage.
+
+    Returns:
+        ``[affine, bspline]`` parameter maps, ``{name: [str, ...]}`` as elastix takes them.
+
+    Raises:
+        MedDiftError: an unknown metric or fewer than one iteration.
+    """
     metrics = {"mi": "AdvancedMattesMutualInformation", "ncc": "AdvancedNormalizedCorrelation"}
     if metric not in metrics:
         raise MedDiftError(f"unknown elastix metric {metric!r}; use one of {', '.join(metrics)}")
@@ -201,11 +219,25 @@ def register_bspline(
     threads: int | None = None,
     log_to_console: bool = False,
 ) -> ElastixTransform:
-    """Affine + B-spline registration of ``moving`` onto ``fixed`` (HU images, zyx Volumes).
+    """Affine + B-spline registration of ``moving`` onto ``fixed``.
 
-    ``mask``: optional fixed-image mask (same shape as ``fixed``; nonzero = use), e.g. the lungs.
-    ``iterations``: maximum iterations per resolution of the B-spline stage (and of the affine
-    stage unless ``affine_iterations`` is given). Returns the fixed->moving transform.
+    Args:
+        fixed: the fixed CT, array (z, y, x) in HU, spacing/origin in mm.
+        moving: the moving CT, same conventions (its own grid).
+        mask: optional fixed-image mask, shape (z, y, x) of ``fixed`` (nonzero = use), e.g. the lungs.
+        iterations: maximum iterations per resolution of the B-spline stage (and of the affine
+            stage unless ``affine_iterations`` is given).
+        affine_iterations, grid_spacing_mm, metric, resolutions, samples, bending_weight: see
+            :func:`lung_parameter_maps`.
+        affine: run the affine stage first.
+        threads: ITK's global thread count (None: ITK's default).
+        log_to_console: let elastix print its log.
+
+    Returns:
+        The fixed->moving transform; map points with :func:`map_points`.
+
+    Raises:
+        MedDiftError: itk-elastix is missing, the mask is empty or mis-shaped, or elastix fails.
     """
     import time
 
@@ -258,8 +290,19 @@ def register_bspline(
     )
 
 
-def map_points(transform: ElastixTransform, points_zyx_in_fixed) -> np.ndarray:
-    """Fixed-image voxel points (N, 3) z,y,x -> the corresponding moving-image voxel points."""
+def map_points(transform: ElastixTransform, points_zyx_in_fixed: ArrayLike) -> np.ndarray:
+    """Carry fixed-image points into the moving image.
+
+    Args:
+        transform: the result of :func:`register_bspline`.
+        points_zyx_in_fixed: voxel points of the fixed image, shape (N, 3), (z, y, x), floats allowed.
+
+    Returns:
+        The corresponding moving-image voxel points, shape (N, 3), (z, y, x), float64.
+
+    Raises:
+        MedDiftError: points not of shape (N, 3), or a transform without its ITK object.
+    """
     pts = np.asarray(points_zyx_in_fixed, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise MedDiftError(f"points must be an (N, 3) array of z, y, x voxel indices, got shape {pts.shape}")

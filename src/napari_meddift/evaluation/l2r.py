@@ -22,15 +22,20 @@ per case and pooled over all cases, next to the identity (no registration) TRE.
 from __future__ import annotations
 
 import json
-import re
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ..errors import MedDiftError
+from ..io.cache import safe_filename
+from .l2r_config import l2r_case_id, read_l2r_config
+
+if TYPE_CHECKING:
+    from ..backbones.base import Backbone
 
 CONFIG_NAME = "LungCT_VAL_evaluation_config.json"
 L2R_SOURCE = (
@@ -87,13 +92,6 @@ def _pick(rel: str, root: Path, labels_root: Path | None) -> Path:
     return q if q.exists() else p
 
 
-def _case_id(name: str) -> str:
-    m = re.search(r"_(\d{4})_000[01]", name)
-    if not m:
-        raise MedDiftError(f"unexpected Learn2Reg image name {name!r}; expected LungCT_XXXX_0000.nii.gz")
-    return m.group(1)
-
-
 def _stem(path: str) -> str:
     name = Path(path).name
     for suffix in (".nii.gz", ".nii"):
@@ -102,9 +100,24 @@ def _stem(path: str) -> str:
     return Path(name).stem
 
 
-def l2r_cases(root, labels_root=None, cases: Sequence[int | str] | None = None) -> tuple[dict, list[L2RCase]]:
-    """The evaluation config and its pairs (optionally only ``cases``: ints or '0001' ids)."""
-    from .metrics import read_l2r_config
+def l2r_cases(
+    root: str | os.PathLike,
+    labels_root: str | os.PathLike | None = None,
+    cases: Sequence[int | str] | None = None,
+) -> tuple[dict, list[L2RCase]]:
+    """The evaluation config and its pairs, with every file path resolved.
+
+    Args:
+        root: the unpacked Learn2Reg LungCT folder (imagesTr/, landmarksTr/, ...).
+        labels_root: a second folder for the config and annotations, if not in ``root``.
+        cases: only these cases: numbers (``3``) or ids (``"0003"``); None for all.
+
+    Returns:
+        ``(config, cases)``: the config dict and one :class:`L2RCase` per pair, in config order.
+
+    Raises:
+        MedDiftError: no such folder, no config, a malformed image name, or unknown cases.
+    """
 
     root = Path(root).expanduser()
     labels_root = Path(labels_root).expanduser() if labels_root is not None else None
@@ -114,7 +127,7 @@ def l2r_cases(root, labels_root=None, cases: Sequence[int | str] | None = None) 
     out = []
     for pair in cfg["eval_pairs"]:
         f_rel, m_rel = Path(pair["fixed"]).as_posix(), Path(pair["moving"]).as_posix()  # drops "./"
-        cid = _case_id(Path(f_rel).name)
+        cid = l2r_case_id(f_rel)
         fs, ms = _stem(f_rel), _stem(m_rel)
         out.append(
             L2RCase(
@@ -140,8 +153,17 @@ def l2r_cases(root, labels_root=None, cases: Sequence[int | str] | None = None) 
     return cfg, out
 
 
-def check_files(root, cases: Sequence[L2RCase], keypoints: bool = True) -> None:
-    """MedDiftError naming every missing image and annotation file, and where they come from."""
+def check_files(root: str | os.PathLike, cases: Sequence[L2RCase], keypoints: bool = True) -> None:
+    """Check that every file the protocol reads is there, before any long work.
+
+    Args:
+        root: the Learn2Reg folder (named in the message).
+        cases: the pairs from :func:`l2r_cases`.
+        keypoints: also require keypoints and lung masks.
+
+    Raises:
+        MedDiftError: naming every missing image and annotation file, and where they come from.
+    """
     root = Path(root).expanduser()
     missing_images: list[str] = []
     missing_labels: list[str] = []
@@ -244,7 +266,18 @@ def _pm(s: dict | None) -> str:
 
 def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall=None, overall_initial=None,
                      overall_kp=None, overall_kp_initial=None) -> str:
-    """Markdown table: per case and overall, identity and predicted TRE (mean ± std, mm)."""
+    """A Markdown table of the results: identity and predicted TRE per case and pooled.
+
+    Args:
+        result_cases: per-case results.
+        method: the method's label in the column names.
+        overall, overall_initial: pooled landmark summaries (predicted, identity); a pooled row is
+            added when there is more than one case.
+        overall_kp, overall_kp_initial: the same for keypoints.
+
+    Returns:
+        The table (mean ± std, median and p95 in mm), ending in a newline.
+    """
     kp = any(c.keypoints is not None for c in result_cases)
     head = "| case | landmarks | initial TRE (mm) | " + f"{method} TRE (mm) | median (mm) | p95 (mm) |"
     sep = "|---|---:|---:|---:|---:|---:|"
@@ -266,7 +299,19 @@ def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall
     return "\n".join(lines) + "\n"
 
 
-def resolve_backbone(backbone, weights=None, random_weights=False):
+def resolve_backbone(
+    backbone: Backbone | str | None, weights: str | os.PathLike | None = None, random_weights: bool = False
+) -> Backbone | None:
+    """The descriptor source a run names.
+
+    Args:
+        backbone: a Backbone, a registered name (``"mini"``, ``"maisi"``, ``"mind-ssc"``, ...), or
+            ``"identity"`` / None for no matching.
+        weights, random_weights: passed to :func:`napari_meddift.backbones.get_backbone` for a name.
+
+    Returns:
+        The backbone, or None for identity.
+    """
     if backbone is None or (isinstance(backbone, str) and backbone.lower() == IDENTITY):
         return None
     if isinstance(backbone, str):
@@ -295,13 +340,32 @@ def evaluate_l2r(
 ) -> L2RResult:
     """Evaluate a descriptor source on Learn2Reg LungCT pairs.
 
-    ``backbone``: a Backbone, a registered name ('mini', 'maisi', 'mind-ssc', ...), or
-    'identity' / None (no matching: the fixed points are the prediction; images are then only
-    checked, not read). ``settings``: :class:`ExtractionSettings` (default: its defaults).
-    ``radius``: search window half-width in voxels, None for a global search. ``levels``: the
-    levels to fuse (default: all in the stores). ``out_dir``: stores, predicted points, the
-    table and a JSON summary go there (default ``root/meddift_l2r``).
-    ``progress(done, total, message)`` is called per step; ``log(str)`` gets one line per case.
+    Args:
+        root: the unpacked Learn2Reg LungCT folder.
+        backbone: a Backbone, a registered name ('mini', 'maisi', 'mind-ssc', ...), or
+            'identity' / None (no matching: the fixed points are the prediction; images are then
+            only checked, not read).
+        settings: :class:`~napari_meddift.backbones.base.ExtractionSettings` (default: its defaults).
+        radius: search window half-width in voxels, None for a global search.
+        cases: only these cases (numbers or ids); None for all.
+        out_dir: stores, predicted points (x,y,z voxel CSV with ``tre_mm``), the table and a JSON
+            summary go there (default ``root/meddift_l2r``).
+        labels_root: a second folder for the config and annotations.
+        levels: the levels to fuse (default: all in the stores).
+        keypoints: also evaluate the corrField keypoints inside the fixed lung mask.
+        device: ``"cpu"`` or ``"cuda"`` for matching.
+        weights, random_weights: for a backbone given by name.
+        progress: ``progress(done, total, message)``, called per case.
+        log: gets one line per case.
+
+    Returns:
+        Per-case and pooled TRE summaries (mm) of landmarks and keypoints, next to identity, with
+        the Markdown table and the output folder.
+
+    Raises:
+        MedDiftError: missing or malformed files, point counts that differ, points outside the
+            image, and whatever extraction or matching raises; all before the long work where
+            they can be checked first.
     """
     from ..backbones.base import ExtractionSettings
     from .metrics import summarize, tre_mm
@@ -395,7 +459,7 @@ def evaluate_l2r(
             landmark_tre=e_lm,
             landmark_tre_initial=e_lm0,
         )
-        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
+        tag = safe_filename(method, "method")
         write_points_csv(out / f"LungCT_{case.case_id}_landmarks_{tag}.csv", pred_lm, {"tre_mm": e_lm})
         if f_kp is not None:
             e_kp = tre_mm(pred_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
@@ -422,7 +486,7 @@ def evaluate_l2r(
         okp0 = summarize(np.concatenate([r.keypoint_tre_initial for r in results]))
     table = format_l2r_table(results, method, overall, overall0, okp, okp0)
     result = L2RResult(method, results, overall, overall0, okp, okp0, table, out)
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", method)
+    tag = safe_filename(method, "method")
     (out / f"l2r_{tag}.md").write_text(table, encoding="utf-8")
     summary = result.to_dict()
     summary["settings"] = settings.to_dict() if bb is not None else None

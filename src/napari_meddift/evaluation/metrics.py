@@ -7,10 +7,8 @@ voxel grid; the direction matrix is a rotation and does not change lengths).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import MedDiftError
 
@@ -33,8 +31,20 @@ def _spacing(spacing_zyx) -> np.ndarray:
     return sp
 
 
-def tre_mm(pred_zyx, true_zyx, spacing_zyx) -> np.ndarray:
-    """Per-point TRE in mm: ``||(pred - true) * spacing||``; (N,) float64."""
+def tre_mm(pred_zyx: ArrayLike, true_zyx: ArrayLike, spacing_zyx: ArrayLike) -> np.ndarray:
+    """Per-point target registration error: ``||(pred - true) * spacing||``.
+
+    Args:
+        pred_zyx: predicted voxel points, shape (N, 3) or (3,), (z, y, x), floats allowed.
+        true_zyx: true voxel points, same shape, on the same grid.
+        spacing_zyx: voxel spacing (z, y, x) in mm, three positive numbers.
+
+    Returns:
+        TRE in mm, shape (N,), float64.
+
+    Raises:
+        MedDiftError: wrong shapes, different point counts or a non-positive spacing.
+    """
     pred = _points(pred_zyx, "predicted points")
     true = _points(true_zyx, "true points")
     if pred.shape != true.shape:
@@ -42,10 +52,18 @@ def tre_mm(pred_zyx, true_zyx, spacing_zyx) -> np.ndarray:
     return np.linalg.norm((pred - true) * _spacing(spacing_zyx), axis=1)
 
 
-def summarize(errors) -> dict:
-    """n, mean, std (population, ddof=0), median, p95 and max of per-point errors (mm).
+def summarize(errors: ArrayLike) -> dict[str, float]:
+    """Summary statistics of per-point errors.
 
-    An empty input gives n=0 and NaN statistics; NaN/inf errors are a MedDiftError.
+    Args:
+        errors: per-point errors in mm, any shape (flattened), e.g. from :func:`tre_mm`.
+
+    Returns:
+        ``{"n", "mean", "std" (population, ddof=0), "median", "p95", "max"}``, all in mm but
+        ``n``; an empty input gives n=0 and NaN statistics.
+
+    Raises:
+        MedDiftError: an error value is NaN or infinite.
     """
     e = np.asarray(errors, dtype=np.float64).reshape(-1)
     if e.size == 0:
@@ -62,11 +80,21 @@ def summarize(errors) -> dict:
     }
 
 
-def tre_table(pred_zyx, true_zyx, spacing_zyx, source_zyx=None) -> list[dict]:
-    """One row per landmark: index, true and predicted voxel x,y,z, TRE in mm.
+def tre_table(
+    pred_zyx: ArrayLike, true_zyx: ArrayLike, spacing_zyx: ArrayLike, source_zyx: ArrayLike | None = None
+) -> list[dict]:
+    """One row per landmark, for CSV output and the landmark widget.
 
-    With ``source_zyx`` (the points before registration/matching, e.g. the fixed landmarks
-    when true are the moving ones) each row also has ``initial_mm``, the identity TRE.
+    Args:
+        pred_zyx: predicted voxel points (N, 3), (z, y, x).
+        true_zyx: true voxel points (N, 3), (z, y, x).
+        spacing_zyx: voxel spacing (z, y, x) in mm.
+        source_zyx: the points before registration/matching (N, 3), e.g. the fixed landmarks when
+            ``true_zyx`` are the moving ones; adds ``initial_mm``, the identity TRE.
+
+    Returns:
+        Rows ``{"index", "true_x", "true_y", "true_z", "pred_x", "pred_y", "pred_z", "tre_mm"}``
+        (voxel coordinates, TRE in mm), plus ``"initial_mm"`` with ``source_zyx``.
     """
     pred = _points(pred_zyx, "predicted points")
     true = _points(true_zyx, "true points")
@@ -89,7 +117,19 @@ def tre_table(pred_zyx, true_zyx, spacing_zyx, source_zyx=None) -> list[dict]:
 
 
 def format_summary_table(rows: dict[str, dict], digits: int = 2) -> str:
-    """Markdown table, one line per method: n, mean, std, median, p95, max (mm)."""
+    """A Markdown table, one line per method.
+
+    Args:
+        rows: ``{method: summary}`` with summaries from :func:`summarize`.
+        digits: decimals of the mm columns.
+
+    Returns:
+        The table (header, separator, one row per method: n, mean, std, median, p95, max in mm),
+        ending in a newline.
+
+    Raises:
+        MedDiftError: a summary lacks one of the keys.
+    """
     head = "| method | n | mean (mm) | std (mm) | median (mm) | p95 (mm) | max (mm) |"
     sep = "|---|---:|---:|---:|---:|---:|---:|"
     lines = [head, sep]
@@ -100,41 +140,3 @@ def format_summary_table(rows: dict[str, dict], digits: int = 2) -> str:
         vals = [f"{float(s[k]):.{digits}f}" for k in SUMMARY_KEYS[1:]]
         lines.append(f"| {method} | {int(s['n'])} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
-
-
-def read_l2r_config(path) -> dict:
-    """The Learn2Reg evaluation config (JSON) as a dict; checks the keys the protocol uses.
-
-    It holds ``expected_shape`` (displacement field, NIfTI x,y,z then 3), ``eval_pairs``
-    (fixed/moving image paths) and ``evaluation_methods``. It carries no spacing: Learn2Reg
-    LungCT is 1.75 x 1.25 x 1.75 mm (x, y, z), read it from the images or masks.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MedDiftError(f"{path}: no such Learn2Reg config file; check the path")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedDiftError(f"{path}: is not valid JSON ({exc}); use the challenge's *_evaluation_config.json") from None
-    if not isinstance(cfg, dict) or "eval_pairs" not in cfg:
-        raise MedDiftError(f"{path}: is not a Learn2Reg evaluation config (no 'eval_pairs'); use the challenge's *_evaluation_config.json")
-    return cfg
-
-
-def l2r_shape_zyx(cfg: dict) -> tuple[int, int, int]:
-    """The image shape in numpy (z, y, x) order from a config's ``expected_shape`` (x, y, z, 3)."""
-    shape = cfg.get("expected_shape")
-    if not shape or len(shape) < 3:
-        raise MedDiftError("the Learn2Reg config has no 'expected_shape' [x, y, z, 3]")
-    x, y, z = (int(v) for v in shape[:3])
-    return (z, y, x)
-
-
-def l2r_case_ids(cfg: dict) -> list[str]:
-    """Case ids ('0001', ...) of the config's eval_pairs, from the fixed image names."""
-    ids = []
-    for pair in cfg.get("eval_pairs", []):
-        name = Path(pair["fixed"]).name
-        parts = name.split("_")
-        ids.append(parts[-2] if len(parts) >= 3 else name)
-    return ids

@@ -1,15 +1,37 @@
-"""Where descriptor stores go when the user names no path: one cache folder per user."""
+"""Where descriptor stores go when the user names no path, and how generated files are named."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def default_cache_dir() -> Path:
-    """$MEDDIFT_CACHE, else $XDG_CACHE_HOME/napari-meddift, else ~/.cache/napari-meddift."""
+    """The folder for descriptor stores nobody named a path for.
+
+    Returns:
+        ``$MEDDIFT_CACHE``, else ``$XDG_CACHE_HOME/napari-meddift``, else
+        ``~/.cache/napari-meddift``; it may not exist yet.
+    """
     env = os.environ.get("MEDDIFT_CACHE")
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "napari-meddift"
+
+
+def safe_filename(text: str, fallback: str = "file") -> str:
+    """``text`` usable as (part of) a file name on every platform.
+
+    Args:
+        text: any label: an image name, a method name such as ``"mini (random)"``.
+        fallback: returned when nothing usable is left.
+
+    Returns:
+        ``text`` with every run of characters other than ``A-Z a-z 0-9 . _ -`` replaced by one
+        ``_``; ``fallback`` when that leaves an empty string.
+    """
+    return _UNSAFE.sub("_", text or "") or fallback

@@ -10,7 +10,14 @@ _CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, cached by (path, mtime, size) for this process: checkpoints are large."""
+    """The sha256 of a file, cached by (path, mtime, size) for this process: checkpoints are large.
+
+    Args:
+        path: the file.
+
+    Returns:
+        64 hexadecimal digits.
+    """
     path = Path(path)
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)

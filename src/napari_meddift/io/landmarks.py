@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import MedDiftError
 from .volume import Volume, world_to_voxel
@@ -61,8 +63,19 @@ def _lines(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def detect_format(path) -> str:
-    """Guess the format of a landmark file: 'elastix', 'csv' (incl. Learn2Reg) or 'dirlab'."""
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess the format of a landmark file from its first line.
+
+    Args:
+        path: the landmark file.
+
+    Returns:
+        ``"elastix"`` (first line 'point'/'index'), ``"csv"`` (commas; Learn2Reg included) or
+        ``"dirlab"`` (whitespace-separated numbers).
+
+    Raises:
+        MedDiftError: an empty or unreadable file.
+    """
     path = Path(path)
     lines = _lines(_read_text(path))
     if not lines:
@@ -168,15 +181,24 @@ def read_points(
     origin=None,
     units: str = "voxel",
 ) -> np.ndarray:
-    """Read landmarks as float64 (N, 3) VOXEL indices in (z, y, x) order, 0-based.
+    """Read landmarks as voxel indices.
 
-    ``fmt``: 'auto' (detect), 'l2r', 'dirlab', 'elastix' or 'csv'. Auto-detection: a first
-    line 'point'/'index' is elastix; commas make a CSV (Learn2Reg is a header-less CSV);
-    whitespace-separated numbers are DIR-Lab (1-based, 1 is subtracted).
-    ``units`` applies to 'csv' only: 'voxel' (default) or 'mm' (world coordinates).
-    Coordinates in mm (csv with units='mm', elastix 'point') need the image geometry:
-    ``volume`` (direction honoured) or ``spacing`` and ``origin`` in (z, y, x) order, mm
-    (axis-aligned image assumed).
+    Args:
+        path: the landmark file.
+        fmt: ``"auto"`` (detect: a first line 'point'/'index' is elastix; commas make a CSV,
+            Learn2Reg is a header-less CSV; whitespace-separated numbers are DIR-Lab, 1-based,
+            1 is subtracted), ``"l2r"``, ``"dirlab"``, ``"elastix"`` or ``"csv"``.
+        volume: the image geometry, needed for coordinates in mm (csv with ``units="mm"``,
+            elastix 'point'); direction honoured.
+        spacing, origin: the geometry without a volume, (z, y, x) in mm (axis-aligned image assumed).
+        units: for ``"csv"`` only: ``"voxel"`` (default) or ``"mm"`` (world coordinates).
+
+    Returns:
+        Points, shape (N, 3), float64, 0-based voxel indices in (z, y, x) order.
+
+    Raises:
+        MedDiftError: an unknown format or unit, a malformed file (with the line), or mm
+            coordinates without a geometry.
     """
     path = Path(path).expanduser()
     if fmt not in FORMATS:
@@ -225,10 +247,20 @@ def read_point_pairs(
     origin=None,
     units: str = "voxel",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read corresponding fixed and moving landmarks (each (N, 3) voxel zyx); counts must match.
+    """Read corresponding fixed and moving landmarks.
 
-    ``volume`` is the fixed image's geometry; ``moving_volume`` the moving one's (defaults to
-    ``volume``). ``spacing``/``origin`` serve both when no volume is given.
+    Args:
+        fixed, moving: the two landmark files of one pair.
+        fmt, units: as in :func:`read_points`.
+        volume: the fixed image's geometry.
+        moving_volume: the moving image's geometry (default: ``volume``).
+        spacing, origin: serve both when no volume is given, (z, y, x) in mm.
+
+    Returns:
+        ``(fixed, moving)`` voxel points, each shape (N, 3), (z, y, x), float64.
+
+    Raises:
+        MedDiftError: what :func:`read_points` raises, or different point counts.
     """
     mv = moving_volume if moving_volume is not None else volume
     a = read_points(fixed, fmt=fmt, volume=volume, spacing=spacing, origin=origin, units=units)
@@ -243,8 +275,15 @@ def read_point_pairs(
 def read_point_columns(path) -> dict[str, np.ndarray]:
     """All columns of a CSV with a header (as written by :func:`write_points_csv`).
 
-    Numeric columns come back as float64 arrays, others as str arrays. x, y, z stay in file
-    order and units; use :func:`read_points` for (z, y, x) voxel points.
+    Args:
+        path: the CSV file.
+
+    Returns:
+        ``{column: array (N,)}``: numeric columns as float64, others as str. x, y, z stay in
+        file order and units; use :func:`read_points` for (z, y, x) voxel points.
+
+    Raises:
+        MedDiftError: no such file, no header, or rows of different lengths.
     """
     path = Path(path).expanduser()
     header, rows = _read_csv_table(path)
@@ -275,13 +314,21 @@ def _cell(v) -> str:
     return str(v)
 
 
-def write_points_csv(path, points_zyx, columns: dict[str, np.ndarray] | None = None, header: bool = True) -> None:
+def write_points_csv(
+    path: str | os.PathLike, points_zyx: ArrayLike, columns: dict[str, np.ndarray] | None = None, header: bool = True
+) -> None:
     """Write voxel points as CSV: header ``x,y,z[,extra...]``, then one row per point.
 
-    ``header=False`` writes the bare Learn2Reg layout (only x,y,z, no header line).
+    Args:
+        path: the CSV file; missing folders are created.
+        points_zyx: voxel points, shape (N, 3), (z, y, x); the file holds X, Y, Z order
+            (0-based voxels).
+        columns: extra columns after x, y, z, each a length-N array (numbers, bools or strings).
+        header: ``False`` writes the bare Learn2Reg layout (only x, y, z, no header line).
 
-    ``points_zyx`` is (N, 3) voxel (z, y, x); the file holds X, Y, Z order (0-based voxels),
-    followed by the extra ``columns`` (each a length-N array; numbers, bools or strings).
+    Raises:
+        MedDiftError: points not of shape (N, 3); extra columns without a header, named x/y/z or
+            of another length; a file that cannot be written.
     """
     path = Path(path).expanduser()
     pts = np.asarray(points_zyx, dtype=np.float64)

@@ -15,12 +15,15 @@ import secrets
 import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from .. import STORE_FORMAT_VERSION, __version__
 from ..errors import MedDiftError
+
+if TYPE_CHECKING:
+    from .volume import Volume
 
 FORMAT = "napari-meddift-descriptors"
 #: spatial chunk edge; every chunk holds all channels of up to CHUNK^3 grid nodes
@@ -55,7 +58,15 @@ def _to_numpy(a: Any) -> np.ndarray:
 
 
 def level_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """(C, up to 16, 16, 16): a windowed query touches only the chunks around it."""
+    """The chunk shape of a level array: all channels, up to 16 nodes per spatial axis.
+
+    Args:
+        shape: the level's shape (C, z, y, x).
+
+    Returns:
+        ``(C, min(16, z), min(16, y), min(16, x))``: a windowed query touches only the chunks
+        around it.
+    """
     c, *spatial = (int(n) for n in shape)
     return (c, *(max(1, min(CHUNK, n)) for n in spatial))
 
@@ -78,10 +89,19 @@ def _rmtree(path: Path) -> None:
 # ---------------------------------------------------------------- cache key
 
 
-def cache_key(volume, backbone_name: str, weights_hash: str, settings: Any, preprocessing: Any = None) -> str:
-    """sha256 over the voxel data, geometry, backbone identity and settings.
+def cache_key(volume: Volume, backbone_name: str, weights_hash: str, settings: Any, preprocessing: Any = None) -> str:
+    """The identity of an extraction: sha256 over voxels, geometry, backbone and settings.
 
-    ``settings.device`` is left out (where it ran does not change what was asked for).
+    Args:
+        volume: the CT (array (z, y, x), spacing/origin in mm, direction).
+        backbone_name: the backbone's registry name.
+        weights_hash: sha256 of its weights (or of its definition, for weight-free sources).
+        settings: the extraction settings (a dataclass or dict); ``device`` is left out, as where
+            it ran does not change what was asked for.
+        preprocessing: the backbone's preprocessing settings, if it has any.
+
+    Returns:
+        64 hexadecimal digits; equal keys mean the stored descriptors can be reused.
     """
     arr = np.ascontiguousarray(np.asarray(volume.array, dtype=np.float32))
     h = hashlib.sha256()
@@ -105,6 +125,28 @@ def cache_key(volume, backbone_name: str, weights_hash: str, settings: Any, prep
 
 
 # ---------------------------------------------------------------- reading
+
+
+@runtime_checkable
+class LevelSource(Protocol):
+    """What matching needs from descriptors: the image grid and named levels.
+
+    :class:`DescriptorStore` is one; an in-memory stand-in only needs these three members.
+    """
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The image grid (z, y, x) in voxels the levels span."""
+        ...
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        """Every level held, in fusion order."""
+        ...
+
+    def load_levels(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """{name: float32 array (C, z', y', x')} at each level's native resolution."""
+        ...
 
 
 class DescriptorStore:
@@ -148,7 +190,7 @@ class DescriptorStore:
             raise MedDiftError(f"store {self.path} has no level {name!r}; it has {', '.join(self.level_names)}")
         return self._group[f"levels/{name}"]
 
-    def load_levels(self, names=None) -> dict[str, np.ndarray]:
+    def load_levels(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """{name: float32 array (C, z, y, x)} for ``names`` (default: all, in fusion order)."""
         names = self.level_names if names is None else tuple(names)
         return {n: np.asarray(self.level(n)[...], dtype=np.float32) for n in names}
@@ -162,7 +204,18 @@ class DescriptorStore:
 
 
 def open_store(path: str | os.PathLike) -> DescriptorStore:
-    """Open and validate a store; MedDiftError says what is wrong and how to fix it."""
+    """Open and validate a descriptor store.
+
+    Args:
+        path: the store folder (``STORE.zarr``).
+
+    Returns:
+        The store, read-only; level arrays are read lazily by chunk.
+
+    Raises:
+        MedDiftError: no such path, not a zarr v3 group or not ours, another format version, an
+            incomplete (interrupted) write or missing level arrays; the message says what to do.
+    """
     import zarr
 
     path = Path(path)
@@ -212,12 +265,27 @@ def write_store(
     attrs: Mapping[str, Any],
     dtype: str = "float16",
 ) -> DescriptorStore:
-    """Write ``levels`` {name: (C, z, y, x)} and ``attrs`` atomically; return the opened store.
+    """Write a descriptor store atomically.
 
-    ``attrs`` must hold ``image_shape`` and ``spacing``; format, format_version, levels,
-    level_shapes, level_dtype, package_version, created and complete are filled in here.
     An existing store at ``path`` is replaced only once the new one is complete; anything
     that is not a napari-meddift store is never replaced.
+
+    Args:
+        path: the store folder to write (``STORE.zarr``).
+        levels: ``{name: array (C, z', y', x')}`` (numpy or torch) at each level's native
+            resolution, in fusion order.
+        attrs: must hold ``image_shape`` (z, y, x voxels) and ``spacing`` (z, y, x mm); format,
+            format_version, levels, level_shapes, level_dtype, package_version, created and
+            complete are filled in here.
+        dtype: ``"float16"`` or ``"float32"``.
+
+    Returns:
+        The written store, opened.
+
+    Raises:
+        MedDiftError: an unknown dtype, no levels, or ``path`` holding something that is not a
+            descriptor store.
+        ValueError: a programming error: a level not 4-D or ``attrs`` without the two keys.
     """
     import zarr
 

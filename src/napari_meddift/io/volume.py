@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import MedDiftError
 
@@ -58,11 +59,21 @@ def _geometry(vol: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sp, org, d
 
 
-def voxel_to_world(vol: Volume, zyx) -> np.ndarray:
-    """Voxel indices (z, y, x), shape (3,) or (N, 3), to world mm in (z, y, x) order.
+def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
+    """Voxel indices to world (physical) coordinates.
 
     Same as ITK's ``TransformContinuousIndexToPhysicalPoint`` (direction honoured), with both
     sides in zyx order: world_xyz = origin_xyz + direction @ (spacing_xyz * index_xyz).
+
+    Args:
+        vol: the volume whose geometry (spacing, origin, direction) places the voxels.
+        zyx: continuous voxel indices, shape (3,) or (N, 3), (z, y, x).
+
+    Returns:
+        World points in mm, same shape, (z, y, x), float64.
+
+    Raises:
+        MedDiftError: the last axis is not of length 3.
     """
     p = np.asarray(zyx, dtype=np.float64)
     if p.shape[-1:] != (3,):
@@ -72,8 +83,19 @@ def voxel_to_world(vol: Volume, zyx) -> np.ndarray:
     return w_xyz[..., ::-1]
 
 
-def world_to_voxel(vol: Volume, zyx_mm) -> np.ndarray:
-    """World mm (z, y, x), shape (3,) or (N, 3), to continuous voxel indices (z, y, x)."""
+def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
+    """World (physical) coordinates to voxel indices; the inverse of :func:`voxel_to_world`.
+
+    Args:
+        vol: the volume whose geometry (spacing, origin, direction) places the voxels.
+        zyx_mm: world points in mm, shape (3,) or (N, 3), (z, y, x).
+
+    Returns:
+        Continuous voxel indices, same shape, (z, y, x), float64.
+
+    Raises:
+        MedDiftError: the last axis is not of length 3.
+    """
     p = np.asarray(zyx_mm, dtype=np.float64)
     if p.shape[-1:] != (3,):
         raise MedDiftError(f"world_to_voxel needs points of shape (3,) or (N, 3), got {p.shape}")
@@ -86,7 +108,19 @@ def world_to_voxel(vol: Volume, zyx_mm) -> np.ndarray:
 
 
 def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
-    """A :class:`Volume` from a 3D scalar SimpleITK image (checks dimension, size, values)."""
+    """A :class:`Volume` from a SimpleITK image.
+
+    Args:
+        image: a 3D scalar ``SimpleITK.Image``.
+        name: the volume's name (shown in napari, used in store names).
+        source: how to name the image in error messages (a file path, "layer ...").
+
+    Returns:
+        The volume: array (z, y, x) float32, spacing and origin (z, y, x) in mm, ITK direction.
+
+    Raises:
+        MedDiftError: not 3D, not scalar, empty, or holding NaN/inf values.
+    """
     import SimpleITK as sitk
 
     dim = image.GetDimension()
@@ -123,7 +157,17 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
 
 
 def volume_to_sitk(volume: Volume):
-    """The SimpleITK image of a :class:`Volume` (float32, geometry kept)."""
+    """The SimpleITK image of a :class:`Volume`.
+
+    Args:
+        volume: array (z, y, x), spacing/origin (z, y, x) mm, direction.
+
+    Returns:
+        A float32 ``SimpleITK.Image`` with the same geometry (x, y, z order, as ITK has it).
+
+    Raises:
+        MedDiftError: the array is not 3D.
+    """
     import SimpleITK as sitk
 
     arr = np.asarray(volume.array)
@@ -216,11 +260,20 @@ def _read_dicom_folder(path: Path) -> Volume:
     return volume_from_sitk(image, name=path.name, source=str(path))
 
 
-def read_volume(path) -> Volume:
-    """Read a 3D CT: .nii/.nii.gz/.mha/.mhd/.nrrd file or a DICOM series folder.
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D CT.
 
-    Returns a float32 (z, y, x) :class:`Volume` with spacing/origin in zyx mm and ITK direction.
-    A folder holding several DICOM series gives the one with the most files.
+    Args:
+        path: a .nii/.nii.gz/.mha/.mhd/.nrrd file or a DICOM series folder (a folder holding
+            several series gives the one with the most files).
+
+    Returns:
+        The volume: array (z, y, x) float32 (HU for CT), spacing and origin (z, y, x) in mm,
+        ITK direction; named after the file.
+
+    Raises:
+        MedDiftError: no such file, a single DICOM file, an unsupported ending, a corrupt, empty
+            or non-3D image.
     """
     import SimpleITK as sitk
 
@@ -248,8 +301,16 @@ def read_volume(path) -> Volume:
     return volume_from_sitk(image, name=_stem(path), source=str(path))
 
 
-def write_volume(volume: Volume, path) -> None:
-    """Write a :class:`Volume` as float32 to .nii/.nii.gz/.mha/.mhd/.nrrd, keeping its geometry."""
+def write_volume(volume: Volume, path: str | os.PathLike) -> None:
+    """Write a :class:`Volume` as float32, keeping its geometry.
+
+    Args:
+        volume: array (z, y, x), spacing/origin (z, y, x) mm, direction.
+        path: a .nii/.nii.gz/.mha/.mhd/.nrrd file; missing folders are created.
+
+    Raises:
+        MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be written.
+    """
     import SimpleITK as sitk
 
     path = Path(path).expanduser()

@@ -37,10 +37,14 @@ HU_AIR = -1000.0
 
 
 def anatomical_axes(direction: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors, in array-axis components (z, y, x), pointing caudal and anterior.
+    """Unit vectors pointing caudal and anterior, in array-axis components (z, y, x).
 
-    ``direction`` is ITK's 3x3 direction matrix (LPS world, columns = index axes i, j, k).
-    Array axis a is index axis 2 - a. Superior is +z in LPS, anterior is -y.
+    Args:
+        direction: ITK's 3x3 direction matrix (LPS world, columns = index axes i, j, k); None is
+            the identity. Array axis a is index axis 2 - a; superior is +z in LPS, anterior -y.
+
+    Returns:
+        ``(caudal, anterior)``, each shape (3,), unit length.
     """
     d = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
     caudal = np.array([-d[2, 2 - a] for a in range(3)])
@@ -50,12 +54,21 @@ def anatomical_axes(direction: np.ndarray | None) -> tuple[np.ndarray, np.ndarra
 
 def lung_mask(hu: np.ndarray, spacing=(1.0, 1.0, 1.0), si_axis: int = 0, threshold: float = -400.0,
               closing_mm: float = 5.0) -> np.ndarray:
-    """Boolean lung mask: air-like voxels (< ``threshold`` HU) inside the body.
+    """Boolean lung mask: air-like voxels inside the body.
 
     Air components touching the in-plane faces of the volume (outside air) are dropped; of the
     rest the largest (and the second largest when it is at least 10 % of it: the other lung)
-    are kept; then a small closing (``closing_mm``) and a slice-wise hole filling take the
-    vessels in.
+    are kept; then a small closing and a slice-wise hole filling take the vessels in.
+
+    Args:
+        hu: the CT, shape (z, y, x), in HU.
+        spacing: voxel spacing (z, y, x) in mm.
+        si_axis: the array axis closest to superior-inferior (its end faces are not "outside").
+        threshold: voxels below this many HU count as air.
+        closing_mm: radius of the closing in mm.
+
+    Returns:
+        The mask, shape (z, y, x), bool; all False when there is no air inside the body.
     """
     hu = np.asarray(hu)
     air = hu < threshold
@@ -97,7 +110,15 @@ def lung_mask(hu: np.ndarray, spacing=(1.0, 1.0, 1.0), si_axis: int = 0, thresho
 
 
 def jacobian_determinant(u_mm: np.ndarray, spacing) -> np.ndarray:
-    """det of d(x + u)/dx on the grid (central differences), dimensionless."""
+    """Jacobian determinant of ``x -> x + u(x)`` (central differences).
+
+    Args:
+        u_mm: displacement field, shape (3, z, y, x), components (z, y, x) in mm.
+        spacing: voxel spacing (z, y, x) in mm.
+
+    Returns:
+        ``det(I + du/dx)``, shape (z, y, x), dimensionless; below 0 where the map folds.
+    """
     sp = np.asarray(spacing, dtype=float)
     grads = np.empty((3, 3) + u_mm.shape[1:], dtype=np.float64)
     for i in range(3):
@@ -114,6 +135,13 @@ def jacobian_determinant(u_mm: np.ndarray, spacing) -> np.ndarray:
 
 @dataclass
 class BreathingField:
+    """A breathing displacement on the exhale grid and what :func:`breathing_field` measured on it.
+
+    ``u_mm`` (3, z, y, x) float32, components (z, y, x) in mm; ``spacing`` (z, y, x) mm;
+    displacement and Jacobian extremes after scaling; ``scale`` the factor applied to reach the
+    limits (1.0 when none was needed); ``seed`` of the random part.
+    """
+
     u_mm: np.ndarray  # (3, Z, Y, X) float32, on the exhale grid
     spacing: tuple[float, float, float]
     max_displacement_mm: float
@@ -123,6 +151,7 @@ class BreathingField:
     seed: int
 
     def u_voxels(self) -> np.ndarray:
+        """The displacement in voxels, shape (3, z, y, x), float32."""
         return self.u_mm / np.asarray(self.spacing, dtype=np.float32)[:, None, None, None]
 
 
@@ -140,11 +169,27 @@ def breathing_field(
     max_mm: float = 18.0,
     min_jacobian: float = 0.3,
 ) -> BreathingField:
-    """A smooth breathing displacement (mm) on a grid of ``shape`` with lung mask ``lungs``.
+    """A smooth, invertible breathing displacement (module docstring: the model).
 
-    ``amplitude_si`` / ``amplitude_ap`` are the peak cranio-caudal / antero-posterior
-    displacements before the final smoothing, which lowers them (with the defaults, a thorax
-    at 2.5 mm gets about 15-18 mm at the diaphragm). ``max_mm`` caps the displacement length.
+    Args:
+        shape: the grid (z, y, x) in voxels.
+        spacing: voxel spacing (z, y, x) in mm.
+        lungs: boolean lung mask, shape ``shape``, not empty.
+        direction: ITK's 3x3 direction matrix (None: identity), for the anatomical axes.
+        seed: seed of the random smooth perturbation.
+        amplitude_si, amplitude_ap: peak cranio-caudal / antero-posterior displacement in mm
+            before the final smoothing, which lowers them (with the defaults, a thorax at
+            2.5 mm gets about 15-18 mm at the diaphragm).
+        noise_mm, noise_sigma_mm: amplitude and smoothness (Gaussian sigma) of the perturbation, mm.
+        smooth_mm: Gaussian sigma of the final smoothing in mm.
+        max_mm: cap on the displacement length in mm.
+        min_jacobian: the field is scaled down until ``det J`` stays above this everywhere.
+
+    Returns:
+        The field on the exhale grid with its measured extremes.
+
+    Raises:
+        MedDiftError: an empty lung mask or one of another shape.
     """
     shape = tuple(int(s) for s in shape)
     sp = np.asarray(spacing, dtype=float)
@@ -212,10 +257,18 @@ def _grid_plus_u(u_vox: np.ndarray) -> np.ndarray:
 
 def warp(image: np.ndarray, field: BreathingField, order: int = 1, cval: float = HU_AIR,
          mode: str = "nearest") -> np.ndarray:
-    """``image`` (inhale grid) pulled back through x -> x + u(x): the exhale-grid image.
+    """Pull ``image`` back through ``x -> x + u(x)``: the exhale-grid image.
 
-    ``mode`` is scipy's boundary mode for samples falling outside the grid (default: the edge
-    voxel is repeated, so tissue cut by the crop's lower face does not turn into air).
+    Args:
+        image: an inhale-grid array, shape (z, y, x).
+        field: the breathing field (same grid).
+        order: spline order of the interpolation (1: trilinear, 0: nearest, for masks).
+        cval: value outside the grid with ``mode="constant"``.
+        mode: scipy's boundary mode (default: the edge voxel is repeated, so tissue cut by the
+            crop's lower face does not turn into air).
+
+    Returns:
+        The warped array, shape (z, y, x), float32.
     """
     coords = _grid_plus_u(field.u_voxels())
     return ndi.map_coordinates(np.asarray(image, dtype=np.float32), coords, order=order, mode=mode,
@@ -224,7 +277,17 @@ def warp(image: np.ndarray, field: BreathingField, order: int = 1, cval: float =
 
 def exhale_from_inhale(hu: np.ndarray, field: BreathingField, lungs_inhale: np.ndarray,
                        density: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(exhale HU, exhale lung mask): warped image with mass-preserving lung density change."""
+    """The synthetic exhale of an inhale CT.
+
+    Args:
+        hu: the inhale CT, shape (z, y, x), in HU.
+        field: the breathing field.
+        lungs_inhale: the inhale lung mask, shape (z, y, x).
+        density: apply the mass-preserving lung density change (module docstring).
+
+    Returns:
+        ``(exhale HU, exhale lung mask)``, both shape (z, y, x): float32 and bool.
+    """
     ex = warp(hu, field, order=1)
     lungs_ex = warp(lungs_inhale.astype(np.float32), field, order=1, cval=0.0, mode="constant") > 0.5
     if density:
@@ -252,17 +315,37 @@ def _interp_grad(grad: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def exhale_to_inhale(points_zyx: np.ndarray, field: BreathingField) -> np.ndarray:
-    """Exhale voxel points (N, 3) to their inhale voxel positions: p + u(p)."""
+    """Exhale points to their inhale positions, ``p + u(p)`` (trilinear ``u``).
+
+    Args:
+        points_zyx: exhale voxel points, shape (N, 3) or (3,), (z, y, x).
+        field: the breathing field.
+
+    Returns:
+        Inhale voxel points, shape (N, 3), (z, y, x), float64.
+    """
     p = np.atleast_2d(np.asarray(points_zyx, dtype=np.float64))
     return p + _interp_field(field.u_voxels().astype(np.float64), p)
 
 
 def inhale_to_exhale(points_zyx: np.ndarray, field: BreathingField, tol: float = 1e-5,
                      max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inverse: exhale voxel points q with q + u(q) = p; returns (q, residual in voxels).
+    """Exact inverse of :func:`exhale_to_inhale`: the exhale points ``q`` with ``q + u(q) = p``.
 
     Newton steps with the interpolated field gradient, damped to a fixed-point step where
-    Newton does not reduce the residual. Raises if any residual stays above 1e-4 voxel.
+    Newton does not reduce the residual.
+
+    Args:
+        points_zyx: inhale voxel points ``p``, shape (N, 3) or (3,), (z, y, x).
+        field: the breathing field.
+        tol: residual (voxels) at which the iteration stops.
+        max_iter: the most iterations.
+
+    Returns:
+        ``(q, residual)``: exhale voxel points (N, 3), (z, y, x), and residuals (N,) in voxels.
+
+    Raises:
+        MedDiftError: a residual stays above 1e-4 voxel.
     """
     p = np.atleast_2d(np.asarray(points_zyx, dtype=np.float64))
     u_vox = field.u_voxels().astype(np.float64)

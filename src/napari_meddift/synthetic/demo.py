@@ -59,22 +59,42 @@ FILES = {
 # --------------------------------------------------------------------------- helpers
 
 
-def si_axis(direction) -> int:
+def si_axis(direction: np.ndarray | None) -> int:
+    """The array axis (0, 1 or 2 of z, y, x) closest to superior-inferior, from ITK's direction matrix."""
     caudal, _ = anatomical_axes(direction)
     return int(np.argmax(np.abs(caudal)))
 
 
 def demo_lungs(hu: np.ndarray, spacing, direction) -> np.ndarray:
+    """The demo's lung mask (:func:`~napari_meddift.synthetic.deformation.lung_mask`), shape (z, y, x), bool.
+
+    Args:
+        hu: the CT, shape (z, y, x), in HU.
+        spacing: voxel spacing (z, y, x) in mm.
+        direction: ITK's 3x3 direction matrix.
+    """
     return lung_mask(hu, spacing, si_axis=si_axis(direction))
 
 
 def demo_field(inhale_hu: np.ndarray, lungs: np.ndarray, spacing, direction, seed: int) -> BreathingField:
-    """The demo's breathing deformation."""
+    """The demo's breathing deformation (fixed amplitudes, the given seed).
+
+    Args:
+        inhale_hu: the inhale CT, shape (z, y, x), in HU.
+        lungs: its lung mask, shape (z, y, x).
+        spacing: voxel spacing (z, y, x) in mm.
+        direction: ITK's 3x3 direction matrix.
+        seed: seed of the random part.
+
+    Returns:
+        The field on the exhale grid (see :func:`~napari_meddift.synthetic.deformation.breathing_field`).
+    """
     return breathing_field(inhale_hu.shape, spacing, lungs, direction=direction, seed=seed,
                            amplitude_si=25.0, amplitude_ap=8.0, noise_mm=3.0, max_mm=18.0)
 
 
 def demo_keypoints(inhale_hu: np.ndarray, lungs: np.ndarray, spacing) -> np.ndarray:
+    """The demo's inhale keypoints: up to 300 voxel indices (M, 3), (z, y, x), >= 7 mm apart."""
     return lung_keypoints(inhale_hu, lungs, spacing, n=N_KEYPOINTS, min_distance_mm=7.0, erode_mm=5.0,
                           sigma_mm=1.0, rho_mm=2.0)
 
@@ -123,7 +143,20 @@ def _write_nifti(arr: np.ndarray, ref, offset_zyx, path: Path, dtype) -> None:
 
 def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = DEMO_DIR, seed: int = 0,
                     verbose: bool = True) -> dict:
-    """Regenerate the demo files in ``out_dir``; returns the metadata written to demo.json."""
+    """Regenerate the demo files (module docstring: the recipe).
+
+    Args:
+        ct_path: the source chest CT.
+        out_dir: where the volumes, masks, landmarks and demo.json go.
+        seed: seed of the breathing deformation.
+        verbose: print what is done.
+
+    Returns:
+        The metadata written to demo.json (files with sha256, landmark statistics in mm, seed).
+
+    Raises:
+        MedDiftError: the source CT is missing, or the deformation cannot be made invertible.
+    """
     import SimpleITK as sitk
 
     ct_path = Path(ct_path)

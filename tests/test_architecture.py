@@ -1,0 +1,184 @@
+"""The package layout keeps its promises: dependencies point cli -> harnesses -> core, no cycles.
+
+Every module is parsed (not imported), so the rules hold for imports inside functions too, and a
+module that fails to import for another reason cannot hide an edge. docs/architecture.md draws
+the same layers.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "napari_meddift"
+ROOT = "napari_meddift"
+
+#: top-level units of the package, by layer (a unit is a subpackage or a top-level module).
+#: Packages other work adds later already have their place: registration/ and explorer/ are core,
+#: batch/ is a harness.
+CORE = {"__init__", "errors", "progress", "io", "backbones", "matching", "registration", "explorer", "pca", "store"}
+HARNESSES = {"evaluation", "synthetic", "training", "batch"}
+CLI = {"cli"}
+WIDGETS = {"_qt"}
+GUI_LIBRARIES = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt", "vispy"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def is_package(path: Path) -> bool:
+    return path.name == "__init__.py"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Absolute names of everything ``path`` imports, at any depth of the file (functions too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    name = module_name(path)
+    package = name if is_package(path) else name.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.add(target)
+            # `from . import x` may name a submodule: count it as an import of that module too
+            out.update(f"{target}.{a.name}" for a in node.names if a.name != "*")
+    return out
+
+
+def unit_of(name: str) -> str | None:
+    """'napari_meddift.io.store' -> 'io'; the package itself -> '__init__'; outside -> None."""
+    parts = name.split(".")
+    if parts[0] != ROOT:
+        return None
+    if len(parts) == 1:
+        return "__init__"
+    unit = parts[1]
+    known = {p.stem if p.is_file() else p.name for p in PKG.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    return unit if unit in known else "__init__"  # `from napari_meddift import __version__`
+
+
+def layer_of(unit: str) -> str:
+    for layer, units in (("core", CORE), ("harness", HARNESSES), ("cli", CLI), ("widgets", WIDGETS)):
+        if unit in units:
+            return layer
+    raise AssertionError(
+        f"napari_meddift/{unit} belongs to no layer; add it to CORE, HARNESSES, CLI or WIDGETS in "
+        "tests/test_architecture.py and to docs/architecture.md"
+    )
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def unit_graph() -> dict[str, dict[str, set[str]]]:
+    """{unit: {imported unit: {'module -> module', ...}}} for edges between different units."""
+    graph: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for path in modules():
+        src_name = module_name(path)
+        src = unit_of(src_name)
+        for target in imports_of(path):
+            dst = unit_of(target)
+            if dst is not None and dst != src:
+                graph[src][dst].add(f"{src_name} -> {target}")
+    return graph
+
+
+def test_every_unit_has_a_layer():
+    units = {unit_of(module_name(p)) for p in modules()}
+    for unit in units:
+        layer_of(unit)  # raises with the way out
+
+
+def test_core_imports_no_harness_cli_or_gui():
+    bad = []
+    for path in modules():
+        name = module_name(path)
+        if layer_of(unit_of(name)) != "core":
+            continue
+        for target in imports_of(path):
+            top = target.split(".")[0]
+            unit = unit_of(target)
+            if top in GUI_LIBRARIES or (unit is not None and layer_of(unit) != "core"):
+                bad.append(f"{name} imports {target}")
+    assert not bad, "the core must stay Qt-free and independent of harnesses and the CLI:\n" + "\n".join(bad)
+
+
+def test_harnesses_import_no_cli_or_widgets():
+    bad = []
+    for path in modules():
+        name = module_name(path)
+        if layer_of(unit_of(name)) != "harness":
+            continue
+        for target in imports_of(path):
+            top = target.split(".")[0]
+            unit = unit_of(target)
+            if top in GUI_LIBRARIES or (unit is not None and layer_of(unit) in ("cli", "widgets")):
+                bad.append(f"{name} imports {target}")
+    assert not bad, "harnesses may use the core only (and each other):\n" + "\n".join(bad)
+
+
+def test_widgets_do_not_import_the_cli():
+    bad = [f"{module_name(p)} imports {t}" for p in modules() if unit_of(module_name(p)) == "_qt"
+           for t in imports_of(p) if unit_of(t) == "cli"]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_cycles_between_units():
+    graph = unit_graph()
+    cycles = []
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+    stack: list[str] = []
+
+    def visit(u: str) -> None:
+        state[u] = 1
+        stack.append(u)
+        for v in sorted(graph.get(u, {})):
+            if state.get(v) == 1:
+                loop = stack[stack.index(v):] + [v]
+                edges = [sorted(graph[a][b])[0] for a, b in zip(loop, loop[1:])]
+                cycles.append(" -> ".join(loop) + "  (" + "; ".join(edges) + ")")
+            elif v not in state:
+                visit(v)
+        stack.pop()
+        state[u] = 2
+
+    for u in sorted(graph):
+        if u not in state:
+            visit(u)
+    assert not cycles, "imports run both ways between units:\n" + "\n".join(cycles)
+
+
+def test_the_checker_sees_function_level_imports(tmp_path):
+    """The rules would miss the old cli <-> l2r cycle if imports inside functions were skipped."""
+    path = PKG / "cli" / "extract.py"
+    found = imports_of(path)
+    assert "napari_meddift.backbones.extraction" in found  # imported inside run()
+    assert unit_of("napari_meddift.evaluation.l2r") == "evaluation"
+    assert layer_of("batch") == "harness" and layer_of("registration") == "core"
+    with pytest.raises(AssertionError, match="belongs to no layer"):
+        layer_of("newthing")
+
+
+def test_user_facing_imports_still_work():
+    from napari_meddift.cli import main
+    from napari_meddift.matching import Matcher
+    from napari_meddift.store import DescriptorStore, open_store
+
+    assert callable(main) and callable(open_store)
+    assert Matcher.from_stores.__qualname__ == "Matcher.from_stores"
+    assert DescriptorStore.__module__ == "napari_meddift.io.store"
