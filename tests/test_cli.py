@@ -1,4 +1,4 @@
-"""The public `meddift` contract, run on a real shared CT with mini at random weights."""
+"""The public `meddift` contract, run on a real small CT (tests/data) with mini at random weights."""
 
 import csv
 import json
@@ -15,8 +15,8 @@ from napari_meddift.io.store import open_store
 
 
 @pytest.fixture(scope="module")
-def ct(shared_data):
-    return shared_data / "ct" / "lung_elastix_small.nii.gz"
+def ct(small_data):
+    return small_data / "ct" / "lung_elastix_small.nii.gz"
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,23 @@ def test_every_sub_command_has_help(name, capsys):
         main([name, "--help"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: meddift {name}")
+
+
+def test_backbone_mind_is_the_short_name_and_help_lists_backbones(ct, tmp_path, capsys):
+    out = tmp_path / "mind.zarr"
+    assert main(["extract", str(ct), "-o", str(out), "--backbone", "mind"]) == 0
+    assert open_store(out).attrs["backbone"] == "mind-ssc"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    sub = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in ("maisi", "mini", "mind-ssc", "mind ="):
+        assert name in top and name in sub
+    assert main(["extract", str(ct), "-o", str(tmp_path / "x.zarr"), "--backbone", "nope"]) == 2
+    assert "available: maisi, mind-ssc, mini" in capsys.readouterr().err
 
 
 def test_resolve_levels():

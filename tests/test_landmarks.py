@@ -1,4 +1,4 @@
-"""Landmark readers/writers on the real files in shared/data/landmarks."""
+"""Landmark readers/writers on real files (tests/data; the Learn2Reg files need ../shared)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ from napari_meddift.io.volume import Volume, read_volume, voxel_to_world
 @pytest.fixture(scope="module")
 def lm(shared_data):
     return shared_data / "landmarks"
+
+
+@pytest.fixture(scope="module")
+def small_lm(small_data):
+    return small_data / "landmarks"
 
 
 # --------------------------------------------------------------------------- Learn2Reg
@@ -57,8 +62,8 @@ def test_l2r_pairs_and_count_mismatch(lm):
 # --------------------------------------------------------------------------- DIR-Lab
 
 
-def test_dirlab_case1(lm):
-    d = lm / "dirlab_4dct_case1"
+def test_dirlab_case1(small_lm):
+    d = small_lm / "dirlab_4dct_case1"
     t00 = d / "Case1_300_T00_xyz.txt"
     assert detect_format(t00) == "dirlab"
     a, b = read_point_pairs(t00, d / "Case1_300_T50_xyz.txt")
@@ -76,10 +81,10 @@ def test_dirlab_case1(lm):
 # --------------------------------------------------------------------------- elastix
 
 
-def test_elastix_point_file_with_volume(lm, shared_data):
-    f = lm / "elastix_lung" / "3DCT_lung_baseline_landmarks.txt"
+def test_elastix_point_file_with_volume(small_lm, small_data):
+    f = small_lm / "elastix_lung" / "3DCT_lung_baseline_landmarks.txt"
     assert detect_format(f) == "elastix"
-    vol = read_volume(shared_data / "ct" / "lung_elastix_small.nii.gz")
+    vol = read_volume(small_data / "ct" / "lung_elastix_small.nii.gz")
     geom = Volume(np.zeros((1, 1, 1), np.float32), vol.spacing, vol.origin, vol.direction)
     pts = read_points(f, volume=geom)
     assert pts.shape == (100, 3)
@@ -97,9 +102,9 @@ def test_elastix_point_file_with_volume(lm, shared_data):
     np.testing.assert_allclose(read_points(f, spacing=vol.spacing, origin=vol.origin), ref, atol=1e-9)
 
 
-def test_elastix_point_needs_geometry(lm):
+def test_elastix_point_needs_geometry(small_lm):
     with pytest.raises(MedDiftError, match="volume="):
-        read_points(lm / "elastix_lung" / "3DCT_lung_baseline_landmarks.txt")
+        read_points(small_lm / "elastix_lung" / "3DCT_lung_baseline_landmarks.txt")
 
 
 def test_elastix_index_and_bad_count(tmp_path):

@@ -1,4 +1,4 @@
-"""read_volume / write_volume / geometry helpers, on the real small CTs in shared/data/ct."""
+"""read_volume / write_volume / geometry helpers, on real small CTs (tests/data, and ../shared when present)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from napari_meddift.io.volume import (
 
 
 @pytest.fixture(scope="module")
-def elastix_small(shared_data):
-    return read_volume(shared_data / "ct" / "lung_elastix_small.nii.gz")
+def elastix_small(small_data):
+    return read_volume(small_data / "ct" / "lung_elastix_small.nii.gz")
 
 
 def _rotation(ax: float, ay: float) -> np.ndarray:
@@ -56,8 +56,8 @@ def test_chest_cip_ct64_matches_sources(shared_data):
     assert np.isfinite(v.array).all()
 
 
-def test_geometry_agrees_with_sitk(shared_data, elastix_small):
-    img = sitk.ReadImage(str(shared_data / "ct" / "lung_elastix_small.nii.gz"))
+def test_geometry_agrees_with_sitk(small_data, elastix_small):
+    img = sitk.ReadImage(str(small_data / "ct" / "lung_elastix_small.nii.gz"))
     idx_zyx = np.array([[0, 0, 0], [10.5, 20.25, 30], [63, 77, 56]], float)
     w = voxel_to_world(elastix_small, idx_zyx)
     for p, q in zip(idx_zyx, w):
@@ -163,16 +163,16 @@ def test_missing_path(tmp_path):
         read_volume(tmp_path / "nope.nii.gz")
 
 
-def test_truncated_nii_gz(tmp_path, shared_data):
-    raw = (shared_data / "ct" / "lung_elastix_small.nii.gz").read_bytes()
+def test_truncated_nii_gz(tmp_path, small_data):
+    raw = (small_data / "ct" / "lung_elastix_small.nii.gz").read_bytes()
     bad = tmp_path / "trunc.nii.gz"
     bad.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(MedDiftError, match="trunc.nii.gz.*truncated"):
         read_volume(bad)
 
 
-def test_truncated_uncompressed_nii(tmp_path, shared_data):
-    raw = gzip.decompress((shared_data / "ct" / "lung_elastix_small.nii.gz").read_bytes())
+def test_truncated_uncompressed_nii(tmp_path, small_data):
+    raw = gzip.decompress((small_data / "ct" / "lung_elastix_small.nii.gz").read_bytes())
     bad = tmp_path / "trunc.nii"
     bad.write_bytes(raw[:-10])
     with pytest.raises(MedDiftError, match="truncated"):

@@ -1,4 +1,19 @@
-"""Small helpers between napari layers and the core's Volume / voxel conventions."""
+"""napari layer geometry: every layer we add sits in ITK physical coordinates.
+
+napari's world coordinates are ITK's physical ones: millimetres, LPS (x towards the patient's
+left, y towards posterior, z towards superior), in (z, y, x) order. A layer holding voxel data
+(an image, labels, points in voxel indices, a similarity map) gets
+
+* ``scale`` = voxel spacing (z, y, x) mm (times the grid step for coarser maps),
+* ``translate`` = the offset of its first element inside the scan's voxel grid, in mm along
+  the scan's own axes (0 for whole volumes; sub-boxes use :func:`box_translate`),
+* ``affine`` = the scan's direction matrix and origin (:func:`direction_origin_affine`),
+* ``units`` = mm and ``axis_labels`` = (z, y, x),
+
+so that ``layer.data_to_world(index)`` equals SimpleITK's ``TransformContinuousIndexToPhysicalPoint``
+(in z, y, x order). In napari's default 2D view of (y, x) the world y axis points down: anterior is
+up and the patient's left is on the right, the usual radiological orientation.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +21,48 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.volume import affine_zyx
+
 STORE_KEY = "meddift_store"  # layer.metadata key: path of the layer's descriptor store
 VOLUME_KEY = "meddift_volume"  # layer.metadata key: geometry of the volume the layer shows
 
+#: units and axis labels of every layer we add (napari world = ITK physical, z, y, x order)
+UNITS = ("mm", "mm", "mm")
+AXIS_LABELS = ("z", "y", "x")
 
-def volume_layer_kwargs(volume, name: str | None = None, **extra) -> dict:
-    """napari Image kwargs for a :class:`~napari_meddift.io.volume.Volume`: scale = spacing, translate = origin."""
+
+# --------------------------------------------------------------------------- geometry kwargs
+
+
+def direction_origin_affine(origin=(0.0, 0.0, 0.0), direction=None) -> np.ndarray:
+    """(4, 4) napari ``affine`` (z, y, x) holding a scan's direction and origin, no spacing.
+
+    ``origin`` in (z, y, x) mm; ``direction`` the ITK 3x3 matrix in (x, y, z) order.
+    """
+    return affine_zyx((1.0, 1.0, 1.0), origin, direction)
+
+
+def geometry_kwargs(spacing, origin=(0.0, 0.0, 0.0), direction=None, translate=(0.0, 0.0, 0.0)) -> dict:
+    """napari kwargs (scale, translate, affine, units, axis_labels) for data on a scan's voxel grid.
+
+    ``spacing`` is the data's step (z, y, x) mm; ``translate`` the offset of data index 0 in mm
+    along the scan's axes (see :func:`box_translate`); ``origin``/``direction`` as in ``Volume``.
+    """
+    return {
+        "scale": tuple(float(s) for s in spacing),
+        "translate": tuple(float(t) for t in translate),
+        "affine": direction_origin_affine(origin, direction),
+        "units": UNITS,
+        "axis_labels": AXIS_LABELS,
+    }
+
+
+def volume_geometry_kwargs(volume) -> dict:
+    """:func:`geometry_kwargs` of a :class:`~napari_meddift.io.volume.Volume` (or a descriptor store)."""
+    return geometry_kwargs(volume.spacing, volume.origin, getattr(volume, "direction", None))
+
+
+def _meta(volume, extra: dict) -> dict:
     meta = {
         VOLUME_KEY: {
             "spacing": tuple(float(s) for s in volume.spacing),
@@ -21,17 +72,86 @@ def volume_layer_kwargs(volume, name: str | None = None, **extra) -> dict:
         }
     }
     meta.update(extra.pop("metadata", {}) or {})
+    return meta
+
+
+def volume_layer_kwargs(volume, name: str | None = None, **extra) -> dict:
+    """napari Image kwargs for a :class:`~napari_meddift.io.volume.Volume`: full scan geometry, CT window."""
     lo, hi = _ct_limits(volume.array)
     kw = {
         "name": name or volume.name or "volume",
-        "scale": tuple(float(s) for s in volume.spacing),
-        "translate": tuple(float(o) for o in volume.origin),
-        "metadata": meta,
+        **volume_geometry_kwargs(volume),
+        "metadata": _meta(volume, extra),
         "colormap": "gray",
         "contrast_limits": (lo, hi),
     }
     kw.update(extra)
     return kw
+
+
+def labels_layer_kwargs(volume, name: str | None = None, **extra) -> dict:
+    """napari Labels kwargs for a mask on ``volume``'s voxel grid (same geometry as the image)."""
+    kw = {"name": name or f"{volume.name or 'volume'} labels", **volume_geometry_kwargs(volume),
+          "metadata": _meta(volume, extra), "opacity": 0.4}
+    kw.update(extra)
+    return kw
+
+
+def points_layer_kwargs(volume, name: str | None = None, **extra) -> dict:
+    """napari Points kwargs for points given as voxel indices (z, y, x) of ``volume``."""
+    kw = {"name": name or f"{volume.name or 'volume'} points", **volume_geometry_kwargs(volume),
+          "metadata": _meta(volume, extra), "size": 4}
+    kw.update(extra)
+    return kw
+
+
+def grid_layer_kwargs(volume, grid_shape, **extra) -> dict:
+    """Geometry kwargs for a coarser grid spanning ``volume``'s image (align_corners=False nodes).
+
+    Node i of an axis with n nodes over N voxels sits at voxel (i + 0.5) * N / n - 0.5 (as
+    :func:`napari_meddift.pca.grid_geometry`). ``volume`` may also be a descriptor store.
+    """
+    from ..pca import grid_geometry
+
+    image_shape = getattr(volume, "image_shape", None) or volume.shape
+    scale, translate = grid_geometry(grid_shape, image_shape, volume.spacing, (0.0, 0.0, 0.0))
+    kw = geometry_kwargs(scale, volume.origin, getattr(volume, "direction", None), translate)
+    kw.update(extra)
+    return kw
+
+
+def same_geometry(layer) -> dict:
+    """Geometry kwargs (scale, translate, affine, units, axis_labels) copied from a napari layer."""
+    return {
+        "scale": tuple(float(s) for s in layer.scale[-3:]),
+        "translate": tuple(float(t) for t in layer.translate[-3:]),
+        "affine": np.asarray(layer.affine.affine_matrix, float)[-4:, -4:].copy(),
+        "units": UNITS,
+        "axis_labels": AXIS_LABELS,
+    }
+
+
+def box_translate(layer, offset_zyx) -> tuple[float, float, float]:
+    """``translate`` for a sub-box whose voxel 0 sits at voxel ``offset_zyx`` of ``layer``.
+
+    Give the box layer ``same_geometry(layer)`` and then this translate (not a world point:
+    the scan's direction and origin stay in the box layer's ``affine``).
+    """
+    off = np.asarray(offset_zyx, float).reshape(3)
+    return tuple(float(t + s * o) for t, s, o in zip(layer.translate[-3:], layer.scale[-3:], off))  # type: ignore[return-value]
+
+
+def layer_affine_zyx(layer) -> np.ndarray:
+    """(4, 4) data index (z, y, x) -> napari world = physical (z, y, x) mm map of a 3D layer."""
+    o = np.asarray(layer.data_to_world(np.zeros(3)), float)[-3:]
+    m = np.eye(4)
+    for k in range(3):
+        m[:3, k] = np.asarray(layer.data_to_world(np.eye(3)[k]), float)[-3:] - o
+    m[:3, 3] = o
+    return m
+
+
+# --------------------------------------------------------------------------- layers -> core
 
 
 def _ct_limits(arr) -> tuple[float, float]:
@@ -46,7 +166,11 @@ def _ct_limits(arr) -> tuple[float, float]:
 
 
 def layer_to_volume(layer):
-    """A Volume from a napari Image layer (3D, scalar); MedDiftError otherwise."""
+    """A Volume from a napari Image layer (3D, scalar), geometry read from its transforms.
+
+    Spacing, origin and direction come from the layer's data-to-world map, so a layer opened by
+    any reader (scale/translate only, or a full affine) gives the right physical geometry.
+    """
     from ..errors import MedDiftError
     from ..io.volume import Volume
 
@@ -57,12 +181,17 @@ def layer_to_volume(layer):
             f"layer '{layer.name}' is not a 3D grey-value image (shape {np.shape(layer.data)}); choose a CT volume layer"
         )
     meta = layer.metadata.get(VOLUME_KEY, {}) if isinstance(layer.metadata, dict) else {}
-    direction = np.asarray(meta.get("direction", np.eye(3)), float)
+    m = layer_affine_zyx(layer)
+    lin = m[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    if np.any(spacing <= 0):
+        raise MedDiftError(f"layer '{layer.name}' has a zero scale; set a positive voxel size (mm) in its scale")
+    d_zyx = lin / spacing[None, :]
     return Volume(
         array=np.asarray(layer.data, dtype=np.float32),
-        spacing=tuple(float(s) for s in layer.scale[-3:]),
-        origin=tuple(float(t) for t in layer.translate[-3:]),
-        direction=direction,
+        spacing=tuple(float(s) for s in spacing),
+        origin=tuple(float(t) for t in m[:3, 3]),
+        direction=d_zyx[::-1, ::-1].copy(),
         name=str(meta.get("name") or layer.name),
     )
 
@@ -73,7 +202,7 @@ def layer_store_path(layer) -> Path | None:
 
 
 def world_to_voxel(layer, world) -> tuple[int, int, int] | None:
-    """Nearest voxel (z, y, x) of ``layer`` at a world position, or None outside the data."""
+    """Nearest voxel (z, y, x) of ``layer`` at a world (= physical, mm) position, or None outside the data."""
     data_pos = np.asarray(layer.world_to_data(np.asarray(world, float)), float)[-3:]
     idx = np.rint(data_pos).astype(np.int64)
     shape = np.asarray(np.shape(layer.data)[-3:])
@@ -83,4 +212,5 @@ def world_to_voxel(layer, world) -> tuple[int, int, int] | None:
 
 
 def voxel_to_world(layer, zyx) -> np.ndarray:
+    """World = ITK physical position (z, y, x) mm of a voxel index (z, y, x) of ``layer``."""
     return np.asarray(layer.data_to_world(np.asarray(zyx, float)), float)

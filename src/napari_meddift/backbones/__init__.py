@@ -14,6 +14,8 @@ _REGISTRY: dict[str, str] = {
     "mini": "napari_meddift.backbones.mini:MiniBackbone",
     "mind-ssc": "napari_meddift.backbones.mind:MindSscBackbone",  # hand-crafted baseline
 }
+#: short names accepted wherever a backbone is named
+ALIASES: dict[str, str] = {"mind": "mind-ssc"}
 
 
 def available_backbones() -> list[str]:
@@ -30,6 +32,7 @@ def register_backbone(name: str, target: str) -> None:
 
 def _backbone_class(name: str):
     key = str(name).lower()
+    key = ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise MedDiftError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
     module_name, cls_name = _REGISTRY[key].split(":")

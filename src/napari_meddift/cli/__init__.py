@@ -22,8 +22,12 @@ SUBCOMMANDS = (extract, match, evaluate, demo, train_mini, evaluate_l2r, build_d
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
+    from ..backbones import ALIASES, available_backbones
+
+    short = ", ".join(f"{a} = {n}" for a, n in ALIASES.items())
     p = argparse.ArgumentParser(
-        prog="meddift", description="Training-free 3D correspondence from diffusion features (MedDIFT)."
+        prog="meddift", description="Training-free 3D correspondence from diffusion features (MedDIFT).",
+        epilog=f"backbones (extract --backbone NAME): {', '.join(available_backbones())} ({short})",
     )
     p.add_argument("--version", action="version", version=f"napari-meddift {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

@@ -14,7 +14,10 @@ HELP = "extract a descriptor store (zarr) from a CT volume"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="NIfTI, MHA/MHD, NRRD file or DICOM series folder")
     p.add_argument("-o", "--output", required=True, help="descriptor store to write (STORE.zarr)")
-    add_backbone_arguments(p, "descriptor source: mini (built in), maisi, ...",
+    from ..backbones import ALIASES, available_backbones
+
+    short = ", ".join(f"{a} = {n}" for a, n in ALIASES.items())
+    add_backbone_arguments(p, f"descriptor source: {', '.join(available_backbones())} ({short}); default mini (built in)",
                            timestep_help="diffusion timestep of the added noise (0-999)")
     add_levels_argument(p, "levels to keep: indices (0,1,2,3) or names; default all")
     p.add_argument("--samples", type=int, default=1, help="noise samples averaged")

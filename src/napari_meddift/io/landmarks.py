@@ -354,3 +354,29 @@ def write_points_csv(
                 w.writerow([_cell(x), _cell(y), _cell(z), *(_cell(c[i]) for c in extra)])
     except OSError as exc:
         raise MedDiftError(f"{path}: cannot be written ({exc.strerror or exc}); check the folder exists and is writable") from None
+
+
+def write_points_elastix(path, points_zyx, volume: Volume | None = None, units: str = "voxel") -> None:
+    """Write an elastix/transformix point file (``point`` or ``index`` header, count, ``x y z`` rows).
+
+    ``units='voxel'``: ``points_zyx`` are voxel indices (z, y, x); with ``volume`` they are
+    written as physical ``point`` coordinates (ITK LPS mm, direction honoured), without it as
+    ``index``. ``units='mm'``: ``points_zyx`` are already physical points (z, y, x) mm, written
+    as ``point``. :func:`read_points` reads the file back.
+    """
+    path = Path(path).expanduser()
+    if units not in UNITS:
+        raise MedDiftError(f"unknown units '{units}'; use 'voxel' or 'mm'")
+    pts = np.asarray(points_zyx, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise MedDiftError(f"points must be an (N, 3) array in (z, y, x) order, got shape {pts.shape}")
+    if units == "voxel" and volume is not None:
+        pts, kind = volume.index_to_physical(pts), "point"
+    else:
+        kind = "point" if units == "mm" else "index"
+    lines = [kind, str(pts.shape[0])] + [" ".join(repr(float(c)) for c in row[::-1]) for row in pts]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise MedDiftError(f"{path}: cannot be written ({exc.strerror or exc}); check the folder exists and is writable") from None

@@ -82,6 +82,15 @@ def _is_our_group(path: Path) -> bool:
     return doc.get("node_type") == "group" and doc.get("attributes", {}).get("format") == FORMAT
 
 
+def is_store(path) -> bool:
+    """True when ``path`` is a napari-meddift descriptor store (cheap: reads ``zarr.json`` only).
+
+    OME-Zarr and other zarr groups give False; use :func:`open_store` for full validation.
+    """
+    path = Path(path)
+    return path.is_dir() and _is_our_group(path)
+
+
 def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 

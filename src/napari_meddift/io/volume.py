@@ -29,7 +29,8 @@ class Volume:
 
     ``array`` is float32 in numpy order (z, y, x), as SimpleITK returns it.
     ``spacing`` and ``origin`` are in the same (z, y, x) order, in mm; ``direction``
-    is the 3x3 direction-cosine matrix in ITK's (x, y, z) convention, kept for writing back.
+    is the 3x3 direction-cosine matrix in ITK's (x, y, z) convention. Together they place voxel
+    (z, y, x) at an ITK physical point (LPS, mm): :meth:`index_to_physical`, :meth:`affine_zyx`.
     """
 
     array: np.ndarray
@@ -47,8 +48,57 @@ class Volume:
         """Extent of the voxel grid in mm, (z, y, x): shape * spacing (edge to edge)."""
         return tuple(float(n) * float(s) for n, s in zip(self.shape, self.spacing))  # type: ignore[return-value]
 
+    @property
+    def direction_zyx(self) -> np.ndarray:
+        """The direction matrix in (z, y, x) order, (3, 3): column k = world axis of index axis k."""
+        return direction_zyx(self.direction)
+
+    def affine_zyx(self) -> np.ndarray:
+        """(4, 4) homogeneous index -> physical map in (z, y, x) order, mm (see :func:`affine_zyx`)."""
+        return affine_zyx(self.spacing, self.origin, self.direction)
+
+    def index_to_physical(self, zyx) -> np.ndarray:
+        """Continuous voxel index (z, y, x), (3,) or (N, 3) -> ITK physical point (z, y, x) mm, LPS."""
+        return voxel_to_world(self, zyx)
+
+    def physical_to_index(self, zyx_mm) -> np.ndarray:
+        """ITK physical point (z, y, x) mm, (3,) or (N, 3) -> continuous voxel index (z, y, x)."""
+        return world_to_voxel(self, zyx_mm)
+
 
 # --------------------------------------------------------------------------- geometry
+#
+# Physical ("world") coordinates are ITK's: millimetres in the scanner's LPS frame (x towards the
+# patient's left, y towards posterior, z towards superior), written in (z, y, x) order like every
+# array here. napari's world coordinates are exactly these (see ``_qt/_layers.py``).
+
+
+def direction_zyx(direction) -> np.ndarray:
+    """ITK's (x, y, z) direction-cosine matrix, (3, 3), rewritten for (z, y, x) order on both sides."""
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    return d[::-1, ::-1].copy()
+
+
+def affine_zyx(spacing, origin=(0.0, 0.0, 0.0), direction=None) -> np.ndarray:
+    """(4, 4) homogeneous matrix taking a voxel index (z, y, x) to its physical point (z, y, x) mm.
+
+    ``spacing`` and ``origin`` in (z, y, x) order, mm; ``direction`` the 3x3 ITK matrix in
+    (x, y, z) order (identity when None). Equals ITK's ``TransformContinuousIndexToPhysicalPoint``:
+    physical = origin + direction @ diag(spacing) @ index.
+    """
+    sp = np.asarray(spacing, dtype=np.float64).reshape(3)
+    org = np.asarray(origin, dtype=np.float64).reshape(3)
+    d = direction_zyx(np.eye(3) if direction is None else direction)
+    a = np.eye(4)
+    a[:3, :3] = d * sp[None, :]
+    a[:3, 3] = org
+    return a
+
+
+def lps_text(zyx_mm, decimals: int = 1) -> str:
+    """A physical point (z, y, x) mm as the one-line text the widgets show: ``x .. y .. z .. mm (LPS)``."""
+    z, y, x = (float(v) for v in np.asarray(zyx_mm, dtype=np.float64).reshape(3))
+    return f"x {x:.{decimals}f}  y {y:.{decimals}f}  z {z:.{decimals}f} mm (LPS)"
 
 
 def _geometry(vol: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
