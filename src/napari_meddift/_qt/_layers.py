@@ -5,14 +5,16 @@ left, y towards posterior, z towards superior), in (z, y, x) order. A layer hold
 (an image, labels, points in voxel indices, a similarity map) gets
 
 * ``scale`` = voxel spacing (z, y, x) mm (times the grid step for coarser maps),
-* ``translate`` = the offset of its first element inside the scan's voxel grid, in mm along
-  the scan's own axes (0 for whole volumes; sub-boxes use :func:`box_translate`),
-* ``affine`` = the scan's direction matrix and origin (:func:`direction_origin_affine`),
+* ``affine`` = the scan's direction matrix in (z, y, x) order (rotation/reflection only),
+* ``translate`` = the scan's origin expressed along the scan's own axes, ``D^-1 @ origin``
+  (so the origin itself when the direction is the identity), plus the offset of the layer's
+  first element inside the scan's voxel grid in mm for sub-boxes (:func:`box_translate`),
 * ``units`` = mm and ``axis_labels`` = (z, y, x),
 
-so that ``layer.data_to_world(index)`` equals SimpleITK's ``TransformContinuousIndexToPhysicalPoint``
-(in z, y, x order). In napari's default 2D view of (y, x) the world y axis points down: anterior is
-up and the patient's left is on the right, the usual radiological orientation.
+so that ``layer.data_to_world(index)`` = ``D @ (spacing * index + translate)`` = ITK's
+``TransformContinuousIndexToPhysicalPoint`` (in z, y, x order). In napari's default 2D view of
+(y, x) the world y axis points down: anterior is up and the patient's left is on the right,
+the usual radiological orientation.
 """
 
 from __future__ import annotations
@@ -34,24 +36,24 @@ AXIS_LABELS = ("z", "y", "x")
 # --------------------------------------------------------------------------- geometry kwargs
 
 
-def direction_origin_affine(origin=(0.0, 0.0, 0.0), direction=None) -> np.ndarray:
-    """(4, 4) napari ``affine`` (z, y, x) holding a scan's direction and origin, no spacing.
-
-    ``origin`` in (z, y, x) mm; ``direction`` the ITK 3x3 matrix in (x, y, z) order.
-    """
-    return affine_zyx((1.0, 1.0, 1.0), origin, direction)
+def direction_affine(direction=None) -> np.ndarray:
+    """(4, 4) napari ``affine`` (z, y, x) holding a scan's direction only (ITK 3x3, x, y, z order)."""
+    return affine_zyx((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)
 
 
-def geometry_kwargs(spacing, origin=(0.0, 0.0, 0.0), direction=None, translate=(0.0, 0.0, 0.0)) -> dict:
+def geometry_kwargs(spacing, origin=(0.0, 0.0, 0.0), direction=None, offset_mm=(0.0, 0.0, 0.0)) -> dict:
     """napari kwargs (scale, translate, affine, units, axis_labels) for data on a scan's voxel grid.
 
-    ``spacing`` is the data's step (z, y, x) mm; ``translate`` the offset of data index 0 in mm
-    along the scan's axes (see :func:`box_translate`); ``origin``/``direction`` as in ``Volume``.
+    ``spacing`` is the data's step (z, y, x) mm; ``offset_mm`` the position of data index 0 in
+    the scan's voxel grid, in mm along the scan's axes (index offset * spacing);
+    ``origin``/``direction`` as in :class:`~napari_meddift.volume.Volume`.
     """
+    aff = direction_affine(direction)
+    along_axes = np.linalg.solve(aff[:3, :3], np.asarray(origin, dtype=np.float64).reshape(3))
     return {
         "scale": tuple(float(s) for s in spacing),
-        "translate": tuple(float(t) for t in translate),
-        "affine": direction_origin_affine(origin, direction),
+        "translate": tuple(float(t + o) for t, o in zip(along_axes, np.asarray(offset_mm, float).reshape(3))),
+        "affine": aff,
         "units": UNITS,
         "axis_labels": AXIS_LABELS,
     }
@@ -114,8 +116,8 @@ def grid_layer_kwargs(volume, grid_shape, **extra) -> dict:
     from ..pca import grid_geometry
 
     image_shape = getattr(volume, "image_shape", None) or volume.shape
-    scale, translate = grid_geometry(grid_shape, image_shape, volume.spacing, (0.0, 0.0, 0.0))
-    kw = geometry_kwargs(scale, volume.origin, getattr(volume, "direction", None), translate)
+    scale, offset = grid_geometry(grid_shape, image_shape, volume.spacing, (0.0, 0.0, 0.0))
+    kw = geometry_kwargs(scale, volume.origin, getattr(volume, "direction", None), offset)
     kw.update(extra)
     return kw
 
@@ -135,7 +137,7 @@ def box_translate(layer, offset_zyx) -> tuple[float, float, float]:
     """``translate`` for a sub-box whose voxel 0 sits at voxel ``offset_zyx`` of ``layer``.
 
     Give the box layer ``same_geometry(layer)`` and then this translate (not a world point:
-    the scan's direction and origin stay in the box layer's ``affine``).
+    it is measured along the scan's axes; the direction stays in the box layer's ``affine``).
     """
     off = np.asarray(offset_zyx, float).reshape(3)
     return tuple(float(t + s * o) for t, s, o in zip(layer.translate[-3:], layer.scale[-3:], off))  # type: ignore[return-value]
