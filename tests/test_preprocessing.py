@@ -37,7 +37,7 @@ def test_window_clips_and_scales():
 
 
 def test_network_shape_docs_example_and_rounding():
-    assert network_shape((192, 192, 208)) == (256, 256, 256)  # method.md; 192 ties go up
+    assert network_shape((192, 192, 208)) == (256, 256, 256)  # docs/method.md; 192 ties go up
     assert network_shape((63, 191, 193)) == (128, 128, 256)
     assert network_shape((320, 319, 448)) == (384, 256, 512)
     assert network_shape((10, 40, 47), multiple=32, min_size=32) == (32, 32, 32)
