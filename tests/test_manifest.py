@@ -43,7 +43,8 @@ def test_npe2_validate_installed_plugin():
     exe = shutil.which("npe2") or str(Path(sys.executable).with_name("npe2"))
     if not Path(exe).exists():
         pytest.skip("npe2 command not found")
-    res = subprocess.run([exe, "validate", "napari-meddift"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([exe, "validate", "napari-meddift"], capture_output=True, text=True, timeout=120,
+                         encoding="utf-8", errors="replace")  # its output has a check mark; the locale may be C
     out = res.stdout + res.stderr
     if "not found" in out.lower() and "napari-meddift" in out:
         pytest.skip("napari-meddift is not installed (pip install -e .)")

@@ -16,9 +16,9 @@ npe2 = pytest.importorskip("npe2")
 zarr = pytest.importorskip("zarr")
 
 import napari_meddift  # noqa: E402
-from napari_meddift.landmarks import read_points  # noqa: E402
-from napari_meddift.store import write_store  # noqa: E402
-from napari_meddift.volume import Volume, read_volume, write_volume  # noqa: E402
+from napari_meddift.io.landmarks import read_points  # noqa: E402
+from napari_meddift.io.store import write_store  # noqa: E402
+from napari_meddift.io.volume import Volume, read_volume, write_volume  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "napari-meddift"

@@ -16,7 +16,7 @@ pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 import napari_meddift  # noqa: E402
-from napari_meddift.volume import Volume, read_volume, write_volume  # noqa: E402
+from napari_meddift.io.volume import Volume, read_volume, write_volume  # noqa: E402
 
 DEMO = Path(napari_meddift.__file__).parent / "data" / "demo"
 
@@ -80,7 +80,7 @@ def test_every_layer_kind_maps_voxels_like_itk(make_napari_viewer, tmp_path):
 
 
 def test_sample_data_layers_share_the_scan_geometry(make_napari_viewer):
-    from napari_meddift.demo import load_demo_pair
+    from napari_meddift.synthetic.demo import load_demo_pair
 
     viewer = make_napari_viewer()
     layers = viewer.open_sample("napari-meddift", "demo_pair")

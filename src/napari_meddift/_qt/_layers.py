@@ -46,7 +46,7 @@ def geometry_kwargs(spacing, origin=(0.0, 0.0, 0.0), direction=None, offset_mm=(
 
     ``spacing`` is the data's step (z, y, x) mm; ``offset_mm`` the position of data index 0 in
     the scan's voxel grid, in mm along the scan's axes (index offset * spacing);
-    ``origin``/``direction`` as in :class:`~napari_meddift.volume.Volume`.
+    ``origin``/``direction`` as in :class:`~napari_meddift.io.volume.Volume`.
     """
     aff = direction_affine(direction)
     along_axes = np.linalg.solve(aff[:3, :3], np.asarray(origin, dtype=np.float64).reshape(3))
