@@ -176,3 +176,18 @@ def test_points_writers_learn2reg_and_elastix(pm, tmp_path):
     ref = [img.TransformContinuousIndexToPhysicalPoint([float(c) for c in p[::-1]]) for p in pts]
     np.testing.assert_allclose(np.loadtxt(path, skiprows=2), ref, atol=1e-6)
     np.testing.assert_allclose(read_points(path, volume=vol), pts, atol=1e-9)
+
+
+def test_l2r_writer_without_scan_metadata(pm, tmp_path):
+    from napari_meddift._qt._layers import geometry_kwargs
+    from napari_meddift.errors import MedDiftError
+
+    pts = np.array([[1.0, 2.0, 3.0], [4.5, 5.0, 6.0]])
+    w, path = pm.get_writer(str(tmp_path / "a.csv"), ["points"], PLUGIN)
+    ours = {**geometry_kwargs((2.5, 2.5, 2.5), (1.0, 2.0, 3.0), np.diag([1.0, -1.0, 1.0])), "metadata": {}}
+    w.exec(kwargs={"path": path, "data": pts, "attributes": ours}, _registry=pm.commands)  # on a scan grid: voxels
+    np.testing.assert_allclose(np.loadtxt(path, delimiter=","), pts[:, ::-1])
+    napari_own = {"scale": (1.0, 1.0, 1.0), "translate": (0.0, 0.0, 0.0), "units": ("pixel",) * 3,
+                  "axis_labels": ("0", "1", "2"), "metadata": {}, "name": "Points"}
+    with pytest.raises(MedDiftError, match="not tied to a scan.*elastix"):
+        w.exec(kwargs={"path": str(tmp_path / "b.csv"), "data": pts, "attributes": napari_own}, _registry=pm.commands)

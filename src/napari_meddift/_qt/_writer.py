@@ -5,9 +5,11 @@ shear, affine, metadata). The data-to-world map of those attributes gives each p
 position (ITK LPS mm, see ``_layers.py``), whatever layer the points were drawn on.
 
 * elastix (``.txt``): ``point`` file of physical x y z in mm, valid for any Points layer.
-* Learn2Reg (``.csv``): x,y,z voxel indices (0-based) of the scan the layer belongs to (its
-  ``meddift_volume`` metadata, set on every layer napari-meddift adds); physical positions are
-  mapped into that scan's grid, so points drawn on another layer still land on the right voxels.
+* Learn2Reg (``.csv``): x,y,z voxel indices (0-based) of the scan the layer belongs to: with
+  ``meddift_volume`` metadata (the readers' and sample's layers) physical positions are mapped
+  into that scan's grid; a layer napari-meddift placed on a scan's grid without it (mm units,
+  z/y/x labels, e.g. the explorer's points) holds voxel indices already. Other layers (napari's
+  own new Points layer, in viewer units) are refused with a one-line reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import VOLUME_KEY
+from ._layers import AXIS_LABELS, VOLUME_KEY
 
 
 def _physical_zyx(data, attributes: dict) -> np.ndarray:
@@ -47,6 +49,14 @@ def _scan(attributes: dict):
                   direction=np.asarray(meta["direction"], float), name=str(meta.get("name", "")))
 
 
+def _on_a_scan_grid(attributes: dict) -> bool:
+    """True for a layer napari-meddift placed on a scan's voxel grid (mm units, z/y/x labels, no
+    sub-box offset recorded): its data are that scan's voxel indices (e.g. the explorer's points)."""
+    units = [str(u) for u in (attributes.get("units") or ())]
+    labels = tuple(attributes.get("axis_labels") or ())
+    return bool(units) and all(u in ("mm", "millimeter") for u in units) and labels == AXIS_LABELS
+
+
 def write_elastix_points(path: str, data, attributes: dict) -> list[str]:
     """Save a Points layer as an elastix ``point`` file (physical x y z, mm)."""
     from ..io.landmarks import write_points_elastix
@@ -61,6 +71,9 @@ def write_l2r_points(path: str, data, attributes: dict) -> list[str]:
     from ..io.landmarks import write_points_csv
 
     scan = _scan(attributes)
+    if scan is None and _on_a_scan_grid(attributes):
+        write_points_csv(Path(path), np.asarray(data, dtype=np.float64).reshape(-1, 3), header=False)
+        return [str(path)]
     if scan is None:
         name = attributes.get("name", "points")
         raise MedDiftError(
