@@ -34,7 +34,7 @@ def run_guarded(run: Callable[[], int | None]) -> int:
         return EXIT_ERROR
 
 
-def tqdm_progress(desc: str) -> ProgressCallback:
+def tqdm_progress(desc: str, unit: str = "step") -> ProgressCallback:
     """A core progress callback ``progress(done, total, message)`` drawn as a tqdm bar on stderr."""
     from tqdm.auto import tqdm
 
@@ -43,7 +43,7 @@ def tqdm_progress(desc: str) -> ProgressCallback:
     def progress(done: int, total: int, message: str = "") -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+            bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
         bar.total = total
         bar.n = done
         if message:
