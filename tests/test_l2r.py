@@ -147,3 +147,24 @@ def test_cli_identity(labels, tmp_path, capsys):
     assert main(["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--cases", "one"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("meddift: error: --cases must be"), err
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_local_dask_cluster(labels, tmp_path):
+    """Extraction and matching as Dask tasks in two worker processes give the serial answer."""
+    pytest.importorskip("distributed")
+    root = tmp_path / "l2r"
+    _write_standins(root, labels, ("0001",))
+    steps = []
+    res = evaluate_l2r(root, PatchBackbone(), radius=4, cases=[1], labels_root=labels, out_dir=tmp_path / "out",
+                       keypoints=False, workers=2, threads=1, progress=lambda *a: steps.append(a))
+    from napari_meddift.evaluation.metrics import tre_mm
+    from napari_meddift.io.landmarks import read_points
+
+    f = read_points(labels / "landmarksTr" / "LungCT_0001_0000.csv")
+    m = read_points(labels / "landmarksTr" / "LungCT_0001_0001.csv")
+    np.testing.assert_allclose(res.cases[0].landmark_tre, tre_mm(f + SHIFT, m, (1.75, 1.25, 1.75)), atol=1e-9)
+    assert res.cases[0].extract_seconds > 0 and res.cases[0].match_seconds > 0
+    assert [s[:2] for s in steps[:4]] == [(0, 3), (1, 3), (2, 3), (3, 3)]  # two images, then one case
+    assert len(list((tmp_path / "out" / "stores").glob("*.zarr"))) == 2
+    assert not [p for p in (tmp_path / "out" / "stores").iterdir() if ".partial-" in p.name]

@@ -177,9 +177,10 @@ def run_jobs(
     finally:
         for fut in futures:
             fut.cancel()
-        for job in jobs:
-            if job.store is not None:
-                remove_leftovers(job.store)
+        for job, res in zip(jobs, results):
+            store = job.store or (res.store if res is not None else None)
+            if store:
+                remove_leftovers(store)
     return [r for r in results if r is not None]
 
 

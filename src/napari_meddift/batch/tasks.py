@@ -192,4 +192,12 @@ def preflight(backbone, settings: ExtractionSettings) -> dict[str, Any]:
 
 
 __all__ = ["BackboneSpec", "COLUMNS", "DONE", "FAILED", "PeakMemory", "SKIPPED", "ScanJob", "ScanResult",
-           "backbone_for", "extract_scan", "preflight"]
+           "backbone_for", "call_with_threads", "extract_scan", "preflight"]
+
+
+def call_with_threads(fn, threads: int | None, per_host: dict[str, int] | None, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` on a worker after giving PyTorch this worker's share of the cores."""
+    from .cluster import task_threads
+
+    task_threads(threads, per_host)
+    return fn(*args, **kwargs)

@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--out", help="output folder (default ROOT/meddift_l2r)")
     add_device_argument(p)
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    c = p.add_mutually_exclusive_group()
+    c.add_argument("--workers", type=int, help="extract and match on a local Dask cluster of N worker processes")
+    c.add_argument("--scheduler", help="extract and match on a running Dask cluster, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--threads", type=int, help="with --workers/--scheduler: PyTorch threads per worker")
 
 
 def parse_cases(text: str | None) -> list[int] | None:
@@ -41,12 +45,19 @@ def parse_cases(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from ..backbones.base import ExtractionSettings, resolve_device
     from ..backbones.levels import resolve_levels
-    from ..evaluation.l2r import evaluate_l2r, resolve_backbone
+    from ..evaluation.l2r import evaluate_l2r, is_identity, resolve_backbone
 
     cases = parse_cases(args.cases)
-    bb = resolve_backbone(args.backbone, args.weights, args.random_weights)
-    levels = resolve_levels(args.levels, bb.level_names) if bb is not None else None
-    device = str(resolve_device(args.device))
+    on_cluster = (args.workers is not None or args.scheduler is not None) and not is_identity(args.backbone)
+    if on_cluster:  # the workers build the backbone; 'auto' is resolved on each worker
+        from ..backbones import backbone_levels
+
+        bb, level_names, device = args.backbone, backbone_levels(args.backbone)[0], args.device
+    else:
+        bb = resolve_backbone(args.backbone, args.weights, args.random_weights)
+        level_names = bb.level_names if bb is not None else ()
+        device = str(resolve_device(args.device))
+    levels = resolve_levels(args.levels, level_names) if bb is not None else None
     settings = ExtractionSettings(timestep=args.timestep, seed=args.seed, device=device, levels=levels)
     result = evaluate_l2r(
         args.root,
@@ -58,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
         labels_root=args.labels,
         levels=levels,
         keypoints=not args.no_keypoints,
-        device="cuda" if device.startswith("cuda") else "cpu",
+        device=device if device == "auto" else ("cuda" if device.startswith("cuda") else "cpu"),
+        weights=args.weights,
+        random_weights=args.random_weights,
         log=lambda line: print(line, file=sys.stderr),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        threads=args.threads,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -299,6 +299,11 @@ def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall
     return "\n".join(lines) + "\n"
 
 
+def is_identity(backbone) -> bool:
+    """Whether ``backbone`` means no matching (None or ``"identity"``)."""
+    return backbone is None or (isinstance(backbone, str) and backbone.lower() == IDENTITY)
+
+
 def resolve_backbone(
     backbone: Backbone | str | None, weights: str | os.PathLike | None = None, random_weights: bool = False
 ) -> Backbone | None:
@@ -312,13 +317,135 @@ def resolve_backbone(
     Returns:
         The backbone, or None for identity.
     """
-    if backbone is None or (isinstance(backbone, str) and backbone.lower() == IDENTITY):
+    if is_identity(backbone):
         return None
     if isinstance(backbone, str):
         from ..backbones import get_backbone
 
         return get_backbone(backbone, weights=weights, random_weights=random_weights)
     return backbone
+
+
+def evaluate_case(
+    case: L2RCase,
+    bb: Backbone | None,
+    settings,
+    out: Path,
+    method: str,
+    *,
+    radius: int | None,
+    levels: Sequence[str] | None,
+    keypoints: bool,
+    device: str,
+    stores: Sequence[str | os.PathLike] | None = None,
+) -> L2RCaseResult:
+    """TRE of one pair, and its predicted points written to ``out``.
+
+    Args:
+        case: the pair and its annotation files.
+        bb: the backbone that extracts (unless ``stores`` are given); None and no ``stores``:
+            identity (the fixed points are the prediction).
+        settings: extraction settings for ``bb``.
+        out: output folder (stores go to ``out/stores``, named by cache key).
+        method: the method's name in the output file names.
+        radius, levels, keypoints, device: as in :func:`evaluate_l2r`.
+        stores: (fixed, moving) store paths extracted beforehand, e.g. on a Dask cluster.
+
+    Returns:
+        The case's TRE summaries (mm) and timings.
+    """
+    from ..io.landmarks import read_points, write_points_csv
+    from .metrics import summarize, tre_mm
+
+    f_lm = read_points(case.fixed_landmarks, fmt="l2r")
+    m_lm = read_points(case.moving_landmarks, fmt="l2r")
+    if f_lm.shape != m_lm.shape:
+        raise MedDiftError(
+            f"{case.fixed_landmarks} has {len(f_lm)} landmarks but {case.moving_landmarks} has {len(m_lm)}"
+        )
+    f_kp = m_kp = None
+    if keypoints:
+        f_kp = read_points(case.fixed_keypoints, fmt="l2r")
+        m_kp = read_points(case.moving_keypoints, fmt="l2r")
+        if f_kp.shape != m_kp.shape:
+            raise MedDiftError(
+                f"{case.fixed_keypoints} has {len(f_kp)} keypoints but {case.moving_keypoints} has {len(m_kp)}"
+            )
+        from ..io.volume import read_volume
+
+        mask = read_volume(case.fixed_mask).array > 0
+        idx = np.rint(f_kp).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1)
+        inside[inside] = mask[tuple(idx[inside].T)]
+        f_kp, m_kp = f_kp[inside], m_kp[inside]
+
+    spacing, shape = _image_spacing_shape(case.fixed_image)
+    m_spacing, m_shape = _image_spacing_shape(case.moving_image)
+    if m_shape != shape:
+        raise MedDiftError(f"{case.moving_image} has shape {m_shape[::-1]} (x,y,z) but {case.fixed_image} has {shape[::-1]}")
+    for name, pts in (("landmarks", f_lm), ("keypoints", f_kp)):
+        if pts is not None and len(pts) and (np.any(pts < 0) or np.any(pts > np.asarray(shape) - 1)):
+            raise MedDiftError(
+                f"case {case.case_id}: fixed {name} fall outside the image of shape {shape[::-1]} (x,y,z); "
+                "are these the right images for these annotation files?"
+            )
+
+    t_ext = t_match = 0.0
+    if bb is None and stores is None:
+        pred_lm = f_lm.copy()
+        pred_kp = f_kp.copy() if f_kp is not None else None
+    else:
+        from ..backbones.extraction import cached_store_path, extract_to_store
+        from ..matching import Matcher
+        from ..io.volume import read_volume
+
+        from ..io.store import open_store
+
+        t0 = time.perf_counter()
+        if stores is None:
+            stores = []
+            for img in (case.fixed_image, case.moving_image):
+                vol = read_volume(img)
+                store, _ = extract_to_store(vol, bb, settings, cached_store_path(vol, bb, settings, out / "stores"))
+                stores.append(store)
+                del vol
+            t_ext = time.perf_counter() - t0
+        else:  # extracted beforehand (on a cluster)
+            stores = [open_store(p) for p in stores]
+        t0 = time.perf_counter()
+        matcher = Matcher.from_stores(stores[0], stores[1], levels=levels, device=device)
+        pts = np.rint(f_lm).astype(np.int64)
+        table = matcher.match_points(pts, radius, check_consistency=False)
+        pred_lm = table.target_zyx.astype(np.float64)
+        pred_kp = None
+        if f_kp is not None and len(f_kp):
+            table_kp = matcher.match_points(np.rint(f_kp).astype(np.int64), radius, check_consistency=False)
+            pred_kp = table_kp.target_zyx.astype(np.float64)
+        elif f_kp is not None:
+            pred_kp = np.zeros((0, 3))
+        t_match = time.perf_counter() - t0
+        del matcher
+
+    e_lm, e_lm0 = tre_mm(pred_lm, m_lm, spacing), tre_mm(f_lm, m_lm, spacing)
+    res = L2RCaseResult(
+        case_id=case.case_id,
+        spacing_zyx=spacing,
+        landmarks=summarize(e_lm),
+        landmarks_initial=summarize(e_lm0),
+        extract_seconds=t_ext,
+        match_seconds=t_match,
+        landmark_tre=e_lm,
+        landmark_tre_initial=e_lm0,
+    )
+    tag = safe_filename(method, "method")
+    write_points_csv(out / f"LungCT_{case.case_id}_landmarks_{tag}.csv", pred_lm, {"tre_mm": e_lm})
+    if f_kp is not None:
+        e_kp = tre_mm(pred_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
+        e_kp0 = tre_mm(f_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
+        res.keypoints, res.keypoints_initial = summarize(e_kp), summarize(e_kp0)
+        res.keypoint_tre, res.keypoint_tre_initial = e_kp, e_kp0
+        write_points_csv(out / f"LungCT_{case.case_id}_keypoints_{tag}.csv", pred_kp, {"tre_mm": e_kp})
+    return res
 
 
 def evaluate_l2r(
@@ -337,6 +464,10 @@ def evaluate_l2r(
     random_weights: bool = False,
     progress=None,
     log=None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client=None,
+    threads: int | None = None,
 ) -> L2RResult:
     """Evaluate a descriptor source on Learn2Reg LungCT pairs.
 
@@ -357,6 +488,10 @@ def evaluate_l2r(
         weights, random_weights: for a backbone given by name.
         progress: ``progress(done, total, message)``, called per case.
         log: gets one line per case.
+        workers, scheduler, client: extract every image, then match every case, as Dask tasks on
+            a local cluster of that many processes, on the scheduler at that address
+            (``tcp://host:port``), or on that ``distributed.Client`` (see docs/scaling.md).
+        threads: with a cluster, PyTorch threads per worker (default: the cores split between workers).
 
     Returns:
         Per-case and pooled TRE summaries (mm) of landmarks and keypoints, next to identity, with
@@ -373,107 +508,41 @@ def evaluate_l2r(
 
     cfg, case_list = l2r_cases(root, labels_root, cases)
     check_files(root, case_list, keypoints=keypoints)
-    bb = resolve_backbone(backbone, weights, random_weights)
+    on_cluster = not is_identity(backbone) and (client is not None or workers is not None or scheduler is not None)
+    if on_cluster and isinstance(backbone, str):  # built on the workers, not here
+        from ..batch import BackboneSpec
+
+        bb = BackboneSpec(backbone.lower(), str(weights) if weights is not None else None, bool(random_weights))
+    else:
+        bb = resolve_backbone(backbone, weights, random_weights)
     settings = settings or ExtractionSettings(device=device)
     method = IDENTITY if bb is None else f"{bb.name}" + ("" if radius is None else f" r{radius}")
     out = Path(out_dir).expanduser() if out_dir is not None else Path(root).expanduser() / "meddift_l2r"
     out.mkdir(parents=True, exist_ok=True)
     total = len(case_list)
     results: list[L2RCaseResult] = []
+    done_on_cluster: dict[str, L2RCaseResult] = {}
+    if on_cluster:
+        from ..batch.l2r import evaluate_cases_on_cluster
+
+        done_on_cluster = evaluate_cases_on_cluster(
+            case_list, bb, settings, out, method, radius=radius, levels=levels, keypoints=keypoints, device=device,
+            workers=workers, scheduler=scheduler, client=client, threads=threads, progress=progress,
+        )
 
     for k, case in enumerate(case_list):
-        if progress is not None:
+        if progress is not None and not on_cluster:
             progress(k, total, f"case {case.case_id}")
-        f_lm = read_points(case.fixed_landmarks, fmt="l2r")
-        m_lm = read_points(case.moving_landmarks, fmt="l2r")
-        if f_lm.shape != m_lm.shape:
-            raise MedDiftError(
-                f"{case.fixed_landmarks} has {len(f_lm)} landmarks but {case.moving_landmarks} has {len(m_lm)}"
-            )
-        f_kp = m_kp = None
-        if keypoints:
-            f_kp = read_points(case.fixed_keypoints, fmt="l2r")
-            m_kp = read_points(case.moving_keypoints, fmt="l2r")
-            if f_kp.shape != m_kp.shape:
-                raise MedDiftError(
-                    f"{case.fixed_keypoints} has {len(f_kp)} keypoints but {case.moving_keypoints} has {len(m_kp)}"
-                )
-            from ..io.volume import read_volume
-
-            mask = read_volume(case.fixed_mask).array > 0
-            idx = np.rint(f_kp).astype(np.int64)
-            inside = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1)
-            inside[inside] = mask[tuple(idx[inside].T)]
-            f_kp, m_kp = f_kp[inside], m_kp[inside]
-
-        spacing, shape = _image_spacing_shape(case.fixed_image)
-        m_spacing, m_shape = _image_spacing_shape(case.moving_image)
-        if m_shape != shape:
-            raise MedDiftError(f"{case.moving_image} has shape {m_shape[::-1]} (x,y,z) but {case.fixed_image} has {shape[::-1]}")
-        for name, pts in (("landmarks", f_lm), ("keypoints", f_kp)):
-            if pts is not None and len(pts) and (np.any(pts < 0) or np.any(pts > np.asarray(shape) - 1)):
-                raise MedDiftError(
-                    f"case {case.case_id}: fixed {name} fall outside the image of shape {shape[::-1]} (x,y,z); "
-                    "are these the right images for these annotation files?"
-                )
-
-        t_ext = t_match = 0.0
-        if bb is None:
-            pred_lm = f_lm.copy()
-            pred_kp = f_kp.copy() if f_kp is not None else None
-        else:
-            from ..backbones.extraction import cached_store_path, extract_to_store
-            from ..matching import Matcher
-            from ..io.volume import read_volume
-
-            t0 = time.perf_counter()
-            stores = []
-            for img in (case.fixed_image, case.moving_image):
-                vol = read_volume(img)
-                store, _ = extract_to_store(vol, bb, settings, cached_store_path(vol, bb, settings, out / "stores"))
-                stores.append(store)
-                del vol
-            t_ext = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            matcher = Matcher.from_stores(stores[0], stores[1], levels=levels, device=device)
-            pts = np.rint(f_lm).astype(np.int64)
-            table = matcher.match_points(pts, radius, check_consistency=False)
-            pred_lm = table.target_zyx.astype(np.float64)
-            pred_kp = None
-            if f_kp is not None and len(f_kp):
-                table_kp = matcher.match_points(np.rint(f_kp).astype(np.int64), radius, check_consistency=False)
-                pred_kp = table_kp.target_zyx.astype(np.float64)
-            elif f_kp is not None:
-                pred_kp = np.zeros((0, 3))
-            t_match = time.perf_counter() - t0
-            del matcher
-
-        e_lm, e_lm0 = tre_mm(pred_lm, m_lm, spacing), tre_mm(f_lm, m_lm, spacing)
-        res = L2RCaseResult(
-            case_id=case.case_id,
-            spacing_zyx=spacing,
-            landmarks=summarize(e_lm),
-            landmarks_initial=summarize(e_lm0),
-            extract_seconds=t_ext,
-            match_seconds=t_match,
-            landmark_tre=e_lm,
-            landmark_tre_initial=e_lm0,
+        res = done_on_cluster.get(case.case_id) or evaluate_case(
+            case, bb, settings, out, method, radius=radius, levels=levels, keypoints=keypoints, device=device
         )
-        tag = safe_filename(method, "method")
-        write_points_csv(out / f"LungCT_{case.case_id}_landmarks_{tag}.csv", pred_lm, {"tre_mm": e_lm})
-        if f_kp is not None:
-            e_kp = tre_mm(pred_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
-            e_kp0 = tre_mm(f_kp, m_kp, spacing) if len(f_kp) else np.zeros(0)
-            res.keypoints, res.keypoints_initial = summarize(e_kp), summarize(e_kp0)
-            res.keypoint_tre, res.keypoint_tre_initial = e_kp, e_kp0
-            write_points_csv(out / f"LungCT_{case.case_id}_keypoints_{tag}.csv", pred_kp, {"tre_mm": e_kp})
         results.append(res)
         if log is not None:
             line = (f"case {case.case_id}: landmarks {_pm(res.landmarks)} mm (initial {_pm(res.landmarks_initial)})")
             if res.keypoints is not None:
                 line += f", keypoints {_pm(res.keypoints)} mm (initial {_pm(res.keypoints_initial)})"
             if bb is not None:
-                line += f"; extract {t_ext:.1f} s, match {t_match:.1f} s"
+                line += f"; extract {res.extract_seconds:.1f} s, match {res.match_seconds:.1f} s"
             log(line)
 
     if progress is not None:
@@ -501,8 +570,10 @@ __all__ = [
     "L2RCaseResult",
     "L2RResult",
     "check_files",
+    "evaluate_case",
     "evaluate_l2r",
     "format_l2r_table",
+    "is_identity",
     "l2r_cases",
     "resolve_backbone",
 ]
