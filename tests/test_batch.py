@@ -121,6 +121,17 @@ def test_workers_split_cores_and_gpus():
     assert all("CUDA_VISIBLE_DEVICES" not in s["options"]["env"] for s in cpu.values())
 
 
+def test_unreachable_scheduler_is_one_clear_error():
+    from napari_meddift.batch import connect
+
+    with pytest.raises(MedDiftError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:1 .*dask scheduler"):
+        with connect(scheduler="tcp://127.0.0.1:1", timeout=1):
+            pass
+    with pytest.raises(MedDiftError, match="not both"):
+        with connect(2, "tcp://127.0.0.1:1"):
+            pass
+
+
 # ------------------------------------------------------------------ a local cluster
 
 

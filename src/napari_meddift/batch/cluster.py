@@ -137,7 +137,7 @@ def connect(
     *,
     threads: int | None = None,
     device: str = "auto",
-    timeout: float = 60.0,
+    timeout: float = 30.0,
 ) -> Iterator:
     """A ``distributed.Client``: to ``scheduler`` (``tcp://host:port``) if given, else to a new
     local cluster of ``workers`` processes, closed again on exit.

@@ -147,7 +147,12 @@ def run_jobs(
 
     from .cluster import workers_per_host
 
-    client.submit(preflight, backbone, settings, pure=False).result()
+    try:
+        client.submit(preflight, backbone, settings, pure=False).result()
+    except ImportError as exc:  # unpickling our task needs the package on the worker
+        raise MedDiftError(
+            f"the Dask workers cannot run napari-meddift ({exc}); install the same version on every worker"
+        ) from None
     per_host = workers_per_host(client)
     results: list[ScanResult | None] = [None] * len(jobs)
     futures = {
@@ -159,9 +164,11 @@ def run_jobs(
     if progress is not None:
         progress(0, total, "")
     done = 0
+    finished: set[int] = set()
     try:
         for fut in as_completed(futures):
             i = futures[fut]
+            finished.add(i)
             try:
                 results[i] = fut.result()
             except Exception as exc:  # noqa: BLE001 - one scan's failure is reported, the rest go on
@@ -177,8 +184,8 @@ def run_jobs(
     finally:
         for fut in futures:
             fut.cancel()
-        for job, res in zip(jobs, results):
-            store = job.store or (res.store if res is not None else None)
+        for i in finished:  # a cancelled task may still be writing: its folder is left alone
+            store = jobs[i].store or (results[i].store if results[i] is not None else None)
             if store:
                 remove_leftovers(store)
     return [r for r in results if r is not None]
