@@ -66,7 +66,7 @@ def worker_specs(
     threads: int,
     gpus: Sequence[str] = (),
     memory_limit: int | None = None,
-    silence_logs: int | bool = 40,
+    silence_logs: int | bool = logging.CRITICAL,
 ) -> dict[str, dict]:
     """``SpecCluster`` worker specs: ``n_workers`` Nanny processes on 127.0.0.1, one task at a
     time, ``threads`` OpenMP/PyTorch threads each; with ``gpus``, worker ``i`` sees only
@@ -98,7 +98,7 @@ def local_cluster(
     device: str = "auto",
     gpus: Sequence[str] | None = None,
     memory_limit: str | int | None = "auto",
-    silence_logs: int | bool = 40,
+    silence_logs: int | bool = logging.CRITICAL,
 ):
     """A ``distributed.SpecCluster`` of ``n_workers`` worker processes on 127.0.0.1 (see
     :func:`worker_specs`); the scheduler listens on a free loopback port, without dashboard.
