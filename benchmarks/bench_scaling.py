@@ -49,8 +49,8 @@ def serial(images, out: Path, backbone: str, random_weights: bool) -> dict:
     """The one-process baseline: one backbone, every scan in turn, all cores to PyTorch."""
     from napari_meddift.backbones import get_backbone
     from napari_meddift.batch import scan_name
-    from napari_meddift.extraction import extract_to_store
-    from napari_meddift.volume import read_volume
+    from napari_meddift.backbones.extraction import extract_to_store
+    from napari_meddift.io.volume import read_volume
 
     torch.set_num_threads(usable_cores())
     before = load()
