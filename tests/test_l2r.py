@@ -156,8 +156,11 @@ def test_end_to_end_on_a_local_dask_cluster(labels, tmp_path):
     root = tmp_path / "l2r"
     _write_standins(root, labels, ("0001",))
     steps = []
-    res = evaluate_l2r(root, PatchBackbone(), radius=4, cases=[1], labels_root=labels, out_dir=tmp_path / "out",
-                       keypoints=False, workers=2, threads=1, progress=lambda *a: steps.append(a))
+    from napari_meddift.batch.l2r import evaluate_l2r_on_cluster
+
+    res = evaluate_l2r_on_cluster(root, PatchBackbone(), radius=4, cases=[1], labels_root=labels,
+                                  out_dir=tmp_path / "out", keypoints=False, workers=2, threads=1,
+                                  progress=lambda *a: steps.append(a))
     from napari_meddift.evaluation.metrics import tre_mm
     from napari_meddift.io.landmarks import read_points
 
@@ -165,6 +168,7 @@ def test_end_to_end_on_a_local_dask_cluster(labels, tmp_path):
     m = read_points(labels / "landmarksTr" / "LungCT_0001_0001.csv")
     np.testing.assert_allclose(res.cases[0].landmark_tre, tre_mm(f + SHIFT, m, (1.75, 1.25, 1.75)), atol=1e-9)
     assert res.cases[0].extract_seconds > 0 and res.cases[0].match_seconds > 0
-    assert [s[:2] for s in steps[:4]] == [(0, 3), (1, 3), (2, 3), (3, 3)]  # two images, then one case
+    assert [s[:2] for s in steps] == [(0, 3), (1, 3), (2, 3), (3, 3)]  # two images, then one case
+    assert "| 0001 | 81 |" in res.table and (tmp_path / "out" / "l2r_test-patch_r4.md").is_file()
     assert len(list((tmp_path / "out" / "stores").glob("*.zarr"))) == 2
     assert not [p for p in (tmp_path / "out" / "stores").iterdir() if ".partial-" in p.name]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import MedDiftError
-from .tasks import ScanJob
+from .tasks import BackboneSpec, ScanJob
 
 
 def _match_case(case, out: Path, method: str, stores, *, radius, levels, keypoints, device):
@@ -90,4 +90,65 @@ def evaluate_cases_on_cluster(
     return out_map
 
 
-__all__ = ["evaluate_cases_on_cluster"]
+def evaluate_l2r_on_cluster(
+    root,
+    backbone="mini",
+    settings=None,
+    radius: int | None = 16,
+    cases: Sequence[int | str] | None = None,
+    out_dir=None,
+    *,
+    labels_root=None,
+    levels: Sequence[str] | None = None,
+    keypoints: bool = True,
+    device: str = "auto",
+    weights=None,
+    random_weights: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client=None,
+    threads: int | None = None,
+    progress=None,
+    log=None,
+):
+    """:func:`napari_meddift.evaluation.l2r.evaluate_l2r` with extraction and matching as Dask tasks.
+
+    Args:
+        root, backbone, settings, radius, cases, out_dir, labels_root, levels, keypoints, weights,
+            random_weights, log: as for ``evaluate_l2r``; a backbone given by name is built on the
+            workers (its ``weights`` must be readable there).
+        device: matching device; ``"auto"`` is resolved on each worker.
+        workers, scheduler, client: a local cluster of that many processes (default 1), the
+            running scheduler at that address (``tcp://host:port``), or that ``distributed.Client``.
+        threads: PyTorch threads per worker (default: the cores split between workers).
+        progress: ``progress(done, total, message)`` per extracted image and per matched case.
+
+    Returns:
+        The same ``L2RResult`` as the serial harness (table and JSON written to the output folder).
+    """
+    from ..backbones.base import ExtractionSettings
+    from ..evaluation.l2r import check_files, evaluate_l2r, is_identity, l2r_cases, method_name, output_folder
+
+    if is_identity(backbone):  # nothing to extract or match
+        return evaluate_l2r(root, None, settings, radius, cases, out_dir, labels_root=labels_root, keypoints=keypoints,
+                            log=log)
+    _, case_list = l2r_cases(root, labels_root, cases)
+    check_files(root, case_list, keypoints=keypoints)
+    if isinstance(backbone, str):
+        from ..backbones import backbone_levels
+
+        backbone_levels(backbone)  # an unknown name fails here, before any worker starts
+        backbone = BackboneSpec(backbone.lower(), str(weights) if weights is not None else None, bool(random_weights))
+    settings = settings or ExtractionSettings(device=device)
+    out = output_folder(root, out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = evaluate_cases_on_cluster(
+        case_list, backbone, settings, out, method_name(backbone, radius), radius=radius, levels=levels,
+        keypoints=keypoints, device=device, workers=workers, scheduler=scheduler, client=client, threads=threads,
+        progress=progress,
+    )
+    return evaluate_l2r(root, backbone, settings, radius, [c.case_id for c in case_list], out, labels_root=labels_root,
+                        levels=levels, keypoints=keypoints, device=device, log=log, done=done)
+
+
+__all__ = ["evaluate_cases_on_cluster", "evaluate_l2r_on_cluster"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
 from ..errors import MedDiftError
 from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, add_search_arguments
@@ -59,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
         device = str(resolve_device(args.device))
     levels = resolve_levels(args.levels, level_names) if bb is not None else None
     settings = ExtractionSettings(timestep=args.timestep, seed=args.seed, device=device, levels=levels)
-    result = evaluate_l2r(
+    run_l2r = evaluate_l2r
+    if on_cluster:
+        from ..batch.l2r import evaluate_l2r_on_cluster
+
+        run_l2r = partial(evaluate_l2r_on_cluster, workers=args.workers, scheduler=args.scheduler,
+                          threads=args.threads)
+    result = run_l2r(
         args.root,
         bb,
         settings,
@@ -73,9 +80,6 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         random_weights=args.random_weights,
         log=lambda line: print(line, file=sys.stderr),
-        workers=args.workers,
-        scheduler=args.scheduler,
-        threads=args.threads,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

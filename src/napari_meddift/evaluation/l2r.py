@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -299,6 +299,16 @@ def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall
     return "\n".join(lines) + "\n"
 
 
+def method_name(bb, radius: int | None) -> str:
+    """The method's name in tables and file names: 'identity', or the backbone's name and radius ('mini r16')."""
+    return IDENTITY if bb is None else f"{bb.name}" + ("" if radius is None else f" r{radius}")
+
+
+def output_folder(root, out_dir=None) -> Path:
+    """``out_dir``, or ``root/meddift_l2r`` by default."""
+    return Path(out_dir).expanduser() if out_dir is not None else Path(root).expanduser() / "meddift_l2r"
+
+
 def is_identity(backbone) -> bool:
     """Whether ``backbone`` means no matching (None or ``"identity"``)."""
     return backbone is None or (isinstance(backbone, str) and backbone.lower() == IDENTITY)
@@ -464,10 +474,7 @@ def evaluate_l2r(
     random_weights: bool = False,
     progress=None,
     log=None,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client=None,
-    threads: int | None = None,
+    done: Mapping[str, L2RCaseResult] | None = None,
 ) -> L2RResult:
     """Evaluate a descriptor source on Learn2Reg LungCT pairs.
 
@@ -488,10 +495,9 @@ def evaluate_l2r(
         weights, random_weights: for a backbone given by name.
         progress: ``progress(done, total, message)``, called per case.
         log: gets one line per case.
-        workers, scheduler, client: extract every image, then match every case, as Dask tasks on
-            a local cluster of that many processes, on the scheduler at that address
-            (``tcp://host:port``), or on that ``distributed.Client`` (see docs/scaling.md).
-        threads: with a cluster, PyTorch threads per worker (default: the cores split between workers).
+        done: {case id: result} of cases evaluated elsewhere (by
+            :func:`napari_meddift.batch.l2r.evaluate_l2r_on_cluster`, on a Dask cluster); they are
+            gathered into the table instead of being extracted and matched here.
 
     Returns:
         Per-case and pooled TRE summaries (mm) of landmarks and keypoints, next to identity, with
@@ -508,32 +514,19 @@ def evaluate_l2r(
 
     cfg, case_list = l2r_cases(root, labels_root, cases)
     check_files(root, case_list, keypoints=keypoints)
-    on_cluster = not is_identity(backbone) and (client is not None or workers is not None or scheduler is not None)
-    if on_cluster and isinstance(backbone, str):  # built on the workers, not here
-        from ..batch import BackboneSpec
-
-        bb = BackboneSpec(backbone.lower(), str(weights) if weights is not None else None, bool(random_weights))
-    else:
-        bb = resolve_backbone(backbone, weights, random_weights)
+    bb = resolve_backbone(backbone, weights, random_weights)
     settings = settings or ExtractionSettings(device=device)
-    method = IDENTITY if bb is None else f"{bb.name}" + ("" if radius is None else f" r{radius}")
-    out = Path(out_dir).expanduser() if out_dir is not None else Path(root).expanduser() / "meddift_l2r"
+    method = method_name(bb, radius)
+    out = output_folder(root, out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = len(case_list)
     results: list[L2RCaseResult] = []
-    done_on_cluster: dict[str, L2RCaseResult] = {}
-    if on_cluster:
-        from ..batch.l2r import evaluate_cases_on_cluster
-
-        done_on_cluster = evaluate_cases_on_cluster(
-            case_list, bb, settings, out, method, radius=radius, levels=levels, keypoints=keypoints, device=device,
-            workers=workers, scheduler=scheduler, client=client, threads=threads, progress=progress,
-        )
+    done = done or {}
 
     for k, case in enumerate(case_list):
-        if progress is not None and not on_cluster:
+        if progress is not None and not done:
             progress(k, total, f"case {case.case_id}")
-        res = done_on_cluster.get(case.case_id) or evaluate_case(
+        res = done.get(case.case_id) or evaluate_case(
             case, bb, settings, out, method, radius=radius, levels=levels, keypoints=keypoints, device=device
         )
         results.append(res)
@@ -575,5 +568,7 @@ __all__ = [
     "format_l2r_table",
     "is_identity",
     "l2r_cases",
+    "method_name",
+    "output_folder",
     "resolve_backbone",
 ]
