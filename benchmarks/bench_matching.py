@@ -72,7 +72,15 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--keypoints", type=int, default=2000)
     ap.add_argument("--global-keypoints", type=int, default=16)
+    ap.add_argument("--dense-keypoints", type=int, default=16,
+                    help="points timed with the old per-point whole-map search, for comparison")
+    ap.add_argument("--device", default="cpu", help="torch device of the matcher (cpu, cuda)")
+    ap.add_argument("--only-global", action="store_true", help="time global keypoints only (no doc update)")
+    ap.add_argument("--batch", type=int, default=None, help="Matcher.global_batch (default: 16 CPU, 128 GPU)")
     args = ap.parse_args()
+    if args.only_global:
+        only_global(args)
+        return
     nq = 40 if args.quick else 200
     rows: list[tuple[str, str, str, str]] = []  # (what, ours, dense, note)
     load0 = load_avg()
@@ -116,13 +124,7 @@ def main() -> None:
     t_kp1, _ = timed(lambda: m.match_points(kp, 16, check_consistency=False))
     rows.append((f"{args.keypoints} keypoints, R=16, forward only", f"{t_kp1:.1f} s", "", "norm maps cached"))
 
-    # global keypoints: all of them with --global-keypoints 2000, else a few and an extrapolation
-    ng = args.global_keypoints
-    t_g, _ = timed(lambda: m.match_points(points(ng, IMAGE, 3), None))
-    per = t_g / ng
-    note = (f"measured: {ng} points in {t_g / 60:.1f} min" if ng >= 2000
-            else f"extrapolated: 2000 points ~ {2000 * per / 60:.0f} min")
-    rows.append((f"global keypoints with forward-backward ({ng} points)", f"{per:.2f} s/point", "", note))
+    rows += global_rows(m, args)
     del m
 
     # dense reference vs ours: the full image with one level (up3, 64 channels: 2 GB dense per
@@ -183,6 +185,45 @@ def main() -> None:
     )
     if not (args.quick or args.no_doc):
         write_doc(header + "\n\n" + text)
+
+
+def global_rows(m: Matcher, args) -> list[tuple[str, str, str, str]]:
+    """Global keypoints with forward-backward: the batch path (all --global-keypoints) and the old
+    per-point whole-map search (--dense-keypoints of the same points, extrapolated to as many)."""
+    ng = args.global_keypoints
+    pts = points(ng, IMAGE, 3)
+    m.global_search, m.global_batch = "stream", args.batch
+    t_g, fast = timed(lambda: m.match_points(pts, None))
+    rows = [(f"{ng} global keypoints with forward-backward, batch path", f"{t_g:.1f} s ({t_g / 60:.2f} min)",
+             "", f"{1e3 * t_g / (2 * ng):.1f} ms per global query; {int(fast.consistent.sum())} consistent")]
+    nd = min(args.dense_keypoints, ng)
+    if nd:
+        m.global_search = "dense"
+        t_d, old = timed(lambda: m.match_points(pts[:nd], None))
+        m.global_search = "stream"
+        same = int(np.sum(np.all(old.target_zyx == fast.target_zyx[:nd], axis=1) & (old.fb_distance == fast.fb_distance[:nd])))
+        rows.append((f"same, old per-point whole-map search ({nd} points)", f"{t_d / nd:.2f} s/point",
+                     "", f"2000 points ~ {2000 * t_d / nd / 60:.1f} min; {same}/{nd} matches and fb identical"))
+    return rows
+
+
+def only_global(args) -> None:
+    dev = torch.device(args.device)
+    src, tgt = levels(1), levels(2)
+    m = Matcher(src, tgt, IMAGE, IMAGE, device=dev)
+    t0 = time.perf_counter()
+    with m._compute():
+        for side in (m._src, m._tgt):
+            for n in SIZES:
+                side.level(n).full_inv_norm()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor()}), "
+          f"setup + norm maps {time.perf_counter() - t0:.1f} s, load {load_avg()}")
+    for a, b, c, d in global_rows(m, args):
+        print(f"{a}: {b} {c} {d}")
+    if dev.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB")
 
 
 def write_doc(block: str) -> None:

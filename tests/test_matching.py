@@ -271,3 +271,121 @@ def test_from_stores_duck_type(pair):
     _close(m.similarity((5, 5, 5), 3).fused, ref.similarity((5, 5, 5), 3)[1])
     with pytest.raises(MedDiftError, match="lacks level"):
         Matcher.from_stores(FakeStore(pair[0], SRC_SHAPE), FakeStore(pair[1], TGT_SHAPE), levels=["zz"])
+
+
+# ---- batch global search (slab-streamed, "stream") ---------------------------------------
+
+from napari_meddift._global_search import GlobalSearch  # noqa: E402
+
+
+def _smooth_levels(native, seed, sigma=1.5):
+    """Spatially correlated random features (like real decoder features)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n, (c, *shape) in native.items():
+        x = torch.from_numpy(rng.standard_normal((c, *shape)).astype(np.float32))
+        k = torch.arange(-3, 4, dtype=torch.float32)
+        k = torch.exp(-(k**2) / (2 * sigma**2))
+        k = k / k.sum()
+        for d in range(3):
+            shp = [1, 1, 1]
+            shp[d] = 7
+            pad = [3 if i == d else 0 for i in range(3)]
+            x = torch.nn.functional.conv3d(x[:, None], k.view(1, 1, *shp), padding=pad)[:, 0]
+        out[n] = (x / x.std() + 0.3).numpy()
+    return out
+
+
+def _same_match(a: MatchTable, b: MatchTable, fused_of=None):
+    """Equal matches up to float ties: a differing target must score the same (within 1e-6)."""
+    _close(a.score, b.score, 1e-6)
+    for i in np.flatnonzero(np.any(a.target_zyx != b.target_zyx, axis=1)):
+        if fused_of is None:
+            raise AssertionError(f"point {i}: {a.target_zyx[i]} != {b.target_zyx[i]}")
+        fused = fused_of(i)
+        _close(fused[tuple(a.target_zyx[i])], fused[tuple(b.target_zyx[i])], 1e-6)
+    _close(a.ambiguity, b.ambiguity, 1e-5)
+    assert np.array_equal(np.isnan(a.ambiguity), np.isnan(b.ambiguity))
+
+
+@pytest.mark.parametrize("block", [2, 3, 4])
+def test_batch_global_equals_dense_reference(pair, dense, monkeypatch, block):
+    """Argmax, score and ambiguity (exclusion 1 and 3) against the dense reference's whole maps."""
+    monkeypatch.setattr(GlobalSearch, "block", block)
+    m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    assert m.global_search == "stream"
+    pts = np.array(_corner_points(SRC_SHAPE))
+    for excl in (1, 3):
+        table = m.match_points(pts, None, check_consistency=False, exclusion=excl)
+        for i, p in enumerate(pts):
+            want, want_score = dense.match(tuple(p), None)
+            _, fused, _ = dense.similarity(tuple(p), None)
+            _close(table.score[i], want_score)
+            if tuple(table.target_zyx[i]) != want:  # a float tie
+                _close(fused[tuple(table.target_zyx[i])], want_score, 1e-6)
+            idx = np.unravel_index(int(np.argmax(fused)), fused.shape)
+            rest = fused.copy()
+            rest[tuple(slice(max(0, j - excl), j + excl + 1) for j in idx)] = -np.inf
+            _close(table.ambiguity[i], rest.max() / fused.max(), 1e-5)
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_batch_global_equals_old_search_randomized(monkeypatch, smooth):
+    """Random points, odd shapes, weights, forward-backward: the batch path equals the per-point
+    whole-map search point for point, with several batch and block sizes."""
+    make = _smooth_levels if smooth else _levels
+    src, tgt = make(SRC_NATIVE, 11), make(TGT_NATIVE, 12)
+    w = {"a": 0.5, "b": 1.0, "same": 2.0, "fine": 1.0}
+    rng = np.random.default_rng(5)
+    pts = np.stack([rng.integers(0, s, 60) for s in SRC_SHAPE], 1)
+    old = Matcher(src, tgt, SRC_SHAPE, TGT_SHAPE, weights=w)
+    old.global_search = "dense"
+    want = old.match_points(pts, None)
+    for block, batch in [(4, None), (3, 7), (2, 1)]:
+        monkeypatch.setattr(GlobalSearch, "block", block)
+        m = Matcher(src, tgt, SRC_SHAPE, TGT_SHAPE, weights=w)
+        m.global_batch = batch
+        got = m.match_points(pts, None)
+        _same_match(got, want, lambda i: old.similarity(tuple(pts[i]), None).fused)
+        np.testing.assert_array_equal(got.consistent, want.consistent)
+
+
+def test_batch_global_on_tiny_volume():
+    """No voxel outside the exclusion cube: no rival, nan ambiguity, as the whole-map search."""
+    native = {"a": (4, 2, 3, 2)}
+    shape = (3, 3, 2)
+    m = Matcher(_levels(native, 1), _levels(native, 2), shape, shape)
+    pts = np.array([(0, 0, 0), (2, 2, 1), (1, 2, 0)])
+    got = m.match_points(pts, None, exclusion=2)
+    assert np.all(np.isnan(got.ambiguity))
+    m.global_search = "dense"
+    _same_match(got, m.match_points(pts, None, exclusion=2))
+
+
+def test_batch_global_ties_take_first_voxel():
+    """Every target voxel holds the same feature (image = native grid, so no interpolation
+    rounding): all scores tie exactly and the first voxel in C order wins, as in np.argmax."""
+    shape = (7, 9, 8)
+    src = _levels({"a": (6, *shape)}, 3)
+    tgt = {"a": np.broadcast_to(src["a"][:, 2:3, 4:5, 1:2], src["a"].shape).copy()}
+    m = Matcher(src, tgt, shape, shape)
+    pts = np.array([(0, 0, 0), (3, 4, 5), (6, 8, 7)])
+    got = m.match_points(pts, None, check_consistency=False)
+    assert np.all(got.target_zyx == 0)
+    m.global_search = "dense"
+    want = m.match_points(pts, None, check_consistency=False)
+    np.testing.assert_array_equal(want.target_zyx, got.target_zyx)
+    _close(got.score, want.score, 1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_global_on_cuda_equals_cpu(pair):
+    """The same code on a GPU gives the CPU's matches (float ties aside)."""
+    rng = np.random.default_rng(9)
+    pts = np.stack([rng.integers(0, s, 40) for s in SRC_SHAPE], 1)
+    cpu = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    cpu.global_search = "dense"
+    want = cpu.match_points(pts, None)
+    gpu = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE, device="cuda")
+    got = gpu.match_points(pts, None)
+    _same_match(got, want, lambda i: cpu.similarity(tuple(pts[i]), None).fused)

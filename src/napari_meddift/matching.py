@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._global_search import GlobalSearch
 from .errors import MedDiftError
 from .progress import ProgressCallback
 
@@ -414,6 +415,7 @@ class Matcher:
         #: thread pool's fork/join made queries 4-40x slower (docs/performance.md); raise it on
         #: an idle many-core machine for faster global search.
         self.cpu_threads: int | None = 1
+        self._init_global()
         self._src = _Side(source_levels, source_shape, self.device)
         self._tgt = _Side(target_levels, target_shape, self.device)
         self._backward: Matcher | None = None
@@ -421,11 +423,21 @@ class Matcher:
         self.weights: dict[str, float] = {}
         self.set_levels(levels, weights)
 
+    def _init_global(self) -> None:
+        #: how global (radius=None) matches are searched; both give the same matches:
+        #: "stream" (default): batches of points, their maps summed slab by slab and never held;
+        #: "dense": one whole map per point (a few at a time), the original search.
+        self.global_search = "stream"
+        #: points per batch of the "stream" search (None: 16 on the CPU, 128 on a GPU); memory
+        #: grows ~29 MB per point at MAISI's sizes for a 192x192x208 target
+        self.global_batch: int | None = None
+
     @classmethod
     def _from_sides(cls, src: _Side, tgt: _Side, levels, weights) -> "Matcher":
         m = cls.__new__(cls)
         m.device, m._src, m._tgt, m._backward = src.device, src, tgt, None
         m.cpu_threads = 1
+        m._init_global()
         m.levels, m.weights = list(levels), dict(weights)
         return m
 
@@ -504,6 +516,7 @@ class Matcher:
         else:
             self._backward.levels, self._backward.weights = list(self.levels), dict(self.weights)
         self._backward.cpu_threads = self.cpu_threads
+        self._backward.global_search, self._backward.global_batch = self.global_search, self.global_batch
         return self._backward
 
     # ---- geometry -----------------------------------------------------------------
@@ -607,6 +620,8 @@ class Matcher:
         amb = np.full(n, np.nan, np.float32)
         if n == 0:
             return tgt, score, amb
+        if radius is None and self.global_search != "dense":
+            return self._match_global(pts, exclusion, progress, done0, total)
         centers = self._centers(pts)
         with self._compute():
             q = self._queries(pts)
@@ -630,6 +645,25 @@ class Matcher:
                 tgt[s:e], score[s:e], amb[s:e] = self._best(fused, box, exclusion)
                 if progress is not None:
                     progress(done0 + e, total, f"matching points ({label})")
+        return tgt, score, amb
+
+    def _match_global(self, pts: np.ndarray, exclusion, progress, done0, total):
+        """Exact global matches of many points, a batch at a time (``_global_search``)."""
+        n = len(pts)
+        tgt = np.zeros((n, 3), np.int64)
+        score = np.zeros(n, np.float32)
+        amb = np.full(n, np.nan, np.float32)
+        bsz = self.global_batch or (16 if self.device.type == "cpu" else 128)
+        with self._compute():
+            search = GlobalSearch({k: self._tgt.level(k) for k in self.levels}, self.weights, self._tgt.shape)
+            for s in range(0, n, bsz):
+                e = min(n, s + bsz)
+                loc, sc, rv = search.stream(self._queries(pts[s:e]), exclusion)
+                tgt[s:e], score[s:e], rv = loc.cpu().numpy(), sc.cpu().numpy(), rv.cpu().numpy()
+                ok = np.isfinite(rv) & (score[s:e] != 0)  # as _best: no rival or zero score -> nan
+                amb[s:e][ok] = (rv[ok].astype(np.float64) / score[s:e][ok]).astype(np.float32)
+                if progress is not None:
+                    progress(done0 + e, total, "matching points (global)")
         return tgt, score, amb
 
     @contextmanager
