@@ -104,6 +104,7 @@ class GlobalSearch:
         self.nb = next(iter(self.tabs.values())).nb
         self.dev = next(iter(levels.values())).f.device
         self.o = torch.arange(bs, device=self.dev)
+        self.shape_t = torch.as_tensor(self.shape, device=self.dev)
 
     def node_dots(self, q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """P_l (B, nodes) = q_l . F_l[n] over each level's padded node grid (one GEMM per level)."""
@@ -183,7 +184,7 @@ class GlobalSearch:
         # rival: blocks clear of the exclusion cube by their maxima, the touched ones exactly
         e = int(exclusion)
         lo = (loc - e).clamp(min=0) // bs
-        hi = (loc + e).clamp(max=torch.as_tensor(self.shape, device=self.dev) - 1) // bs
+        hi = torch.minimum(loc + e, self.shape_t - 1) // bs
         idx = [torch.arange(self.nb[d], device=self.dev) for d in range(3)]
         touch = [(idx[d] >= lo[:, d, None]) & (idx[d] <= hi[:, d, None]) for d in range(3)]  # (B, nb_d)
         rival = bmax.masked_fill(_outer(*touch), -math.inf).reshape(bsz, -1).amax(1)
