@@ -76,7 +76,7 @@ def main() -> None:
                     help="points timed with the old per-point whole-map search, for comparison")
     ap.add_argument("--device", default="cpu", help="torch device of the matcher (cpu, cuda)")
     ap.add_argument("--only-global", action="store_true", help="time global keypoints only (no doc update)")
-    ap.add_argument("--batch", type=int, default=None, help="Matcher.global_batch (default: 16 CPU, 128 GPU)")
+    ap.add_argument("--batch", type=int, default=None, help="Matcher.global_batch (default: 16 CPU, 64 GPU)")
     args = ap.parse_args()
     if args.only_global:
         only_global(args)

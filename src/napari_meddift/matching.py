@@ -428,7 +428,7 @@ class Matcher:
         #: "stream" (default): batches of points, their maps summed slab by slab and never held;
         #: "dense": one whole map per point (a few at a time), the original search.
         self.global_search = "stream"
-        #: points per batch of the "stream" search (None: 16 on the CPU, 128 on a GPU); memory
+        #: points per batch of the "stream" search (None: 16 on the CPU, 64 on a GPU); memory
         #: grows ~29 MB per point at MAISI's sizes for a 192x192x208 target
         self.global_batch: int | None = None
 
@@ -653,7 +653,7 @@ class Matcher:
         tgt = np.zeros((n, 3), np.int64)
         score = np.zeros(n, np.float32)
         amb = np.full(n, np.nan, np.float32)
-        bsz = self.global_batch or (16 if self.device.type == "cpu" else 128)
+        bsz = self.global_batch or (16 if self.device.type == "cpu" else 64)
         with self._compute():
             search = GlobalSearch({k: self._tgt.level(k) for k in self.levels}, self.weights, self._tgt.shape)
             for s in range(0, n, bsz):
