@@ -723,13 +723,17 @@ class Matcher:
     def match_points(
         self,
         points_zyx,
-        radius: int | None,
+        radius: int | None = None,
         progress: ProgressCallback | None = None,
         check_consistency: bool = True,
         exclusion: int = 2,
         fb_threshold: float = 1.5,
     ) -> MatchTable:
-        """Match many source voxels; many points make the cached full norm maps pay for themselves."""
+        """Match many source voxels (N, 3) (z, y, x); radius None searches the whole target.
+
+        Global searches run in batches of ``global_batch`` points on the matcher's device (one
+        read-back per batch); ``check_consistency`` adds the target -> source back-match.
+        """
         arr = np.asarray(points_zyx)
         pts = np.zeros((0, 3), np.int64) if arr.size == 0 else self._check_points(arr, self._src.shape)
         n = len(pts)
