@@ -449,6 +449,11 @@ class Matcher:
                         raise MedDiftError(
                             f"{which} store lacks level(s) {', '.join(missing)}; it has {', '.join(have)}"
                         )
+        elif tuple(getattr(src_store, "level_names", ())) != tuple(getattr(tgt_store, "level_names", ())):
+            raise MedDiftError(
+                f"the source store holds levels {', '.join(src_store.level_names)} but the target holds "
+                f"{', '.join(tgt_store.level_names)}; extract both with the same levels, or name the levels to fuse"
+            )
         src = src_store.load_levels(levels)
         tgt = tgt_store.load_levels(levels)
         return cls(src, tgt, src_store.image_shape, tgt_store.image_shape, levels, weights, device)
