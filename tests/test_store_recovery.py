@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_meddift import store as S
+from napari_meddift.io import store as S
 from napari_meddift.errors import MedDiftError
 from napari_meddift.io.locking import StoreLock, lock_path, sibling_path
 
@@ -45,7 +45,7 @@ def _run(code: str, *args, env=None, timeout=120) -> subprocess.CompletedProcess
 KILL_IN_REPLACE_WINDOW = """
 import os, signal, sys
 import numpy as np
-from napari_meddift import store as S
+from napari_meddift.io import store as S
 real = os.replace
 def replace(src, dst):
     real(src, dst)
@@ -106,7 +106,7 @@ def test_second_writer_waits_for_the_lock_then_writes(tmp_path):
     path = tmp_path / "a.zarr"
     code = """
     import sys, numpy as np
-    from napari_meddift import store as S
+    from napari_meddift.io import store as S
     S.write_store(sys.argv[1], {"up0": np.ones((2, 4, 4, 4), np.float32)}, {"image_shape": (4, 4, 4), "spacing": (1, 1, 1)})
     print("wrote")
     """
@@ -128,7 +128,7 @@ def test_second_writer_stops_with_one_clear_line_after_timeout(tmp_path):
         proc = _run("""
         import sys, numpy as np
         from napari_meddift.cli import main
-        from napari_meddift import store as S
+        from napari_meddift.io import store as S
         from napari_meddift.errors import MedDiftError
         try:
             S.write_store(sys.argv[1], {"up0": np.ones((2, 4, 4, 4), np.float32)}, {"image_shape": (4, 4, 4), "spacing": (1, 1, 1)})
@@ -166,13 +166,13 @@ def test_concurrent_extractions_of_different_images_never_both_say_wrote(tmp_pat
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     slow = textwrap.dedent("""
     import sys, time
-    from napari_meddift import store as S
+    from napari_meddift.io import store as S
     real = S.write_store
     def write_store(*a, **k):
         time.sleep(float(sys.argv[1]))  # hold back the write: the other extraction finishes first
         return real(*a, **k)
     S.write_store = write_store
-    import napari_meddift.extraction as E
+    import napari_meddift.backbones.extraction as E
     E.write_store = write_store
     from napari_meddift.cli import main
     sys.exit(main(sys.argv[2:]))
@@ -236,7 +236,7 @@ def test_chunk_swapped_for_another_valid_chunk_fails_the_checksum(tmp_path, caps
     rep = S.verify_store(a)
     assert rep["levels"]["up0"]["problems"] == ["values differ from the checksum recorded when it was written"]
     assert main(["check", str(b)]) == 0
-    assert capsys.readouterr().out.startswith(f"ok {b}: 2 level(s), 9 chunks decoded")
+    assert capsys.readouterr().out.startswith(f"ok {b}: 2 level(s), 14 chunks decoded, checksums match")
 
 
 def test_nan_in_a_level_is_reported_by_check(tmp_path):

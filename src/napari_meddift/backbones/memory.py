@@ -18,14 +18,18 @@ from ..errors import MedDiftError
 
 GB = 1024**3
 
-#: (backbone, device type) -> (base bytes, bytes per network voxel), measured (see module doc)
+#: (backbone, device type) -> (base bytes, bytes per network voxel). CPU rows: least-squares fits
+#: of peak RSS measured on a 2-core CPU (mini at 48^3..128^3: 0.55 GB + 974 B/voxel; MIND-SSC at
+#: 64^3..128^3: 0.47 GB + 164 B/voxel; MAISI at random weights, one run at 128^3: 1.21 GB after
+#: building the model, 4.04 GB peak). CUDA rows are NOT measured (no GPU reachable with this code):
+#: half the CPU activation bytes (fp16 autocast) plus the fp32 weights, to be confirmed on a GPU.
 COEFFICIENTS: dict[tuple[str, str], tuple[float, float]] = {
-    ("mini", "cpu"): (0.40 * GB, 1000.0),
+    ("mini", "cpu"): (0.55 * GB, 1000.0),
     ("mini", "cuda"): (0.05 * GB, 500.0),
-    ("maisi", "cpu"): (1.0 * GB, 400.0),
-    ("maisi", "cuda"): (3.0 * GB, 200.0),
-    ("mind-ssc", "cpu"): (0.3 * GB, 200.0),
-    ("mind-ssc", "cuda"): (0.05 * GB, 200.0),
+    ("maisi", "cpu"): (1.2 * GB, 1400.0),
+    ("maisi", "cuda"): (0.8 * GB, 700.0),
+    ("mind-ssc", "cpu"): (0.47 * GB, 170.0),
+    ("mind-ssc", "cuda"): (0.05 * GB, 170.0),
 }
 #: network shape rule per backbone: (multiple, min_size); None means the scan's own shape
 _NETWORK_RULE: dict[str, tuple[int, int] | None] = {"mini": (16, 16), "maisi": (128, 128), "mind-ssc": None}
