@@ -313,6 +313,10 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
         if not isinstance(arr, zarr.Array) or arr.ndim != 4:
             missing.append(name)
             continue
+        recorded = (attrs.get("level_shapes") or {}).get(name)
+        if recorded is not None and list(recorded) != list(arr.shape):
+            incomplete.append(f"{name} has shape {list(arr.shape)} but was written as {list(recorded)}")
+            continue
         gone = missing_chunk_files(path / "levels" / name, arr)
         if gone:
             incomplete.append(f"{name} lacks {len(gone)} of its chunk files (e.g. {gone[0]})")
