@@ -119,6 +119,11 @@ def extract_to_store(
             return store, True
 
     check_store_destination(path)
+    from .base import resolve_device
+    from .memory import check_memory
+
+    check_memory(backbone.name, volume.shape, resolve_device(settings.device).type,
+                 getattr(backbone, "preprocessing", None), settings.samples)
     token = store_token(path)  # what is there now: a store written meanwhile is not overwritten
     last_total = [1]
 
