@@ -53,13 +53,14 @@ rng = np.random.default_rng(seed)
 levels = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
 real_replace, real_rmtree = os.replace, S._rmtree
-def replace(src, dst):
-    if step == "before-rename-old" and ".old-" in str(dst):
+def replace(src, dst):  # our renames only: zarr itself renames files inside the partial folder
+    src_name, dst_name = os.path.basename(str(src)), os.path.basename(str(dst))
+    if step == "before-rename-old" and ".old-" in dst_name:
         kill()
     real_replace(src, dst)
-    if step == "between-renames" and ".old-" in str(dst):
+    if step == "between-renames" and ".old-" in dst_name:
         kill()
-    if step == "after-rename-new" and ".partial-" in str(src):
+    if step == "after-rename-new" and ".partial-" in src_name and dst_name == os.path.basename(path):
         kill()
 os.replace = replace
 def rmtree(p):
@@ -71,6 +72,7 @@ def rmtree(p):
             (child.unlink if child.is_file() else child.rmdir)()
     real_rmtree(p)
 S._rmtree = rmtree
+import zarr  # imported before "ready": random kills land inside the write itself
 print("ready", flush=True)
 S.write_store(path, levels, {"image_shape": (192, 192, 208), "spacing": (1.5, 1.5, 1.5)})
 """
@@ -125,7 +127,7 @@ def kill_trials(n_random: int, n_steps: int, rng: random.Random) -> dict:
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             proc.stdout.readline()  # imports done
             if kind == "random":
-                time.sleep(rng.uniform(0, 1.5 * write_s))
+                time.sleep(rng.uniform(0, 2.0 * write_s))
                 proc.send_signal(signal.SIGKILL)
             proc.wait()
             out["killed_before_done"] += proc.returncode == -signal.SIGKILL

@@ -49,7 +49,7 @@ from napari_meddift.io import store as S
 real = os.replace
 def replace(src, dst):
     real(src, dst)
-    if ".old-" in str(dst):
+    if ".old-" in os.path.basename(str(dst)):  # our rename, not zarr's own inside a folder
         os.kill(os.getpid(), signal.SIGKILL)
 os.replace = replace
 rng = np.random.default_rng(1)
