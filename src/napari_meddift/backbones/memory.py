@@ -94,8 +94,14 @@ def _cgroup_limit() -> int | None:
 
 def available_bytes(device: str = "cpu") -> int | None:
     """Memory this process can still use: free GPU memory for CUDA; for the CPU, MemAvailable
-    (or psutil's ``available``), capped by a cgroup limit and by ``$MEDDIFT_MEMORY_LIMIT_GB``.
-    None when it cannot be told."""
+    (or psutil's ``available``), capped by a cgroup limit. ``$MEDDIFT_MEMORY_LIMIT_GB`` replaces
+    the figure (lower to be careful, higher to overrule an estimate). None when it cannot be told."""
+    env = os.environ.get("MEDDIFT_MEMORY_LIMIT_GB")
+    if env:
+        try:
+            return int(float(env) * GB)
+        except ValueError:
+            raise MedDiftError(f"MEDDIFT_MEMORY_LIMIT_GB must be a number of GB, got {env!r}") from None
     if str(device).startswith("cuda"):
         try:
             import torch
@@ -118,12 +124,6 @@ def available_bytes(device: str = "cpu") -> int | None:
         except Exception:  # noqa: BLE001
             avail = None
     limits = [v for v in (avail, _cgroup_limit()) if v is not None]
-    env = os.environ.get("MEDDIFT_MEMORY_LIMIT_GB")
-    if env:
-        try:
-            limits.append(int(float(env) * GB))
-        except ValueError:
-            raise MedDiftError(f"MEDDIFT_MEMORY_LIMIT_GB must be a number of GB, got {env!r}") from None
     return min(limits) if limits else None
 
 
@@ -141,6 +141,7 @@ def check_memory(backbone: str, image_shape, device: str = "cpu", preprocessing=
             ways += ", or use the smaller mini backbone (--backbone mini)"
         raise MedDiftError(
             f"extracting a {shape} (z,y,x) scan with {backbone} on {dev.upper()} needs about "
-            f"{check.estimate / GB:.1f} GB but {check.available / GB:.1f} GB is available; {ways}"
+            f"{check.estimate / GB:.1f} GB but {check.available / GB:.1f} GB is available; {ways} "
+            "(or set MEDDIFT_MEMORY_LIMIT_GB to overrule the estimate)"
         )
     return check
