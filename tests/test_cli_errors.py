@@ -343,3 +343,20 @@ def test_console_script_usage_error_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "meddift: error: extract: the following arguments are required: image, -o/--output (see `meddift extract --help`)"]
+
+
+def test_api_refuses_zero_samples_before_work(tmp_path):
+    from napari_meddift.backbones.base import ExtractionSettings
+    from napari_meddift.backbones.extraction import extract_to_store
+    from napari_meddift.io.volume import Volume
+
+    class Backbone:
+        name, level_names, default_levels, weights_hash = "fake", ("up0",), ("up0",), "x"
+
+        def extract(self, *a, **k):
+            pytest.fail("extracted with samples=0")
+
+    with pytest.raises(MedDiftError, match="samples .* must be at least 1, got 0"):
+        extract_to_store(Volume(np.zeros((8, 8, 8), np.float32)), Backbone(), ExtractionSettings(samples=0),
+                         tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()

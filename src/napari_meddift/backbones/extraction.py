@@ -118,6 +118,8 @@ def extract_to_store(
         if store is not None:
             return store, True
 
+    if int(settings.samples) < 1:
+        raise MedDiftError(f"samples (noise samples averaged) must be at least 1, got {settings.samples}")
     check_store_destination(path)
     from .base import resolve_device
     from .memory import check_memory

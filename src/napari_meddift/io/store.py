@@ -1,8 +1,11 @@
 """Descriptor stores: one zarr v3 group per volume holding native-resolution feature levels.
 
 The public format is documented in ``docs/store-format.md``. Writes are atomic: a store is
-built in a sibling ``<name>.partial-<random>`` folder, marked ``complete`` last, then renamed
-into place, so a store that opens is always whole.
+built in a sibling ``<name>.partial-<pid>-<hex>`` folder, marked ``complete`` last, then renamed
+into place, so a store that opens is always whole. Writers of one path are serialised by
+``<name>.lock`` and clean up after killed writers (an interrupted replace is rolled back, see
+:mod:`.locking`); every open checks that each chunk file a level needs is there, and
+:func:`verify_store` decodes them all (:mod:`.integrity`). docs/reliability.md lists the promises.
 """
 
 from __future__ import annotations
