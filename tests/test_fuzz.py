@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_meddift.errors import MedDiftError
-from napari_meddift.evaluation.metrics import read_l2r_config
+from napari_meddift.evaluation.l2r_config import read_l2r_config
 from napari_meddift.io import store as S
 from napari_meddift.io.landmarks import read_points
 
