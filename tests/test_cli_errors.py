@@ -360,3 +360,11 @@ def test_api_refuses_zero_samples_before_work(tmp_path):
         extract_to_store(Volume(np.zeros((8, 8, 8), np.float32)), Backbone(), ExtractionSettings(samples=0),
                          tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_garbage_checkpoint_is_not_called_a_pickle(tmp_path):
+    from napari_meddift.backbones.checkpoint import load_checkpoint
+
+    (tmp_path / "g.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(MedDiftError, match="cannot read checkpoint .* truncated or not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "g.pt")

@@ -21,7 +21,10 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # no foreign object: garbage or a damaged file
+            raise MedDiftError(f"cannot read {what} {path} (it is truncated or not a PyTorch checkpoint); "
+                               "copy or download it again") from None
         raise MedDiftError(
             f"{what} {path} holds Python objects besides tensors, which could run code when loaded; "
             "refusing it: use the checkpoint files from their original source"
