@@ -96,7 +96,7 @@ def test_failure_mid_write_leaves_no_store(tmp_path, volume, monkeypatch):
         return real(a)
 
     monkeypatch.setattr(S, "_to_numpy", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(MedDiftError, match="disk full"):  # one clear line, nothing left behind
         extract_to_store(volume, FakeBackbone(), ExtractionSettings(), tmp_path / "v.zarr")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(MedDiftError):

@@ -461,6 +461,11 @@ class Matcher:
                         raise MedDiftError(
                             f"{which} store lacks level(s) {', '.join(missing)}; it has {', '.join(have)}"
                         )
+        elif tuple(getattr(src_store, "level_names", ())) != tuple(getattr(tgt_store, "level_names", ())):
+            raise MedDiftError(
+                f"the source store holds levels {', '.join(src_store.level_names)} but the target holds "
+                f"{', '.join(tgt_store.level_names)}; extract both with the same levels, or name the levels to fuse"
+            )
         src = src_store.load_levels(levels)
         tgt = tgt_store.load_levels(levels)
         return cls(src, tgt, src_store.image_shape, tgt_store.image_shape, levels, weights, device)
@@ -534,7 +539,7 @@ class Matcher:
             raise MedDiftError("points must be integer voxel indices (z, y, x)")
         bad = np.any((ri < 0) | (ri >= np.asarray(shape)), axis=1)
         if bad.any():
-            raise MedDiftError(f"point {tuple(int(v) for v in ri[bad][0])} lies outside the volume of shape {tuple(shape)}")
+            raise MedDiftError(f"point (z, y, x) = {tuple(int(v) for v in ri[bad][0])} lies outside the volume of shape (z, y, x) {tuple(shape)}")
         return ri
 
     def _centers(self, pts: np.ndarray) -> np.ndarray:

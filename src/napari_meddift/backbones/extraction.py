@@ -13,7 +13,15 @@ import numpy as np
 from .base import Backbone, ExtractionSettings, ProgressCallback
 from ..errors import MedDiftError
 from ..io.cache import safe_filename
-from ..io.store import DescriptorStore, cache_key, open_store, write_store
+from ..io.store import (
+    DescriptorStore,
+    ReplacedMeanwhile,
+    cache_key,
+    check_store_destination,
+    open_store,
+    store_token,
+    write_store,
+)
 from ..io.volume import Volume
 
 
@@ -110,6 +118,15 @@ def extract_to_store(
         if store is not None:
             return store, True
 
+    if int(settings.samples) < 1:
+        raise MedDiftError(f"samples (noise samples averaged) must be at least 1, got {settings.samples}")
+    check_store_destination(path)
+    from .base import resolve_device
+    from .memory import check_memory
+
+    check_memory(backbone.name, volume.shape, resolve_device(settings.device).type,
+                 getattr(backbone, "preprocessing", None), settings.samples)
+    token = store_token(path)  # what is there now: a store written meanwhile is not overwritten
     last_total = [1]
 
     def relay(done: int, total: int, message: str) -> None:
@@ -140,4 +157,10 @@ def extract_to_store(
         "cache_key": key,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    return write_store(path, levels, attrs, dtype=dtype), False
+    try:
+        return write_store(path, levels, attrs, dtype=dtype, replaces=token), False
+    except ReplacedMeanwhile:
+        store = find_reusable(path, key)
+        if store is not None:  # another process wrote exactly this store meanwhile
+            return store, True
+        raise

@@ -143,10 +143,9 @@ def find_weights(weights: str | os.PathLike) -> Path:
 
 
 def _load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise MedDiftError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    from .checkpoint import load_checkpoint  # tensors only; one clear line for a refused pickle
+
+    return load_checkpoint(path, "MAISI checkpoint")
 
 
 def _state_dict(obj: Any, path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:

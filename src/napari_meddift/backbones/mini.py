@@ -208,8 +208,10 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
             f"does not match {expected[:16]}... recorded in {meta_path.name}"
         )
     unet = build_unet(meta.get("arch", MINI_ARCH))
+    from .checkpoint import load_checkpoint  # tensors only; one clear line for a refused pickle
+
+    state = load_checkpoint(path, "mini weights")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         unet.load_state_dict({k: v.float() for k, v in state.items()})

@@ -12,11 +12,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import build_demo, demo, evaluate, evaluate_l2r, extract, extract_many, match, train_mini
-from ._common import run_guarded
+from . import build_demo, check, demo, evaluate, evaluate_l2r, extract, extract_many, match, train_mini
+from ._common import Parser, run_guarded
 
 #: the sub-commands in the order ``meddift --help`` lists them; add a new one here
-SUBCOMMANDS = (extract, extract_many, match, evaluate, demo, train_mini, evaluate_l2r, build_demo)
+SUBCOMMANDS = (extract, extract_many, match, evaluate, check, demo, train_mini, evaluate_l2r, build_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..backbones import ALIASES, available_backbones
 
     short = ", ".join(f"{a} = {n}" for a, n in ALIASES.items())
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="meddift", description="Training-free 3D correspondence from diffusion features (MedDIFT).",
         epilog=f"backbones (extract --backbone NAME): {', '.join(available_backbones())} ({short})",
     )
@@ -40,8 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``meddift``: parse ``argv`` (default ``sys.argv[1:]``), run, return the exit status."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    return run_guarded(lambda: args.func(args))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_guarded(lambda: _run(argv))
+
+
+def _run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)  # usage errors are one line too (Parser.error)
+    return args.func(args)
 
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]

@@ -15,23 +15,61 @@ EXIT_ERROR = 2
 EXIT_CANCELLED = 130
 
 
+class UsageError(MedDiftError):
+    """A command line that argparse refuses (unknown option, missing or mistyped value)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: they raise UsageError (exit 2 via :func:`run_guarded`)
+    instead of printing the usage block. Sub-command parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sub = self.prog.removeprefix("meddift").strip()
+        raise UsageError(f"{sub + ': ' if sub else ''}{message} (see `{self.prog} --help`)")
+
+
+def one_line(text: object) -> str:
+    """A message folded onto one line (multi-line library texts included)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def run_guarded(run: Callable[[], int | None]) -> int:
     """Run a sub-command and map what escapes it to an exit status and one line on stderr.
 
-    ``MedDiftError`` -> 2 and ``meddift: error: <message>``; ``CancelledError`` and Ctrl-C -> 130.
-    Anything else is a bug and propagates with its traceback.
+    ``MedDiftError`` -> 2 and ``meddift: error: <message>`` (folded onto one line); CPU and CUDA
+    out-of-memory -> 2 with the ways out; other ``OSError`` (disk full, permissions) -> 2 naming the
+    file; ``CancelledError`` and Ctrl-C -> 130. Anything else is a bug and keeps its traceback.
     """
+    from ..errors import is_out_of_memory, out_of_memory_message
+
     try:
         return int(run() or 0)
     except CancelledError as exc:
-        print(f"meddift: cancelled: {exc}", file=sys.stderr)
+        print(f"meddift: cancelled: {one_line(exc)}", file=sys.stderr)
         return EXIT_CANCELLED
     except KeyboardInterrupt:
         print("meddift: interrupted; nothing half-written was kept", file=sys.stderr)
         return EXIT_CANCELLED
     except MedDiftError as exc:
-        print(f"meddift: error: {exc}", file=sys.stderr)
+        print(f"meddift: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - out of memory and file-system failures are the user's to fix
+        if is_out_of_memory(exc):
+            print(f"meddift: error: {out_of_memory_message(exc)}", file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(exc, OSError):
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            print(f"meddift: error: {where}{one_line(exc.strerror or exc)}; check the path, free disk space "
+                  "and permissions", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+
+
+def check_range(value, name: str, low=None, high=None, what: str = "") -> None:
+    """MedDiftError unless ``low <= value <= high`` (either bound optional), before any work."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise MedDiftError(f"{name} must be {bounds}{what}, got {value}")
 
 
 def tqdm_progress(desc: str, unit: str = "step") -> ProgressCallback:

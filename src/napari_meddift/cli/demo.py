@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,5 +97,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--radius", type=int, default=8, help="search window half-width in voxels")
 
 
+def display_missing() -> bool:
+    """True on Linux without an X11/Wayland display and without an offscreen Qt platform."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return False
+    return os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] not in ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..errors import MedDiftError
+    from ..io.paths import usable_folder
+    from ._common import check_range
+
+    check_range(args.radius, "--radius", 0, None, " voxels")
+    if not args.headless and display_missing():
+        raise MedDiftError(
+            "no display to open napari on ($DISPLAY is not set); run `meddift demo --headless` for the "
+            "TRE table without a window, or start it from a desktop session (or under xvfb-run)"
+        )
+    args.cache = usable_folder(args.cache if args.cache else default_cache_dir(), "--cache folder")
     return run_demo(headless=args.headless, as_json=args.json, cache_dir=args.cache, radius=args.radius)

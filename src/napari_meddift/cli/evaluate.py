@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import json
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.spacing:
         sx, sy, sz = parse_triplet(args.spacing, "--spacing")
+        if not all(math.isfinite(v) and v > 0 for v in (sx, sy, sz)):
+            raise MedDiftError(f"--spacing must be three positive sizes in mm (x,y,z), got {args.spacing!r}")
         spacing_zyx = (sz, sy, sx)
     else:
         from ..io.volume import read_volume

@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.l2r import evaluate_l2r, is_identity, resolve_backbone
 
     cases = parse_cases(args.cases)
+    if args.out:  # before any model is built or scan read
+        from ..io.paths import check_output_folder
+
+        check_output_folder(args.out, "-o/--out")
     on_cluster = (args.workers is not None or args.scheduler is not None) and not is_identity(args.backbone)
     if on_cluster:  # the workers build the backbone; 'auto' is resolved on each worker
         from ..backbones import backbone_levels

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, tqdm_progress
+from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, check_range, tqdm_progress
 
 NAME = "extract"
 HELP = "extract a descriptor store (zarr) from a CT volume"
@@ -26,17 +26,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backbones import get_backbone
-    from ..backbones.base import ExtractionSettings
+    from ..backbones import backbone_levels, get_backbone
+    from ..backbones.base import ExtractionSettings, resolve_device
     from ..backbones.extraction import extract_to_store
     from ..backbones.levels import resolve_levels
+    from ..backbones.memory import check_memory
+    from ..io.store import check_store_destination
     from ..io.volume import read_volume
 
+    # everything that can be checked before reading the scan or loading a model
+    check_range(args.samples, "--samples", 1, 64, " (noise samples averaged)")
+    check_range(args.timestep, "--timestep", 0, 999)
+    level_names, _ = backbone_levels(args.backbone)
+    levels = resolve_levels(args.levels, level_names)
+    device = resolve_device(args.device)
+    check_store_destination(args.output)
+
     volume = read_volume(args.image)
+    check_memory(args.backbone.lower(), volume.shape, device.type, samples=args.samples)
     backbone = get_backbone(args.backbone, weights=args.weights, random_weights=args.random_weights)
     settings = ExtractionSettings(
         timestep=args.timestep,
-        levels=resolve_levels(args.levels, backbone.level_names),
+        levels=levels,
         seed=args.seed,
         samples=args.samples,
         device=args.device,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device_argument, add_levels_argument, add_search_arguments, tqdm_progress
+from ..errors import MedDiftError
+from ._common import add_device_argument, add_levels_argument, add_search_arguments, check_range, tqdm_progress
 
 NAME = "match"
 HELP = "match points from a source store into a target store"
@@ -27,9 +28,21 @@ def run(args: argparse.Namespace) -> int:
     from ..io.store import open_store
     from ..matching import Matcher
 
+    from ..backbones.base import resolve_device
+    from ..io.paths import check_output_file
+
+    check_range(args.radius, "--radius", 0, None, " voxels")
+    resolve_device(args.device)
+    check_output_file(args.output, "-o/--output")
     src, tgt = open_store(args.source), open_store(args.target)
     levels = resolve_levels(args.levels, src.level_names)
+    if levels is None and src.level_names != tgt.level_names:
+        raise MedDiftError(
+            f"the stores hold different levels (source {', '.join(src.level_names)}; target "
+            f"{', '.join(tgt.level_names)}); extract both with the same --levels, or name the levels to fuse with --levels"
+        )
     points = read_points(args.points)
+    check_points_inside(points, src.image_shape, args.points)
     matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device)
     radius = None if args.global_search else args.radius
     table = matcher.match_points(points, radius, progress=tqdm_progress("match"))
@@ -45,3 +58,20 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"matched {len(points)} points -> {args.output}")
     return 0
+
+
+def check_points_inside(points_zyx, shape_zyx, path) -> None:
+    """Every query point inside the source image; the message speaks the file's x,y,z."""
+    import numpy as np
+
+    pts = np.asarray(points_zyx)
+    bad = np.flatnonzero(((pts < 0) | (pts > np.asarray(shape_zyx) - 1)).any(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        x, y, z = (float(v) for v in pts[i][::-1])
+        sx, sy, sz = (int(n) for n in tuple(shape_zyx)[::-1])
+        raise MedDiftError(
+            f"{path}: point {i + 1} at x,y,z = ({x:g}, {y:g}, {z:g}) lies outside the source image "
+            f"(x,y,z size {sx}x{sy}x{sz}; valid voxel indices 0..{sx - 1}, 0..{sy - 1}, 0..{sz - 1})"
+            + (f"; {bad.size} point(s) in all" if bad.size > 1 else "")
+        )

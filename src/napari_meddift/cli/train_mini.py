@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     from ..training.mini import plot_loss, train_mini
 
+    if a.plot:
+        from ..io.paths import check_output_file
+
+        check_output_file(a.plot, "--plot")
     train_mini(a.data, a.out, a.minutes, crop=a.crop, spacing=a.spacing, batch=a.batch, seed=a.seed,
                hold_out=tuple(a.hold_out), progress=not a.quiet, lr=a.lr, max_steps=a.max_steps,
                threads=a.threads)

@@ -27,7 +27,8 @@ def read_l2r_config(path: str | os.PathLike) -> dict:
         The config as a dict.
 
     Raises:
-        MedDiftError: no such file, not JSON, or no ``eval_pairs``.
+        MedDiftError: no such file, not JSON, no ``eval_pairs``, pairs without text ``fixed``
+            and ``moving`` entries, or an ``expected_shape`` that is not positive integers.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -38,6 +39,18 @@ def read_l2r_config(path: str | os.PathLike) -> dict:
         raise MedDiftError(f"{path}: is not valid JSON ({exc}); use the challenge's *_evaluation_config.json") from None
     if not isinstance(cfg, dict) or "eval_pairs" not in cfg:
         raise MedDiftError(f"{path}: is not a Learn2Reg evaluation config (no 'eval_pairs'); use the challenge's *_evaluation_config.json")
+    pairs = cfg["eval_pairs"]
+    if not isinstance(pairs, list) or not pairs:
+        raise MedDiftError(f"{path}: 'eval_pairs' must be a non-empty list of {{\"fixed\": ..., \"moving\": ...}} entries")
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) and pair.get(k) for k in ("fixed", "moving")):
+            raise MedDiftError(f"{path}: eval_pairs[{i}] needs text entries 'fixed' and 'moving' (image paths), got {str(pair)[:80]}")
+    shape = cfg.get("expected_shape")
+    if shape is not None and (
+        not isinstance(shape, list) or len(shape) < 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape[:3])
+    ):
+        raise MedDiftError(f"{path}: 'expected_shape' must be a list [x, y, z, 3] of positive integers, got {str(shape)[:80]}")
     return cfg
 
 

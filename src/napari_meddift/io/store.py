@@ -1,8 +1,11 @@
 """Descriptor stores: one zarr v3 group per volume holding native-resolution feature levels.
 
 The public format is documented in ``docs/store-format.md``. Writes are atomic: a store is
-built in a sibling ``<name>.partial-<random>`` folder, marked ``complete`` last, then renamed
-into place, so a store that opens is always whole.
+built in a sibling ``<name>.partial-<pid>-<hex>`` folder, marked ``complete`` last, then renamed
+into place, so a store that opens is always whole. Writers of one path are serialised by
+``<name>.lock`` and clean up after killed writers (an interrupted replace is rolled back, see
+:mod:`.locking`); every open checks that each chunk file a level needs is there, and
+:func:`verify_store` decodes them all (:mod:`.integrity`). docs/reliability.md lists the promises.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -21,6 +25,9 @@ import numpy as np
 
 from .. import STORE_FORMAT_VERSION, __version__
 from ..errors import MedDiftError
+from .integrity import level_digest, missing_chunk_files, verify_level
+from .locking import StoreLock, recover, sibling_path, siblings
+from .paths import check_can_create_in, nearest_existing
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -202,18 +209,57 @@ class DescriptorStore:
     def load_levels(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """{name: float32 array (C, z, y, x)} for ``names`` (default: all, in fusion order)."""
         names = self.level_names if names is None else tuple(names)
-        return {n: np.asarray(self.level(n)[...], dtype=np.float32) for n in names}
+        return {n: self._read(n, ...) for n in names}
+
+    def _read(self, name: str, selection) -> np.ndarray:
+        """float32 values of ``level[selection]``; a chunk that does not decode is a MedDiftError."""
+        arr = self.level(name)
+        try:
+            return np.asarray(arr[selection], dtype=np.float32)
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zstd/codec errors from damaged chunk files
+            raise MedDiftError(
+                f"{self.path} is damaged: level {name} has chunk data that does not decode "
+                f"({type(exc).__name__}); extract it again (`meddift check {self.path}` lists every problem)"
+            ) from None
 
     def read_box(self, name: str, slices) -> np.ndarray:
         """float32 ``level[:, z0:z1, y0:y1, x0:x1]`` for spatial ``slices`` (reads touched chunks only)."""
         slices = tuple(slices)
         if len(slices) != 3:
             raise ValueError("read_box needs three spatial slices (z, y, x)")
-        return np.asarray(self.level(name)[(slice(None), *slices)], dtype=np.float32)
+        return self._read(name, (slice(None), *slices))
+
+
+def _is_complete_store(path: Path) -> bool:
+    return _is_our_group(path) and json.loads((path / "zarr.json").read_text())["attributes"].get("complete") is True
+
+
+def _roll_back_if_interrupted(path: Path) -> None:
+    """A missing store beside a complete ``.old-*`` copy: a replace was killed between its two
+    renames. Put the old store back (under the writers' lock, so never in a live writer's way)."""
+    if path.exists() or not any(kind == "old" for _, kind, _ in siblings(path)):
+        return
+    try:
+        with StoreLock(path, timeout=30.0):
+            recover(path, _is_complete_store)
+    except MedDiftError as exc:
+        olds = ", ".join(p.name for p, kind, _ in siblings(path) if kind == "old")
+        raise MedDiftError(f"{path} is missing after an interrupted replace and cannot be restored ({exc}); "
+                           f"the previous store is in {olds}: rename it to {path.name}") from None
+
+
+def _damaged(path: Path, what: str) -> MedDiftError:
+    return MedDiftError(f"{path} is damaged: {what}; extract it again (`meddift check` lists every problem)")
 
 
 def open_store(path: str | os.PathLike) -> DescriptorStore:
     """Open and validate a descriptor store.
+
+    Cheap integrity check on every open: every chunk file each level needs is present and each
+    level has the shape it was written with (:mod:`.integrity`); :func:`verify_store` decodes them
+    all. A store left missing by a killed replace is restored first (:mod:`.locking`).
 
     Args:
         path: the store folder (``STORE.zarr``).
@@ -223,11 +269,13 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
 
     Raises:
         MedDiftError: no such path, not a zarr v3 group or not ours, another format version, an
-            incomplete (interrupted) write or missing level arrays; the message says what to do.
+            incomplete (interrupted) write, missing level arrays or chunk files, or bad
+            geometry attributes; the message says what to do.
     """
     import zarr
 
     path = Path(path)
+    _roll_back_if_interrupted(path)
     if not path.exists():
         raise MedDiftError(f"no descriptor store at {path}; run `meddift extract` first")
     try:
@@ -246,12 +294,19 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
     if attrs.get("complete") is not True:
         raise MedDiftError(f"{path} is an incomplete descriptor store (an interrupted write); extract again")
     levels = attrs.get("levels")
-    if not isinstance(levels, list) or not levels:
+    if not isinstance(levels, list) or not levels or not all(isinstance(n, str) for n in levels):
         raise MedDiftError(f"{path} lists no feature levels; extract again")
     for key in ("image_shape", "spacing"):
         if key not in attrs:
             raise MedDiftError(f"{path} lacks the '{key}' attribute; extract again")
-    missing = []
+    try:
+        shape = [int(n) for n in attrs["image_shape"]]
+        spacing = [float(s) for s in attrs["spacing"]]
+    except (TypeError, ValueError):
+        shape, spacing = [], []
+    if len(shape) != 3 or min(shape) < 1 or len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise _damaged(path, f"image_shape {attrs['image_shape']!r} / spacing {attrs['spacing']!r} are not three positive numbers")
+    missing, incomplete = [], []
     for name in levels:
         try:
             arr = group[f"levels/{name}"]
@@ -260,12 +315,79 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
             continue
         if not isinstance(arr, zarr.Array) or arr.ndim != 4:
             missing.append(name)
+            continue
+        recorded = (attrs.get("level_shapes") or {}).get(name)
+        if recorded is not None and list(recorded) != list(arr.shape):
+            incomplete.append(f"{name} has shape {list(arr.shape)} but was written as {list(recorded)}")
+            continue
+        gone = missing_chunk_files(path / "levels" / name, arr)
+        if gone:
+            incomplete.append(f"{name} lacks {len(gone)} of its chunk files (e.g. {gone[0]})")
     if missing:
-        raise MedDiftError(f"{path} is damaged: level array(s) {', '.join(missing)} missing; extract again")
+        raise _damaged(path, f"level array(s) {', '.join(missing)} missing")
+    if incomplete:
+        raise _damaged(path, "; ".join(incomplete))
     return DescriptorStore(path, group)
 
 
+def verify_store(path: str | os.PathLike) -> dict[str, Any]:
+    """Full integrity check: open (cheap check), then decode every chunk of every level.
+
+    Returns ``{"path", "levels": {name: {"chunks": n, "problems": [...]}}, "ok": bool}``;
+    a store that does not even open raises MedDiftError.
+    """
+    store = open_store(path)
+    digests = store.attrs.get("checksums") or {}
+    out: dict[str, Any] = {"path": str(store.path), "levels": {}, "ok": True}
+    for name in store.level_names:
+        rep = verify_level(name, store.level(name), digests.get(name))
+        out["levels"][name] = {"chunks": rep.chunks, "problems": rep.problems}
+        out["ok"] = out["ok"] and not rep.problems
+    return out
+
+
+def store_token(path: str | os.PathLike) -> str | None:
+    """What is at ``path`` now: None (no store), or the write id of the store there.
+
+    :func:`write_store` compares it with the token taken before a long extraction, so a store
+    another process wrote meanwhile is never silently replaced."""
+    path = Path(path)
+    if not _is_our_group(path):
+        return None if not path.exists() else "not-a-store"
+    a = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    return str(a.get("write_id") or f"{a.get('created')}/{a.get('cache_key')}")
+
+
+#: ``write_store(replaces=ANY)``: replace whatever store is there (the default)
+ANY = object()
+
+
+class ReplacedMeanwhile(MedDiftError):
+    """Another process wrote a store at the same path while this one was extracting."""
+
+
 # ---------------------------------------------------------------- writing
+
+
+def _check_writable_target(path: Path) -> None:
+    if path.exists() and not _is_our_group(path):
+        what = "a file" if path.is_file() else "a folder that is not a napari-meddift descriptor store"
+        raise MedDiftError(f"{path} exists and is {what}; refusing to replace it: choose another output path")
+
+
+def check_store_destination(path: str | os.PathLike) -> Path:
+    """Fail now, not after an extraction, if a store cannot be written at ``path``.
+
+    Refuses a path that is a file or someone else's folder, a parent that is a file, and a
+    folder this user cannot write in (the nearest existing ancestor is checked when the parent
+    does not exist yet). Returns the path.
+    """
+    path = Path(path).expanduser()
+    if str(path).strip() in ("", "."):
+        raise MedDiftError("the output store path is empty; give a name like scan.zarr")
+    _check_writable_target(path)
+    check_can_create_in(nearest_existing(path.parent), path, "cannot write the store")
+    return path
 
 
 def write_store(
@@ -273,30 +395,37 @@ def write_store(
     levels: Mapping[str, Any],
     attrs: Mapping[str, Any],
     dtype: str = "float16",
+    replaces: Any = ANY,
 ) -> DescriptorStore:
     """Write a descriptor store atomically.
 
     An existing store at ``path`` is replaced only once the new one is complete; anything
-    that is not a napari-meddift store is never replaced.
+    that is not a napari-meddift store is never replaced. Writers of one path are serialised by
+    ``<path>.lock`` and debris of killed writers is cleaned first (docs/store-format.md).
 
     Args:
         path: the store folder to write (``STORE.zarr``).
         levels: ``{name: array (C, z', y', x')}`` (numpy or torch) at each level's native
             resolution, in fusion order.
         attrs: must hold ``image_shape`` (z, y, x voxels) and ``spacing`` (z, y, x mm); format,
-            format_version, levels, level_shapes, level_dtype, package_version, created and
-            complete are filled in here.
+            format_version, levels, level_shapes, level_dtype, checksums, write_id,
+            package_version, created and complete are filled in here.
         dtype: ``"float16"`` or ``"float32"``.
+        replaces: ``store_token(path)`` taken before a long computation: a store another process
+            wrote meanwhile raises :class:`ReplacedMeanwhile` instead of being overwritten.
+            Default: replace whatever store is there.
 
     Returns:
         The written store, opened.
 
     Raises:
-        MedDiftError: an unknown dtype, no levels, or ``path`` holding something that is not a
-            descriptor store.
+        MedDiftError: an unknown dtype, no levels, ``path`` holding something that is not a
+            descriptor store, another writer holding the lock past its timeout, or a failed
+            write (disk full, permissions); nothing is left behind then.
         ValueError: a programming error: a level not 4-D or ``attrs`` without the two keys.
     """
     import zarr
+    from zarr.codecs import ZstdCodec
 
     path = Path(path)
     if dtype not in _DTYPES:
@@ -306,50 +435,71 @@ def write_store(
     for key in ("image_shape", "spacing"):
         if key not in attrs:
             raise ValueError(f"write_store attrs need {key!r}")
-    if path.exists() and not _is_our_group(path):
-        raise MedDiftError(f"{path} exists and is not a napari-meddift descriptor store; refusing to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    partial = path.parent / f"{path.name}.partial-{secrets.token_hex(4)}"
-    old: Path | None = None
+    _check_writable_target(path)
     try:
-        group = zarr.open_group(str(partial), mode="w", zarr_format=3)
-        meta = _jsonable(dict(attrs))
-        meta.update(
-            format=FORMAT,
-            format_version=STORE_FORMAT_VERSION,
-            package_version=__version__,
-            levels=[str(n) for n in levels],
-            level_dtype=dtype,
-            complete=False,
-        )
-        meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        group.attrs.update(meta)  # the format is recognisable (and replaceable) from the start
-        lv = group.create_group("levels")
-        shapes = {}
-        for name, data in levels.items():
-            arr = _to_numpy(data)
-            if arr.ndim != 4:
-                raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {arr.shape}")
-            z = lv.create_array(str(name), shape=arr.shape, chunks=level_chunks(arr.shape), dtype=dtype)
-            z[...] = arr.astype(dtype, copy=False)
-            shapes[str(name)] = [int(n) for n in arr.shape]
-        group.attrs.update({"level_shapes": shapes})
-        group.attrs.update({"complete": True})  # last: only now is the store whole
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MedDiftError(f"cannot create the folder {path.parent} ({exc.strerror}); choose another output path") from None
 
-        if path.exists():
-            old = path.parent / f"{path.name}.old-{secrets.token_hex(4)}"
-            os.replace(path, old)
+    with StoreLock(path):
+        recover(path, _is_complete_store)
+        _check_writable_target(path)
+        if replaces is not ANY and store_token(path) != replaces:
+            raise ReplacedMeanwhile(
+                f"{path} was written by another process while this one was working; "
+                "not overwriting it: choose another output path, or run again to replace it"
+            )
+        partial = sibling_path(path, "partial")
+        old: Path | None = None
         try:
-            os.replace(partial, path)
+            group = zarr.open_group(str(partial), mode="w", zarr_format=3)
+            meta = _jsonable(dict(attrs))
+            meta.update(
+                format=FORMAT,
+                format_version=STORE_FORMAT_VERSION,
+                package_version=__version__,
+                levels=[str(n) for n in levels],
+                level_dtype=dtype,
+                write_id=secrets.token_hex(8),
+                complete=False,
+            )
+            meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            group.attrs.update(meta)  # the format is recognisable (and replaceable) from the start
+            lv = group.create_group("levels")
+            shapes, digests = {}, {}
+            for name, data in levels.items():
+                arr = _to_numpy(data)
+                if arr.ndim != 4:
+                    raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {arr.shape}")
+                values = np.ascontiguousarray(arr.astype(dtype, copy=False))
+                z = lv.create_array(
+                    str(name), shape=arr.shape, chunks=level_chunks(arr.shape), dtype=dtype,
+                    compressors=ZstdCodec(level=0, checksum=True), config={"write_empty_chunks": True},
+                )
+                z[...] = values
+                shapes[str(name)] = [int(n) for n in arr.shape]
+                digests[str(name)] = level_digest(values)
+            group.attrs.update({"level_shapes": shapes, "checksums": digests})
+            group.attrs.update({"complete": True})  # last: only now is the store whole
+
+            if path.exists():
+                old = sibling_path(path, "old")
+                os.replace(path, old)
+            try:
+                os.replace(partial, path)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, path)
+                    old = None
+                raise
+        except OSError as exc:
+            _rmtree(partial)
+            raise MedDiftError(
+                f"cannot write the store {path} ({exc.strerror or exc}); check free disk space and permissions"
+            ) from None
         except BaseException:
-            if old is not None:
-                os.replace(old, path)
-                old = None
+            _rmtree(partial)
             raise
-    except BaseException:
-        _rmtree(partial)
-        raise
-    if old is not None:
-        _rmtree(old)
+        if old is not None:
+            _rmtree(old)
     return open_store(path)

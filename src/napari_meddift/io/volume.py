@@ -246,18 +246,39 @@ def _stem(path: Path) -> str:
     return path.name[: -len(s)] if s and path.name.lower().endswith(s) else path.name
 
 
+#: NIfTI datatype code -> numpy dtype of the float types, whose raw data may hold NaN/inf
+_NIFTI_FLOATS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}  # float32, float64, complex64, complex128
+
+
+class _FiniteScan:
+    """Counts NaN/inf in a stream of raw float voxel bytes, block by block."""
+
+    def __init__(self, dtype: np.dtype, offset: int, nbytes: int) -> None:
+        self.dtype, self.pos, self.start, self.end = dtype, 0, offset, offset + nbytes
+        self.carry = b""
+        self.bad = 0
+
+    def feed(self, block: bytes) -> None:
+        lo, hi = self.pos, self.pos + len(block)
+        self.pos = hi
+        a, b = max(lo, self.start), min(hi, self.end)
+        if a >= b:
+            return
+        data = self.carry + block[a - lo : b - lo]
+        usable = len(data) - len(data) % self.dtype.itemsize
+        self.carry = data[usable:]
+        values = np.frombuffer(data[:usable], dtype=self.dtype)
+        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 def _check_nifti(path: Path) -> None:
-    """Catch empty and truncated NIfTI files, which ITK's reader silently accepts."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    """Catch empty and truncated NIfTI files, which ITK's reader silently accepts, and NaN/inf
+    voxels, which ITK's NIfTI reader silently turns into 0 (the raw data is scanned)."""
+    gz = path.name.lower().endswith(".gz")
+    opener = gzip.open if gz else open
     try:
         with opener(path, "rb") as f:
             head = f.read(540)
-            total = len(head)
-            if path.name.lower().endswith(".gz"):
-                while chunk := f.read(1 << 22):
-                    total += len(chunk)
-            else:
-                total = os.path.getsize(path)
     except (OSError, EOFError, zlib.error) as exc:
         raise MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again") from None
     if len(head) < 348:
@@ -265,13 +286,17 @@ def _check_nifti(path: Path) -> None:
     for order in "<>":
         if struct.unpack(order + "i", head[:4])[0] == 348:  # NIfTI-1
             dims = struct.unpack(order + "8h", head[40:56])
+            datatype = struct.unpack(order + "h", head[70:72])[0]
             bitpix = struct.unpack(order + "h", head[72:74])[0]
             offset = struct.unpack(order + "f", head[108:112])[0]
+            slope, inter = struct.unpack(order + "2f", head[112:120])
             break
         if struct.unpack(order + "i", head[:4])[0] == 540 and len(head) >= 540:  # NIfTI-2
             dims = struct.unpack(order + "8q", head[16:80])
+            datatype = struct.unpack(order + "h", head[12:14])[0]
             bitpix = struct.unpack(order + "h", head[14:16])[0]
             offset = struct.unpack(order + "q", head[168:176])[0]
+            slope, inter = struct.unpack(order + "2d", head[176:192])
             break
     else:
         raise MedDiftError(f"{path}: is not a NIfTI file (bad header); check the file or its name ending")
@@ -281,10 +306,32 @@ def _check_nifti(path: Path) -> None:
     shape = [int(d) for d in dims[1 : ndim + 1]]
     if any(d <= 0 for d in shape):
         raise MedDiftError(f"{path}: is empty (size {'x'.join(map(str, shape))}); the file holds no voxels, re-export the volume")
-    need = max(int(offset), 352) + int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 8) // 8
+    if slope != 0 and not (np.isfinite(slope) and np.isfinite(inter)):
+        raise MedDiftError(f"{path}: has a NaN/inf intensity scaling (scl_slope {slope}, scl_inter {inter}); fix the header and save again")
+    start = max(int(offset), 352)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 8) // 8
+    scan = _FiniteScan(np.dtype(order + _NIFTI_FLOATS[datatype]), start, nbytes) if datatype in _NIFTI_FLOATS else None
+    try:
+        with opener(path, "rb") as f:
+            total = 0
+            while block := f.read(1 << 22):
+                total += len(block)
+                if scan is not None:
+                    scan.feed(block)
+                elif not gz:
+                    total = os.path.getsize(path)
+                    break
+    except (OSError, EOFError, zlib.error) as exc:
+        raise MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again") from None
+    need = start + nbytes
     if total < need:
         raise MedDiftError(
             f"{path}: is truncated ({total} of {need} bytes of image data); copy or download it again"
+        )
+    if scan is not None and scan.bad:
+        raise MedDiftError(
+            f"{path}: holds {scan.bad} NaN/inf voxel value(s) (a NIfTI reader would show them as 0); "
+            "fix or replace them (e.g. with -1000 HU) and save again"
         )
 
 

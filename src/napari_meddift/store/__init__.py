@@ -4,6 +4,6 @@ The descriptor store lives in :mod:`napari_meddift.io.store`; this module only r
 public names so that scripts written against the flat layout keep working.
 """
 
-from ..io.store import DescriptorStore, cache_key, level_chunks, open_store, write_store
+from ..io.store import DescriptorStore, cache_key, level_chunks, open_store, verify_store, write_store
 
-__all__ = ["DescriptorStore", "cache_key", "level_chunks", "open_store", "write_store"]
+__all__ = ["DescriptorStore", "cache_key", "level_chunks", "open_store", "verify_store", "write_store"]

