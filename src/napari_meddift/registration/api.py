@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -35,16 +36,20 @@ class RegistrationSettings:
 
     levels: tuple[str, ...] | None = None
     weights: dict[str, float] | None = None
-    grid_spacing: int = 3
+    grid_spacing: int = 4
     search_radius: int = 10
     search_step: int = 2
-    smoothness: float = 1.0
+    smoothness: float = 0.02
     regulariser: str = "diffusion"
-    iterations: int = 60
-    adam_spacing: int = 2
-    learning_rate: float = 0.5
+    iterations: int = 40
+    adam_spacing: int = 4
+    learning_rate: float = 0.2
+    adam_smoothing: int = 2
     inverse_consistent: bool = False
     device: str = "auto"
+    #: torch intra-op threads on the CPU (None: torch's setting). One by default, as the matcher:
+    #: on a small shared CPU the thread pool's fork/join costs more than it gains.
+    cpu_threads: int | None = 1
 
     def check(self) -> None:
         for name in ("grid_spacing", "search_step", "adam_spacing"):
@@ -113,6 +118,19 @@ def _stages(progress: ProgressCallback | None, plan: list[tuple[str, int]]):
     return make, total
 
 
+@contextmanager
+def _threads(n: int | None, device: torch.device):
+    old = torch.get_num_threads()
+    if n is None or device.type != "cpu" or n == old:
+        yield
+        return
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def register(
     source_levels: Mapping,
     target_levels: Mapping,
@@ -133,6 +151,13 @@ def register(
         raise MedDiftError("inverse consistency needs source and target of the same shape; "
                            f"got {tuple(source.shape)} and {tuple(target.shape)} (turn it off)")
     dev = _device(s.device)
+    with _threads(s.cpu_threads, dev):
+        return _register(source_levels, target_levels, source, target, s, levels, weights, dev, progress)
+
+
+def _register(source_levels, target_levels, source: Geometry, target: Geometry, s: RegistrationSettings,
+              levels: list[str], weights: dict[str, float], dev: torch.device,
+              progress: ProgressCallback | None) -> RegistrationResult:
     sshape, tshape = tuple(source.shape), tuple(target.shape)
     src = {n: torch.as_tensor(np.asarray(source_levels[n]), dtype=torch.float32).to(dev) for n in levels}
     tgt = {n: torch.as_tensor(np.asarray(target_levels[n]), dtype=torch.float32).to(dev) for n in levels}
@@ -146,7 +171,8 @@ def register(
     with torch.no_grad():
         nodes = [lattice(n, g) for n in sshape]
         bases = [np.clip(np.rint(b), 0, t - 1).astype(np.int64) for b, t in zip(_base(nodes, sshape, tshape), tshape)]
-        sim = cost_volume(src, tgt, weights, sshape, tshape, nodes, bases, offsets, progress=make("cost"))
+        sim, bases = cost_volume(src, tgt, weights, sshape, tshape, nodes, bases, s.search_radius, s.search_step,
+                                 progress=make("cost"))
         times["cost_volume"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         u = coupled_convex(sim, offsets, s.search_step, progress=make("convex"))
@@ -156,8 +182,10 @@ def register(
         del sim
         if s.inverse_consistent:
             nodes_t = [lattice(n, g) for n in tshape]
-            simb = cost_volume(tgt, src, weights, tshape, sshape, nodes_t, nodes_t, offsets, progress=None)
-            ub = coupled_convex(simb, offsets, s.search_step)
+            simb, nodes_tb = cost_volume(tgt, src, weights, tshape, sshape, nodes_t, nodes_t, s.search_radius,
+                                         s.search_step)
+            ub = coupled_convex(simb, offsets, s.search_step) + lattice_positions(nodes_tb, dev) \
+                - lattice_positions(nodes_t, dev)
             del simb
             u, _ = inverse_consistency(u, ub, g, nodes, nodes_t)
         times["convex"] = time.perf_counter() - t1
@@ -171,7 +199,8 @@ def register(
     if s.iterations:
         with torch.enable_grad():
             ua = instance_optimise(src, tgt, weights, sshape, tshape, nodes_a, base_a, init, ga, s.iterations,
-                                   s.smoothness, s.regulariser, s.learning_rate, progress=make("adam"))
+                                   s.smoothness, s.regulariser, s.learning_rate, s.adam_smoothing,
+                                   progress=make("adam"))
     else:
         ua = init
     times["adam"] = time.perf_counter() - t2

@@ -76,9 +76,16 @@ def lattice(n: int, spacing: int) -> np.ndarray:
 
 
 def displacement_offsets(radius: int, step: int) -> np.ndarray:
-    """Per-axis displacement values in voxels: -r .. r in steps (always holding 0)."""
+    """Per-axis displacement values in voxels: -P*step .. P*step (P = radius // step), holding 0."""
     r = int(radius) // int(step) * int(step)
     return np.arange(-r, r + 1, int(step), dtype=np.int64)
+
+
+def _lattice_residue(bases: np.ndarray, step: int) -> tuple[int, np.ndarray]:
+    """(residue r, lattice index j) with bases rounded onto the step lattice r + step * j."""
+    b = np.asarray(bases, np.int64)
+    r = int(b[0]) % step if len(b) else 0
+    return r, np.rint((b - r) / step).astype(np.int64)
 
 
 def cost_volume(
@@ -89,60 +96,78 @@ def cost_volume(
     target_shape: Sequence[int],
     nodes: Sequence[np.ndarray],
     bases: Sequence[np.ndarray],
-    offsets: np.ndarray,
+    radius: int,
+    step: int,
     progress: ProgressCallback | None = None,
-    budget_floats: int = 1 << 26,
-) -> torch.Tensor:
+    block: tuple[int, int, int] = (2, 2, 4),
+    budget_floats: int = 1 << 25,
+) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Fused cosine SIMILARITY of source nodes against target voxels base + d, for every d.
 
     ``nodes``: source voxel indices per axis (z, y, x); ``bases``: the integer target voxel each
-    node's displacement is measured from, per axis (same lengths); ``offsets``: displacement
-    values per axis (voxels). Returns (Kz, Ky, Kx, D, D, D) float32, D = len(offsets); target
-    voxels outside the image score 0 (no descriptor there). Exact: the same numbers as the
-    matcher's window maps at those voxels.
+    node's displacements start from, per axis. Displacements are ``-P*step .. P*step`` per axis
+    (``P = radius // step``). Bases are put on the target's step lattice (rounded when they are
+    not on one already); the bases used are returned. Returns ((Kz, Ky, Kx, D, D, D) float32 with
+    D = 2P + 1, bases used). Target voxels outside the image score 0 (no descriptor there).
+
+    Exact: the same numbers as the matcher's window maps at those voxels. Work: the target
+    descriptors at the step lattice are sampled slab by slab (never the full image), and the dot
+    products of a small block of nodes against the lattice region its windows cover are one
+    matrix product.
     """
     dev = next(iter(source_levels.values())).device
+    step = int(step)
+    pad = int(radius) // step
+    nd = 2 * pad + 1
     tshape = [int(s) for s in target_shape]
     kz, ky, kx = (len(n) for n in nodes)
-    nd = len(offsets)
+    res, jb = zip(*(_lattice_residue(b, step) for b in bases))
+    lat = [np.arange(r, n, step, dtype=np.int64) for r, n in zip(res, tshape)]  # voxel of lattice index
+    used = [r + step * j for r, j in zip(res, jb)]
     out = torch.zeros((kz, ky, kx, nd, nd, nd), dtype=torch.float32, device=dev)
     csum = sum(int(v.shape[0]) for v in target_levels.values())
-
-    # per axis: target index of (node, offset), and its row in the sampled lattice (last row = zero)
-    def table(base: np.ndarray, n: int):
-        t = base[:, None] + offsets[None, :]
-        inside = (t >= 0) & (t < n)
-        uniq = np.unique(t[inside])
-        pos = np.searchsorted(uniq, np.clip(t, 0, n - 1))
-        pos[~inside] = len(uniq)
-        return uniq, pos
-
-    uy, py = table(np.asarray(bases[1]), tshape[1])
-    ux, px = table(np.asarray(bases[2]), tshape[2])
-    per_plane = csum * (len(uy) + 1) * (len(ux) + 1)
-    rows = max(1, int(budget_floats // max(1, per_plane * (1 + nd))))
+    ly, lx = len(lat[1]) + 2 * pad, len(lat[2]) + 2 * pad
+    span_z = int(jb[0].max() - jb[0].min()) if kz else 0
+    rows = max(1, min(kz, int(budget_floats // max(1, csum * ly * lx)) - nd))
+    rows = max(block[0], rows // block[0] * block[0])
     slabs = list(range(0, kz, rows))
-    px_t = torch.as_tensor(px, device=dev)
-    py_t = torch.as_tensor(py, device=dev)
+    d_ar = torch.arange(nd, device=dev)
     for si, z0 in enumerate(slabs):
         z1 = min(kz, z0 + rows)
         q = fused_descriptors(source_levels, weights, source_shape, nodes[0][z0:z1], nodes[1], nodes[2])
-        uz, pz = table(np.asarray(bases[0][z0:z1]), tshape[0])
-        if len(uz):
-            t = fused_descriptors(target_levels, weights, tshape, uz, uy, ux)
-        else:
-            t = torch.zeros((csum, 0, len(uy), len(ux)), device=dev)
-        t = F.pad(t, (0, 1, 0, 1, 0, 1))  # the zero row/column/plane for outside voxels
-        pz_t = torch.as_tensor(pz, device=dev)
-        for a in range(nd):
-            tz = t.index_select(1, pz_t[:, a])  # (C, kz', Uy+1, Ux+1)
-            for b in range(nd):
-                tzy = tz.index_select(2, py_t[:, b])  # (C, kz', Ky, Ux+1)
-                g = tzy[:, :, :, px_t]  # (C, kz', Ky, Kx, D)
-                out[z0:z1, :, :, a, b, :] = torch.einsum("czyx,czyxd->zyxd", q, g)
+        # target lattice planes this slab's windows reach, as padded lattice indices [a, b)
+        a, b = int(jb[0][z0:z1].min()), int(jb[0][z0:z1].max()) + 2 * pad + 1  # padded = lattice + pad
+        zz = np.arange(a - pad, b - pad)  # lattice indices (may leave the image)
+        inside = (zz >= 0) & (zz < len(lat[0]))
+        t = torch.zeros((csum, len(zz), ly, lx), dtype=torch.float32, device=dev)
+        if inside.any():
+            t[:, np.flatnonzero(inside)[0]: np.flatnonzero(inside)[-1] + 1, pad:ly - pad, pad:lx - pad] = \
+                fused_descriptors(target_levels, weights, tshape, lat[0][zz[inside]], lat[1], lat[2])
+        for bz in range(z0, z1, block[0]):
+            ez = min(z1, bz + block[0])
+            for by in range(0, ky, block[1]):
+                ey = min(ky, by + block[1])
+                for bx in range(0, kx, block[2]):
+                    ex = min(kx, bx + block[2])
+                    jz, jy, jx = jb[0][bz:ez] - a, jb[1][by:ey], jb[2][bx:ex]  # window starts (padded)
+                    oz, oy, ox = int(jz.min()), int(jy.min()), int(jx.min())
+                    region = t[:, oz:int(jz.max()) + nd, oy:int(jy.max()) + nd, ox:int(jx.max()) + nd]
+                    mz, my, mx = region.shape[1:]
+                    qb = q[:, bz - z0:ez - z0, by:ey, bx:ex].reshape(csum, -1).T  # (B, C)
+                    s = (qb @ region.reshape(csum, -1)).reshape(-1, mz, my, mx)
+                    nb = (ez - bz, ey - by, ex - bx)
+                    iz = torch.as_tensor(jz - oz, device=dev)[:, None] + d_ar  # (nbz, D)
+                    iy = torch.as_tensor(jy - oy, device=dev)[:, None] + d_ar
+                    ix = torch.as_tensor(jx - ox, device=dev)[:, None] + d_ar
+                    bi = torch.arange(s.shape[0], device=dev).view(*nb, 1, 1, 1)
+                    gz = iz.view(nb[0], 1, 1, nd, 1, 1)
+                    gy = iy.view(1, nb[1], 1, 1, nd, 1)
+                    gx = ix.view(1, 1, nb[2], 1, 1, nd)
+                    out[bz:ez, by:ey, bx:ex] = s[bi, gz, gy, gx]
         if progress is not None:
             progress(si + 1, len(slabs), "cost volume")
-    return out
+    del span_z
+    return out, used
 
 
 def check_pair(source_levels: Mapping, target_levels: Mapping, levels: Sequence[str] | None,

@@ -190,7 +190,7 @@ class DisplacementField:
         """Write the ITK displacement field (.nii.gz, .nii, .mha, .mhd, .nrrd)."""
         import SimpleITK as sitk
 
-        from ..volume import VOLUME_SUFFIXES, _suffix
+        from ..io.volume import VOLUME_SUFFIXES, _suffix
 
         path = Path(path).expanduser()
         if _suffix(path) not in VOLUME_SUFFIXES:
@@ -242,7 +242,7 @@ class DisplacementField:
         """
         import SimpleITK as sitk
 
-        from ..volume import Volume, volume_from_sitk, volume_to_sitk
+        from ..io.volume import Volume, volume_from_sitk, volume_to_sitk
 
         img = moving if hasattr(moving, "GetSize") else volume_to_sitk(moving)
         img = sitk.Cast(img, sitk.sitkFloat32)

@@ -131,13 +131,15 @@ def instance_optimise(
     iterations: int,
     smoothness: float,
     regulariser: str = "diffusion",
-    learning_rate: float = 0.5,
+    learning_rate: float = 0.2,
+    smoothing: int = 1,
     progress: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """Adam refinement of a lattice field (3, Az, Ay, Ax) in target voxels; returns the smoothed field.
 
     ``base``: (3, Az, Ay, Ax) target voxel each node's displacement starts from; ``init``: the
-    starting displacement on the same lattice. Loss: mean(1 - fused cosine) + smoothness * penalty.
+    starting displacement on the same lattice; ``smoothing``: 3x3x3 box passes applied to the
+    parameters before use (ConvexAdam uses 2 on a finer lattice). Loss: mean(1 - fused cosine) + smoothness * penalty.
     """
     from .cost import fused_descriptors
 
@@ -153,7 +155,7 @@ def instance_optimise(
     opt = torch.optim.Adam([u], lr=float(learning_rate))
     for it in range(int(iterations)):
         opt.zero_grad(set_to_none=True)
-        us = smooth3(u, times=2)
+        us = smooth3(u, times=smoothing) if smoothing else u
         pos = base + us
         norm = (2.0 * pos + 1.0) / tshape - 1.0  # align_corners=False: image voxel -> [-1, 1]
         grid = norm.flip(0).permute(1, 2, 3, 0)[None]  # (1, Az, Ay, Ax, 3) as x, y, z
@@ -166,6 +168,6 @@ def instance_optimise(
         loss.backward()
         opt.step()
         if progress is not None:
-            progress(it + 1, int(iterations), f"instance optimisation (loss {float(loss):.4f})")
+            progress(it + 1, int(iterations), f"instance optimisation (loss {float(loss.detach()):.4f})")
     with torch.no_grad():
-        return smooth3(u.detach(), times=2)
+        return smooth3(u.detach(), times=smoothing) if smoothing else u.detach()
