@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -37,21 +38,26 @@ DOC = acc.DOC
 START, END = "<!-- registration:start -->", "<!-- registration:end -->"
 
 
-def run_field(case, label, backbone, args) -> list[dict]:
-    from napari_meddift.matching import Matcher
-    from napari_meddift.registration import Geometry, RegistrationSettings, register
-
+def extract(case, backbone):
     with acc.PeakRSS() as mx:
         a = backbone.extract(case.inhale, ExtractionSettings(timestep=20, device="cpu"))
         b = backbone.extract(case.exhale, ExtractionSettings(timestep=20, device="cpu"))
+    return a, b, mx
+
+
+def run_field(case, label, pair, args, weights=None) -> list[dict]:
+    from napari_meddift.matching import Matcher
+    from napari_meddift.registration import Geometry, RegistrationSettings, register
+
+    a, b, mx = pair
     rows = []
     with acc.PeakRSS() as mm:
-        table = Matcher(a, b, case.inhale.shape, case.exhale.shape).match_points(case.src, args.radius,
-                                                                                check_consistency=False)
+        table = Matcher(a, b, case.inhale.shape, case.exhale.shape, weights=weights).match_points(
+            case.src, args.radius, check_consistency=False)
     rows.append(dict(case=case.name, seen=case.seen, method=f"{label} argmax (window r{args.radius})",
                      errors=tre_mm(table.target_zyx, case.tgt, case.inhale.spacing), seconds=mx.seconds + mm.seconds,
                      peak_mb=max(mx.peak_mb, mm.peak_mb)))
-    settings = RegistrationSettings(device="cpu", iterations=args.iterations)
+    settings = RegistrationSettings(device="cpu", iterations=args.iterations, weights=weights)
     with acc.PeakRSS() as mr:
         res = register(a, b, Geometry.of(case.inhale), Geometry.of(case.exhale), settings)
     pred = res.field.map_points(case.src)
@@ -154,6 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--elastix-iterations", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-elastix", action="store_true")
+    p.add_argument("--no-fused", action="store_true", help="skip the mini + MIND-SSC fusion")
     p.add_argument("--maisi-weights", default=os.environ.get("MEDDIFT_MAISI_WEIGHTS"))
     p.add_argument("--unigradicon-weights", default=os.environ.get("MEDDIFT_UNIGRADICON_WEIGHTS"))
     p.add_argument("--doc", default=str(DOC))
@@ -194,8 +201,15 @@ def main(argv=None) -> int:
                                                              threads=args.threads))[0]
                 rows.append(dict(case=case.name, seen=case.seen, method="elastix B-spline", errors=e.errors,
                                  seconds=e.extract_s, peak_mb=e.peak_mb))
-            for label, bb in sources:
-                new = run_field(case, label, bb, args)
+            pairs = {label: extract(case, bb) for label, bb in sources}
+            runs = [(label, pairs[label], None) for label, _ in sources]
+            if not args.no_fused:  # diffusion features and MIND-SSC fused (MIND weighted as both mini levels)
+                (ma, mb, m1), (ia, ib, m2) = pairs["mini"], pairs["MIND-SSC"]
+                both = SimpleNamespace(seconds=m1.seconds + m2.seconds, peak_mb=max(m1.peak_mb, m2.peak_mb))
+                runs.append(("mini + MIND-SSC", ({**ma, **ia}, {**mb, **ib}, both),
+                             {**{n: 1.0 for n in ma}, **{n: float(len(ma)) for n in ia}}))
+            for label, pair, weights in runs:
+                new = run_field(case, label, pair, args, weights)
                 rows += new
                 acc.log(f"{case.name}: {label} argmax {new[0]['errors'].mean():.2f} mm, field {new[1]['errors'].mean():.2f} mm "
                         f"({new[1]['seconds']:.1f} s, {new[1]['jac'].line()})")

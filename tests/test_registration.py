@@ -190,3 +190,64 @@ def test_identical_descriptors_give_identity_and_inverse_consistency_runs():
                                                               inverse_consistent=ic, device="cpu"))
         assert np.abs(res.field.displacement_voxels).max() < 0.25
         assert res.jacobian.folding_percent == 0.0
+
+
+# ---------------------------------------------------------------- uniGradICON wrapper
+
+
+def test_unigradicon_field_from_phi_against_a_known_map():
+    """A known map on the network grid comes back on the source grid in target voxels."""
+    from napari_meddift.registration.unigradicon import field_from_phi
+
+    net = (20, 22, 24)
+    sshape, tshape = (10, 11, 13), (14, 12, 9)
+    idx = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) / (n - 1) for n in net], indexing="ij"))
+    a = np.array([0.9, 1.05, 0.95])[:, None, None, None]
+    phi = torch.as_tensor((a * idx + 0.03)[None], dtype=torch.float32)  # affine in [0, 1] coordinates
+    pos = field_from_phi(phi, sshape, tshape)
+    p = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in sshape], indexing="ij"))
+    # independent chain: source voxel -> network index -> [0, 1] -> phi -> network index -> target voxel
+    n = np.array(net, float)[:, None, None, None]
+    v = ((p + 0.5) * n / np.array(sshape, float)[:, None, None, None] - 0.5) / (n - 1)
+    v = np.clip(v, 0, 1)  # the network grid's edge (border padding)
+    w = a * v + 0.03
+    want = (w * (n - 1) + 0.5) * np.array(tshape, float)[:, None, None, None] / n - 0.5
+    assert np.allclose(pos, want, atol=1e-4)
+
+
+def test_unigradicon_without_weights_is_one_clear_line(tmp_path):
+    from napari_meddift.registration.unigradicon import load_unigradicon
+
+    with pytest.raises(MedDiftError, match="cannot be downloaded here"):
+        load_unigradicon(None)
+    with pytest.raises(MedDiftError, match="no such uniGradICON weight file"):
+        load_unigradicon(tmp_path / "Step_2_final.trch")
+
+
+@pytest.mark.slow
+def test_unigradicon_network_at_random_weights_maps_points():
+    """The real network (seeded random weights, a small input grid): geometry, field, points."""
+    pytest.importorskip("unigradicon")
+    from napari_meddift.io.volume import Volume
+    from napari_meddift.registration.unigradicon import field_from_phi, load_unigradicon, register_unigradicon
+
+    net = load_unigradicon(random_seed=0, input_shape=(96, 96, 96))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights leave the last layers at zero: perturb them all
+        for prm in net.parameters():
+            prm.add_(torch.randn(prm.shape, generator=g) * 0.02)
+    rng = np.random.default_rng(0)
+    src = Volume(ndi.gaussian_filter(rng.standard_normal((20, 24, 28)), 2).astype(np.float32) * 800, (2.0, 1.5, 1.5))
+    tgt = Volume(ndi.gaussian_filter(rng.standard_normal((22, 24, 26)), 2).astype(np.float32) * 800, (2.0, 1.5, 1.5))
+    res = register_unigradicon(src, tgt, net=net)
+    f = res.field
+    assert f.positions.shape == (3, 20, 24, 28) and np.isfinite(f.positions).all()
+    assert np.abs(f.displacement_voxels).max() > 1e-3  # a non-trivial map came back
+    # same numbers as sampling the network's own map directly
+    from napari_meddift.registration.unigradicon import _network_input
+
+    with torch.no_grad():
+        phi = net.regis_net(_network_input(tgt, (96, 96, 96)), _network_input(src, (96, 96, 96)))(net.identity_map)
+    assert np.allclose(f.positions, field_from_phi(phi, src.shape, tgt.shape), atol=1e-4)
+    pts = np.array([[5.0, 6.0, 7.0], [10.0, 12.0, 20.0]])
+    assert np.allclose(f.map_points(pts), f.positions[:, [5, 10], [6, 12], [7, 20]].T, atol=1e-4)
