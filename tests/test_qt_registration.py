@@ -66,6 +66,7 @@ def test_register_shows_warped_difference_grid_and_jacobian(reg_widget, qtbot):
     assert "registration: checkerboard" in [ly.name for ly in viewer.layers]
     assert "registration: difference" not in [ly.name for ly in viewer.layers]
     assert "folding" in w.message.value
+    assert viewer.layers["src"].metadata["meddift_field"] is w.field
 
 
 def test_cancel_and_bad_input(reg_widget, qtbot):

@@ -20,9 +20,11 @@ from ..errors import CancelledError, MedDiftError
 from ._controls import ERROR_STYLE
 from ._layers import layer_store_path, layer_to_volume
 
-__all__ = ["RegistrationWidget", "checkerboard", "grid_image"]
+__all__ = ["FIELD_KEY", "RegistrationWidget", "checkerboard", "grid_image"]
 
 VIEWS = ("difference", "checkerboard")
+#: source layer metadata key holding the last DisplacementField (for the explorer: field.map_points(zyx))
+FIELD_KEY = "meddift_field"
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, tile: int = 8) -> np.ndarray:
@@ -36,7 +38,6 @@ def grid_image(shape, every: int = 6) -> np.ndarray:
     img = np.zeros(shape, np.float32)
     img[:, ::every, :] = 1.0
     img[:, :, ::every] = 1.0
-    img[::every, :, :] = np.maximum(img[::every, :, :], 0.0)
     return img
 
 
@@ -230,6 +231,8 @@ class RegistrationWidget(Container):
         self._warped = out["warped"]
         src_layer = self.viewer.layers[self.source.value] if self.source.value in self.viewer.layers else None
         limits = tuple(src_layer.contrast_limits) if src_layer is not None else None
+        if src_layer is not None and isinstance(src_layer.metadata, dict):
+            src_layer.metadata[FIELD_KEY] = res.field
         self._layer("warped target", self._warped.array, colormap="gray",
                     **({"contrast_limits": limits} if limits else {}))
         self._show_compare()
