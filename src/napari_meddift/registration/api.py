@@ -10,17 +10,17 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import MedDiftError
+from ..progress import ProgressCallback
 from .cost import check_pair, cost_volume, displacement_offsets, lattice
 from .field import DisplacementField, Geometry, JacobianStats
 from .optimise import coupled_convex, instance_optimise, inverse_consistency, lattice_positions, sample_lattice
 
-ProgressCallback = Callable[[int, int, str], None]
 
 REGULARISERS = ("diffusion", "bending")
 

@@ -16,16 +16,16 @@ gives the fused cosine.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import CancelledError, MedDiftError  # noqa: F401 - CancelledError is raised by callbacks
+from ..errors import MedDiftError
+from ..progress import ProgressCallback
 from ..matching import EPS, axis_taps
 
-ProgressCallback = Callable[[int, int, str], None]
 
 
 def _taps(n_in: int, n_out: int, idx: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,15 +15,15 @@ Fields here are (3, Kz, Ky, Kx) in TARGET voxels on a regular source lattice who
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..progress import ProgressCallback
 from ..matching import EPS
 
-ProgressCallback = Callable[[int, int, str], None]
 
 #: the coupling weights of ConvexAdam's schedule (displacements in units of the search step)
 COUPLING = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
