@@ -251,3 +251,22 @@ def test_unigradicon_network_at_random_weights_maps_points():
     assert np.allclose(f.positions, field_from_phi(phi, src.shape, tgt.shape), atol=1e-4)
     pts = np.array([[5.0, 6.0, 7.0], [10.0, 12.0, 20.0]])
     assert np.allclose(f.map_points(pts), f.positions[:, [5, 10], [6, 12], [7, 20]].T, atol=1e-4)
+
+
+def test_progress_reaches_the_end_and_cancel_stops():
+    from napari_meddift.errors import CancelledError
+
+    rng = np.random.default_rng(4)
+    geo = Geometry((12, 12, 12))
+    lv = {"m": torch.as_tensor(rng.standard_normal((4, 12, 12, 12)).astype(np.float32))}
+    seen = []
+    register(lv, lv, geo, geo, RegistrationSettings(grid_spacing=2, search_radius=2, iterations=3, device="cpu"),
+             progress=lambda d, t, m: seen.append((d, t, m)))
+    assert seen[-1][0] == seen[-1][1] and all(d <= t for d, t, _ in seen)
+    assert any("cost volume" in m for *_, m in seen) and any("instance optimisation" in m for *_, m in seen)
+
+    def stop(d, t, m):
+        raise CancelledError("stop")
+
+    with pytest.raises(CancelledError):
+        register(lv, lv, geo, geo, RegistrationSettings(grid_spacing=2, search_radius=2, device="cpu"), progress=stop)

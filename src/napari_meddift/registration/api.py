@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -237,6 +237,6 @@ def register_stores(src_store, tgt_store, settings: RegistrationSettings | None 
         missing = [n for n in names if n not in st.level_names]
         if missing:
             raise MedDiftError(f"{which} store lacks level(s) {', '.join(missing)}; it has {', '.join(st.level_names)}")
-    s.levels = tuple(names)
+    s = replace(s, levels=tuple(names))
     return register(src_store.load_levels(names), tgt_store.load_levels(names), Geometry.of(src_store),
                     Geometry.of(tgt_store), s, progress)
