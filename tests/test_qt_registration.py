@@ -78,3 +78,11 @@ def test_cancel_and_bad_input(reg_widget, qtbot):
     viewer.add_image(np.zeros((5, 6, 7), np.float32), name="plain")
     w.target.value = "plain"
     assert w.start() is None and "Extract descriptors" in w.error.value
+
+
+def test_registration_widget_builds_from_the_manifest(make_napari_viewer):
+    from napari_meddift._qt._registration import RegistrationWidget
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-meddift", "Registration")
+    assert isinstance(widget, RegistrationWidget)
