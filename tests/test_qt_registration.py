@@ -62,6 +62,8 @@ def test_register_shows_warped_difference_grid_and_jacobian(reg_widget, qtbot):
     err_warped = np.abs(viewer.layers["registration: warped target"].data - src)[inner].mean()
     err_before = np.abs(viewer.layers["tgt"].data - src)[inner].mean()
     assert err_warped < 0.5 * err_before
+    warped_layer = viewer.layers["registration: warped target"]
+    assert np.allclose(warped_layer.data_to_world((1, 2, 3)), viewer.layers["src"].data_to_world((1, 2, 3)))
     w.view.value = "checkerboard"
     assert "registration: checkerboard" in [ly.name for ly in viewer.layers]
     assert "registration: difference" not in [ly.name for ly in viewer.layers]

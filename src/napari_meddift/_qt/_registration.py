@@ -18,7 +18,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..errors import CancelledError, MedDiftError
 from ._controls import ERROR_STYLE
-from ._layers import layer_store_path, layer_to_volume
+from ._layers import geometry_kwargs, layer_store_path, layer_to_volume
 
 __all__ = ["FIELD_KEY", "RegistrationWidget", "checkerboard", "grid_image"]
 
@@ -198,17 +198,15 @@ class RegistrationWidget(Container):
 
     def _layer(self, name, data, **kw):
         full = f"registration: {name}"
-        g = self.last_result.field.source
-        kw.setdefault("scale", g.spacing)
-        kw.setdefault("translate", g.origin)
         if full in self.viewer.layers:
             ly = self.viewer.layers[full]
             ly.data = data
             for k, v in kw.items():
-                if k not in ("scale", "translate"):
-                    setattr(ly, k, v)
+                setattr(ly, k, v)
             return ly
-        return self.viewer.add_image(data, name=full, **kw)
+        g = self.last_result.field.source  # on the source grid, in ITK physical mm like every layer
+        geo = geometry_kwargs(g.spacing, g.origin, np.reshape(g.direction, (3, 3)))
+        return self.viewer.add_image(data, name=full, **geo, **kw)
 
     def _show_compare(self):
         if self._warped is None or self._source_volume is None:
