@@ -473,6 +473,10 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    start, end = "<!-- registration:start -->", "<!-- registration:end -->"
+    if start in old and end in old:  # bench_registration.py's section is kept as it is
+        parts.append(old[old.index(start): old.index(end) + len(end)] + "\n")
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
