@@ -58,10 +58,14 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _to_numpy(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):  # torch.Tensor without importing torch here
-        a = a.detach().to("cpu").float().numpy()
-    return np.asarray(a)
+def _to_numpy(a: Any, dtype: str) -> np.ndarray:
+    """``a`` as a C-contiguous numpy array of ``dtype``. A torch tensor is cast by torch
+    (vectorised and multi-threaded: several times faster than numpy's float16 cast)."""
+    if hasattr(a, "detach"):  # torch.Tensor, without importing torch for numpy input
+        import torch
+
+        return a.detach().to("cpu", getattr(torch, dtype)).contiguous().numpy()
+    return np.ascontiguousarray(np.asarray(a).astype(dtype, copy=False))
 
 
 def level_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -468,16 +472,15 @@ def write_store(
             lv = group.create_group("levels")
             shapes, digests = {}, {}
             for name, data in levels.items():
-                arr = _to_numpy(data)
-                if arr.ndim != 4:
-                    raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {arr.shape}")
-                values = np.ascontiguousarray(arr.astype(dtype, copy=False))
+                values = _to_numpy(data, dtype)
+                if values.ndim != 4:
+                    raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {values.shape}")
                 z = lv.create_array(
-                    str(name), shape=arr.shape, chunks=level_chunks(arr.shape), dtype=dtype,
+                    str(name), shape=values.shape, chunks=level_chunks(values.shape), dtype=dtype,
                     compressors=ZstdCodec(level=0, checksum=True), config={"write_empty_chunks": True},
                 )
                 z[...] = values
-                shapes[str(name)] = [int(n) for n in arr.shape]
+                shapes[str(name)] = [int(n) for n in values.shape]
                 digests[str(name)] = level_digest(values)
             group.attrs.update({"level_shapes": shapes, "checksums": digests})
             group.attrs.update({"complete": True})  # last: only now is the store whole
