@@ -109,11 +109,11 @@ def test_interrupt_keeps_old_store(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = S._to_numpy
 
-    def interrupting(a):
+    def interrupting(a, dtype):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(a)
+        return real(a, dtype)
 
     monkeypatch.setattr(S, "_to_numpy", interrupting)
     with pytest.raises(KeyboardInterrupt):
