@@ -89,11 +89,11 @@ def test_failure_mid_write_leaves_no_store(tmp_path, volume, monkeypatch):
     real = S._to_numpy
     n = {"calls": 0}
 
-    def failing(a):
+    def failing(a, dtype):
         n["calls"] += 1
         if n["calls"] == 2:
             raise OSError("disk full")
-        return real(a)
+        return real(a, dtype)
 
     monkeypatch.setattr(S, "_to_numpy", failing)
     with pytest.raises(MedDiftError, match="disk full"):  # one clear line, nothing left behind
