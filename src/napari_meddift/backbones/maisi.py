@@ -287,7 +287,7 @@ class MaisiBackbone:
         load_state(self.autoencoder, autoencoder_state(load_checkpoint(ae_path), ae_path), ae_path, "autoencoder")
         self.unet = build_unet(self.width, self.variant)
         state = ckpt.state
-        if not self.unet.include_fc:
+        if not unet_config(self.width, self.variant)["include_fc"]:
             state, self.dropped_keys = drop_unused_out_proj(state, self.unet)
         load_state(self.unet, state, unet_path, f"{self.variant} diffusion UNet")
         self.scale_factor = ckpt.scale_factor

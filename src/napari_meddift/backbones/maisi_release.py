@@ -162,14 +162,16 @@ def load_checkpoint(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = _unsafe_global(str(exc))
-        if found is not None or "Weights only load failed" in str(exc):
+        if found is not None:
             raise MedDiftError(
-                f"checkpoint {path} holds a Python object ({found or 'not a tensor'}) beside its weights; "
-                "napari-meddift loads only tensors, MONAI MetaTensors and plain numpy values, so that a "
-                "checkpoint cannot run code. Re-download the file from its release (docs/backbones.md)"
+                f"checkpoint {path} holds a Python object ({found}) beside its weights; napari-meddift "
+                "loads only tensors, MONAI MetaTensors and plain numpy values, so that a checkpoint cannot "
+                "run code. Re-download the file from its release (docs/backbones.md)"
             ) from None
+        inner = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))  # never torch's own advice
+        detail = inner.group(1).strip() if inner else str(exc).splitlines()[0]
         raise MedDiftError(
-            f"cannot read checkpoint {path} (truncated download, or not a PyTorch checkpoint): {exc}"
+            f"cannot read checkpoint {path} (truncated download, or not a PyTorch checkpoint): {detail}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -252,9 +254,14 @@ def unet_checkpoint(obj: Any, path: Path) -> UnetCheckpoint:
 def drop_unused_out_proj(state: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[dict, tuple[str, ...]]:
     """Without ``include_fc`` MONAI >= 1.5 registers no ``attn.out_proj`` in MAISI's attention
     blocks, while checkpoints written under MONAI 1.4 carry those 22 never-used keys: drop exactly
-    the ``*.attn.out_proj.weight/.bias`` keys that ``model`` does not register, nothing else."""
+    the ``*.attn.out_proj.weight/.bias`` keys of attention blocks that ``model`` has but whose
+    ``out_proj`` it does not register, nothing else (any other extra key stays an error)."""
     own = model.state_dict()
-    dropped = tuple(k for k in state if k not in own and _UNUSED_OUT_PROJ.match(k))
+    dropped = tuple(
+        k
+        for k in state
+        if k not in own and _UNUSED_OUT_PROJ.match(k) and k.rsplit(".out_proj.", 1)[0] + ".to_q.weight" in own
+    )
     return {k: v for k, v in state.items() if k not in dropped}, dropped
 
 
