@@ -131,9 +131,9 @@ def test_missing_and_swapped_files_name_the_release(tmp_path):
 
 
 def test_latent_mean_or_sample_and_variant_in_the_store(tmp_path):
-    from napari_meddift.extraction import extract_to_store
-    from napari_meddift.preprocessing import PreprocessSettings
-    from napari_meddift.volume import Volume
+    from napari_meddift.backbones.extraction import extract_to_store
+    from napari_meddift.backbones.preprocessing import PreprocessSettings
+    from napari_meddift.io.volume import Volume
 
     small = PreprocessSettings(multiple=32, min_size=32)
     vol = Volume(np.random.default_rng(0).uniform(-1000, 500, (32, 32, 32)).astype(np.float32), spacing=(1, 1, 1))
