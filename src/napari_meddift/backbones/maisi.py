@@ -36,6 +36,7 @@ from .maisi_release import (
     drop_unused_out_proj,
     find_release,
     load_checkpoint,
+    load_state,
     release_for,
     unet_checkpoint,
 )
@@ -157,31 +158,7 @@ def make_variant_scheduler(variant: str):
     return make_rflow_scheduler() if variant == "rflow" else make_scheduler()
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str = "") -> None:
-    """load_state_dict(strict) with a MedDiftError that lists a few mismatches."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if items:
-                more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:4])}{more}")
-        raise MedDiftError(
-            f"checkpoint {path} does not fit the MAISI {what or type(model).__name__} configuration; "
-            + "; ".join(parts)
-            + " (a checkpoint of another network, or a reduced-width test checkpoint?)"
-        )
-    model.load_state_dict(state, strict=True)
+# ---------------------------------------------------------------- conditioning and latents
 
 
 def _region_onehot(region: str) -> list[float]:

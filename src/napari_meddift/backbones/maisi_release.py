@@ -265,6 +265,30 @@ def drop_unused_out_proj(state: dict[str, torch.Tensor], model: torch.nn.Module)
     return {k: v for k, v in state.items() if k not in dropped}, dropped
 
 
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str = "") -> None:
+    """load_state_dict(strict) with a MedDiftError that lists a few mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if items:
+                more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:4])}{more}")
+        raise MedDiftError(
+            f"checkpoint {path} does not fit the MAISI {what or type(model).__name__} configuration; "
+            + "; ".join(parts)
+            + " (a checkpoint of another network, or a reduced-width test checkpoint?)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
 # ---------------------------------------------------------------- finding the files
 
 
