@@ -245,3 +245,23 @@ def test_registry_is_lazy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_cli_maisi_flags(tmp_path, capsys):
+    from napari_meddift.cli import build_parser, main
+
+    args = build_parser().parse_args(
+        ["extract", "x.nii.gz", "-o", "x.zarr", "--backbone", "maisi", "--region", "head", "--variant", "rflow",
+         "--latent", "sample"]
+    )
+    assert (args.region, args.variant, args.latent) == ("head", "rflow", "sample")
+    vol = tmp_path / "v.nii.gz"
+    from napari_meddift.io.volume import write_volume
+
+    write_volume(Volume(np.zeros((8, 8, 8), np.float32), spacing=(1, 1, 1)), vol)
+    assert main(["extract", str(vol), "-o", str(tmp_path / "v.zarr"), "--region", "head"]) == 2
+    assert "--region apply to --backbone maisi only" in capsys.readouterr().err
+    assert main(["extract", str(vol), "-o", str(tmp_path / "v.zarr"), "--backbone", "maisi",
+                 "--weights", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("meddift: error: no MAISI checkpoint in") and "weights_only" not in err
