@@ -95,7 +95,7 @@ def maisi_options(args: argparse.Namespace) -> dict:
         for k, v in (("body_region", args.region), ("variant", args.variant), ("latent", args.latent))
         if v is not None
     }
-    if given and args.backbone != "maisi":
+    if given and str(args.backbone).lower() != "maisi":
         flags = ", ".join("--" + {"body_region": "region"}.get(k, k) for k in given)
         raise MedDiftError(f"{flags} apply to --backbone maisi only")
     return given
