@@ -257,7 +257,7 @@ def test_malicious_pickle_checkpoint_is_refused_in_one_line(tmp_path, scan, caps
     torch.save({"up_blocks.0.weight": _Payload()}, evil)
     evil.with_suffix(".json").write_text(json.dumps({"sha256": file_sha256(evil)}))
     line = one_error_line(capsys, main(["extract", str(scan), "-o", str(tmp_path / "o.zarr"), "--weights", str(evil)]))
-    assert "holds Python objects besides tensors" in line and "refusing it" in line
+    assert "holds a Python object (" in line and "besides tensors" in line and "refusing it" in line
     assert "weights_only" not in line and not marker.exists()
 
 

@@ -98,10 +98,10 @@ def test_samples_are_averaged(backbone, volume, monkeypatch):
     draws = [torch.randn(1, 4, 8, 8, 8, generator=gen) * 0.2 for _ in range(2)]
     queue = []
 
-    def fake_noise(latent, t, generator):
-        return latent + queue.pop(0)
+    def fake_noise(original_samples, noise, timesteps):
+        return original_samples + queue.pop(0)
 
-    monkeypatch.setattr(M, "add_noise", fake_noise)
+    monkeypatch.setattr(backbone.scheduler, "add_noise", fake_noise)
     s1 = ExtractionSettings(levels=("up2",), samples=1)
     queue[:] = [draws[0]]
     f1 = backbone.extract(volume, s1)["up2"]
@@ -123,6 +123,19 @@ def test_mid_level_and_unknown_level(volume):
     assert tuple(out["mid"].shape) == (64, 1, 1, 1)
     with pytest.raises(MedDiftError, match="available: up0, up1, up2, up3, mid"):
         b.extract(volume, ExtractionSettings(levels=("up9",)))
+
+
+@pytest.mark.parametrize("samples", [0, -1])
+def test_samples_below_one_are_refused(backbone, volume, samples):
+    with pytest.raises(MedDiftError, match="at least 1"):
+        backbone.extract(volume, ExtractionSettings(samples=samples))
+
+
+def test_timestep_range_comes_from_the_scheduler(backbone, volume):
+    assert backbone.scheduler.num_train_timesteps == 1000
+    for t in (-1, 1000):
+        with pytest.raises(MedDiftError, match=r"timestep must be in 0\.\.999"):
+            backbone.extract(volume, ExtractionSettings(timestep=t))
 
 
 def test_hooks_released_even_on_cancel(backbone, volume):
@@ -147,15 +160,22 @@ def test_missing_weights_name_the_files(tmp_path):
     with pytest.raises(MedDiftError) as e:
         M.MaisiBackbone(weights=tmp_path)
     msg = str(e.value)
-    assert M.AUTOENCODER_FILE in msg and M.UNET_FILE in msg
+    assert M.AUTOENCODER_FILE in msg and M.UNET_FILE in msg and "diffusion_unet.pt" in msg
     assert "maisi_ct_generative" in msg and "--random-weights" in msg and "monai.bundle download" in msg
     (tmp_path / M.AUTOENCODER_FILE).write_bytes(b"x")
     with pytest.raises(MedDiftError) as e:
         M.MaisiBackbone(weights=tmp_path)
-    assert M.UNET_FILE in str(e.value) and f"{M.AUTOENCODER_FILE}," not in str(e.value)
+    assert f"autoencoder {M.AUTOENCODER_FILE}" in str(e.value) and M.UNET_FILE in str(e.value)
+    assert "curl -L -o DIR/diff_unet_3d_ddpm.pt" in str(e.value)
+    (tmp_path / M.AUTOENCODER_FILE).unlink()
+    (tmp_path / M.UNET_FILE).write_bytes(b"x")
+    with pytest.raises(MedDiftError) as e:
+        M.MaisiBackbone(weights=tmp_path)
+    assert f"{M.UNET_FILE} of the MAISI tutorials' DDPM release of early 2025" in str(e.value)
+    assert f"autoencoder {M.AUTOENCODER_FILE} is missing" in str(e.value)
     with pytest.raises(MedDiftError, match="does not exist"):
         M.MaisiBackbone(weights=tmp_path / "nope")
-    with pytest.raises(MedDiftError, match="needs its weights"):
+    with pytest.raises(MedDiftError, match="needs its checkpoints"):
         M.MaisiBackbone()
     with pytest.raises(MedDiftError, match="not both"):
         M.MaisiBackbone(weights=tmp_path, random_weights=True)
@@ -171,9 +191,14 @@ def test_checkpoint_round_trip(backbone, volume, features, tmp_path):
     h = loaded.weights_hash
     via_bundle_dir = M.MaisiBackbone(weights=tmp_path, width=WIDTH)  # DIR above maisi_ct_generative/models
     assert len(h) == 64 and via_bundle_dir.weights_hash == h
+    renamed = tmp_path / "nv"  # the same bytes under another release's names: the same weights_hash
+    renamed.mkdir()
+    (models / M.AUTOENCODER_FILE).rename(renamed / "autoencoder_v1.pt")
+    (models / M.UNET_FILE).rename(renamed / "diff_unet_3d_ddpm-ct.pt")
+    assert M.MaisiBackbone(weights=renamed, width=WIDTH).weights_hash == h
     for k, v in via_bundle_dir.unet.state_dict().items():
         assert torch.equal(v, backbone.unet.state_dict()[k])
-    _save_bundle(backbone, models, scale_factor=0.5)
+    _save_bundle(backbone, models, scale_factor=0.5, ae_key="state_dict")
     half = M.MaisiBackbone(weights=models, width=WIDTH, preprocessing=SMALL)
     assert half.scale_factor == 0.5 and half.weights_hash != h
     out = half.extract(volume, ExtractionSettings(seed=3, levels=("up3",)))
@@ -198,8 +223,9 @@ def test_mismatched_checkpoint(tmp_path):
     with pytest.raises(MedDiftError, match="unet_state_dict"):
         M.MaisiBackbone(weights=tmp_path, width=WIDTH)
     (tmp_path / M.UNET_FILE).write_bytes(b"not a checkpoint")
-    with pytest.raises(MedDiftError, match="cannot read"):
+    with pytest.raises(MedDiftError, match="cannot read") as e:
         M.MaisiBackbone(weights=tmp_path, width=WIDTH)
+    assert "weights_only" not in str(e.value)
 
 
 def test_registry():
@@ -219,3 +245,23 @@ def test_registry_is_lazy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_cli_maisi_flags(tmp_path, capsys):
+    from napari_meddift.cli import build_parser, main
+
+    args = build_parser().parse_args(
+        ["extract", "x.nii.gz", "-o", "x.zarr", "--backbone", "maisi", "--region", "head", "--variant", "rflow",
+         "--latent", "sample"]
+    )
+    assert (args.region, args.variant, args.latent) == ("head", "rflow", "sample")
+    vol = tmp_path / "v.nii.gz"
+    from napari_meddift.io.volume import write_volume
+
+    write_volume(Volume(np.zeros((8, 8, 8), np.float32), spacing=(1, 1, 1)), vol)
+    assert main(["extract", str(vol), "-o", str(tmp_path / "v.zarr"), "--region", "head"]) == 2
+    assert "--region apply to --backbone maisi only" in capsys.readouterr().err
+    assert main(["extract", str(vol), "-o", str(tmp_path / "v.zarr"), "--backbone", "maisi",
+                 "--weights", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("meddift: error: no MAISI checkpoint in") and "weights_only" not in err

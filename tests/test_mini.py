@@ -75,6 +75,19 @@ def test_bad_levels_and_timestep(random_mini):
         random_mini.extract(vol, ExtractionSettings(levels=("up3",)))
     with pytest.raises(MedDiftError, match="timestep"):
         random_mini.extract(vol, ExtractionSettings(timestep=1000))
+    with pytest.raises(MedDiftError, match="at least 1"):  # refused, no longer clamped to 1
+        random_mini.extract(vol, ExtractionSettings(samples=0))
+
+
+def test_random_weights_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = MiniBackbone(random_weights=True, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+    b = MiniBackbone(random_weights=True, seed=5)
+    for (k, v), w in zip(a.unet.state_dict().items(), b.unet.state_dict().values()):
+        assert torch.equal(v, w), k
 
 
 def test_shipped_weights_load_and_hash():

@@ -22,9 +22,11 @@ from napari_meddift.io.volume import Volume
 
 def test_settings_defaults_and_dict():
     s = PreprocessSettings()
-    assert s.to_dict() == {"hu_min": -1000.0, "hu_max": 1000.0, "multiple": 128, "min_size": 128}
+    assert s.to_dict() == {"hu_min": -1000.0, "hu_max": 1000.0, "multiple": 128, "min_size": 128, "ties": "even"}
     with pytest.raises(MedDiftError):
         PreprocessSettings(hu_min=10, hu_max=0)
+    with pytest.raises(MedDiftError, match="ties"):
+        PreprocessSettings(ties="down")
 
 
 def test_window_clips_and_scales():
@@ -37,11 +39,12 @@ def test_window_clips_and_scales():
 
 
 def test_network_shape_docs_example_and_rounding():
-    assert network_shape((192, 192, 208)) == (256, 256, 256)  # docs/method.md; 192 ties go up
+    assert network_shape((192, 192, 208)) == (256, 256, 256)  # docs/method.md; 1.5 rounds to 2 (even)
     assert network_shape((63, 191, 193)) == (128, 128, 256)
-    assert network_shape((320, 319, 448)) == (384, 256, 512)
+    assert network_shape((320, 319, 448)) == (256, 256, 512)  # ties to even, as the MAISI tutorials round
+    assert network_shape((320, 319, 448), ties="up") == (384, 256, 512)
     assert network_shape((10, 40, 47), multiple=32, min_size=32) == (32, 32, 32)
-    assert network_shape((48, 80, 100), multiple=32, min_size=32) == (64, 96, 96)
+    assert network_shape((48, 80, 100), multiple=32, min_size=32) == (64, 64, 96)  # 2.5 -> 2
     assert network_shape((10,), multiple=32, min_size=40) == (64,)  # min_size rounds up to a multiple
 
 

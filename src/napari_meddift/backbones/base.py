@@ -1,26 +1,46 @@
-"""What every descriptor source provides: named feature levels at native resolution."""
+"""What every descriptor source provides: named feature levels at native resolution.
+
+The contract is :class:`Backbone`. Diffusion backbones (MAISI, mini) share one implementation of
+validation, seeding, noising, forward-hook capture and sample averaging in
+:mod:`napari_meddift.backbones.capture`; a new diffusion backbone is a network, the modules whose
+outputs are its levels, and how it prepares its input.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
 
+from ..errors import MedDiftError
 from ..io.volume import Volume
 from ..progress import ProgressCallback
+from .preprocessing import PreprocessSettings
+
+__all__ = ["Backbone", "ExtractionSettings", "ProgressCallback", "resolve_device", "resolve_dtype"]
 
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How descriptors are taken from a backbone; stored verbatim in the store's attributes."""
+    """How descriptors are taken from a backbone; stored verbatim in the store's attributes.
+
+    Args:
+        timestep: diffusion timestep of the added noise, in ``0 .. num_train_timesteps - 1`` of
+            the backbone's scheduler (1000 steps for MAISI and mini).
+        levels: level names to return; None: the backbone's ``default_levels``.
+        seed: seed of the noise draws (a private generator; the global RNG is never touched).
+        samples: noise draws averaged, at least 1.
+        device: ``auto`` | ``cpu`` | ``cuda`` (not part of the cache key).
+        dtype: ``auto`` (float32 on CPU, float16 on CUDA) | ``float32`` | ``float16`` | ``bfloat16``.
+    """
 
     timestep: int = 20
-    levels: tuple[str, ...] | None = None  # None: the backbone's default levels
+    levels: tuple[str, ...] | None = None
     seed: int = 0
-    samples: int = 1  # noise samples averaged
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (fp32 on CPU, fp16 on CUDA) | float32 | float16 | bfloat16
+    samples: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -30,8 +50,6 @@ class ExtractionSettings:
 
 def resolve_device(device: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
-    from ..errors import MedDiftError
-
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -43,8 +61,6 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Autocast dtype: half precision on GPU, float32 on CPU unless asked otherwise."""
-    from ..errors import MedDiftError
-
     table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -55,17 +71,43 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 @runtime_checkable
 class Backbone(Protocol):
-    """A descriptor source. ``extract`` returns {level name: tensor (C, z, y, x)} on the CPU,
-    float32, at the level's native resolution; the level grid spans the whole image as
-    ``F.interpolate(..., size=image_shape, mode="trilinear", align_corners=False)`` does."""
+    """A descriptor source.
+
+    ``extract`` returns {level name: tensor (C, z, y, x)} on the CPU, float32, at the level's
+    native resolution; the level grid spans the whole image as
+    ``F.interpolate(..., size=image_shape, mode="trilinear", align_corners=False)`` does.
+
+    Attributes:
+        name: registry name (``maisi``, ``mini``, ...).
+        level_names: every level it can give, in fusion order.
+        default_levels: the levels extracted when the settings name none.
+        preprocessing: the HU window and network-shape rule it applies by default, or None for a
+            backbone that takes no preprocessing settings (``extract`` then refuses them).
+        weights_hash: identity of the weights (sha256 of the checkpoint files' bytes, or
+            ``random-...`` for seeded random weights); part of every store's cache key.
+        config: everything else about the backbone that changes its features (for MAISI the
+            variant, the body region and the latent choice); part of the cache key and stored.
+        description: one human-readable line (release, weights) stored beside the levels.
+    """
 
     name: str
-    level_names: tuple[str, ...]  # every level it can give, in fusion order
+    level_names: tuple[str, ...]
     default_levels: tuple[str, ...]
+    preprocessing: PreprocessSettings | None
 
     @property
     def weights_hash(self) -> str: ...
 
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+    @property
+    def description(self) -> str: ...
+
     def extract(
-        self, volume: Volume, settings: ExtractionSettings, progress: ProgressCallback | None = None
+        self,
+        volume: Volume,
+        settings: ExtractionSettings,
+        progress: ProgressCallback | None = None,
+        preprocessing: PreprocessSettings | None = None,
     ) -> dict[str, torch.Tensor]: ...

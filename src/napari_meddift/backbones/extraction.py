@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import Backbone, ExtractionSettings, ProgressCallback
 from ..errors import MedDiftError
 from ..io.cache import safe_filename
 from ..io.store import (
@@ -23,13 +21,18 @@ from ..io.store import (
     write_store,
 )
 from ..io.volume import Volume
+from ..progress import ProgressCallback
+from .base import Backbone, ExtractionSettings
+from .preprocessing import PreprocessSettings
 
 
-def _accepts_preprocessing(backbone) -> bool:
-    try:
-        return "preprocessing" in inspect.signature(backbone.extract).parameters
-    except (TypeError, ValueError):
-        return False
+def _takes_preprocessing(backbone: Backbone) -> bool:
+    """A backbone whose ``preprocessing`` is None runs on a fixed input and takes no settings."""
+    return getattr(backbone, "preprocessing", None) is not None
+
+
+def _backbone_config(backbone: Backbone) -> dict[str, Any]:
+    return dict(getattr(backbone, "config", None) or {})
 
 
 def find_reusable(path: str | os.PathLike, key: str) -> DescriptorStore | None:
@@ -49,9 +52,15 @@ def _preprocessing_dict(backbone: Backbone, preprocessing: Any = None) -> dict:
     return prep.to_dict() if hasattr(prep, "to_dict") else (dict(prep) if prep else {})
 
 
-def _store_key(volume: Volume, backbone: Backbone, settings: ExtractionSettings, preprocessing: Any = None) -> str:
+def _store_key(
+    volume: Volume, backbone: Backbone, settings: ExtractionSettings, preprocessing: PreprocessSettings | None = None
+) -> str:
     prep = _preprocessing_dict(backbone, preprocessing)
-    return cache_key(volume, backbone.name, backbone.weights_hash, settings, prep)
+    config = _backbone_config(backbone)
+    # a backbone's config (e.g. MAISI's variant, body region, latent choice) changes its features:
+    # it joins the settings in the key; backbones without one keep their earlier keys
+    keyed: Any = dict(settings.to_dict(), backbone_config=config) if config else settings
+    return cache_key(volume, backbone.name, backbone.weights_hash, keyed, prep)
 
 
 def cached_store_path(
@@ -59,7 +68,7 @@ def cached_store_path(
     backbone: Backbone,
     settings: ExtractionSettings,
     cache_dir: str | os.PathLike,
-    preprocessing: Any = None,
+    preprocessing: PreprocessSettings | None = None,
 ) -> Path:
     """One store per (image, backbone, weights, settings) in a cache folder, named by its cache key.
 
@@ -83,7 +92,7 @@ def extract_to_store(
     backbone: Backbone,
     settings: ExtractionSettings,
     path: str | os.PathLike,
-    preprocessing: Any = None,
+    preprocessing: PreprocessSettings | None = None,
     progress: ProgressCallback | None = None,
     overwrite: bool = False,
     dtype: str = "float16",
@@ -109,7 +118,7 @@ def extract_to_store(
         ``(store, reused)``: the opened store and whether it was already there.
     """
     path = Path(path)
-    if preprocessing is not None and not _accepts_preprocessing(backbone):
+    if preprocessing is not None and not _takes_preprocessing(backbone):
         raise MedDiftError(f"backbone {backbone.name!r} does not take preprocessing settings")
     key = _store_key(volume, backbone, settings, preprocessing)
 
@@ -134,8 +143,10 @@ def extract_to_store(
         if progress is not None:
             progress(done, total, message)
 
-    kwargs = {"preprocessing": preprocessing} if preprocessing is not None else {}
-    levels = backbone.extract(volume, settings, progress=relay, **kwargs)
+    if preprocessing is not None:
+        levels = backbone.extract(volume, settings, progress=relay, preprocessing=preprocessing)
+    else:
+        levels = backbone.extract(volume, settings, progress=relay)
     order = [n for n in backbone.level_names if n in levels] + [n for n in levels if n not in backbone.level_names]
     levels = {n: levels[n] for n in order}
     if progress is not None:
@@ -154,6 +165,8 @@ def extract_to_store(
         "samples": int(settings.samples),
         "settings": settings.to_dict(),
         "preprocessing": _preprocessing_dict(backbone, preprocessing),
+        "backbone_config": _backbone_config(backbone),
+        "backbone_description": str(getattr(backbone, "description", "") or ""),
         "cache_key": key,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

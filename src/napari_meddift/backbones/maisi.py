@@ -1,8 +1,11 @@
 """MAISI (MONAI's 3D latent diffusion model for CT) as a descriptor source.
 
-The autoencoder and the diffusion UNet are MONAI's own classes built with the lung DDPM
-configuration of the reference (``docs/backbones.md``). Feature levels are the outputs of
-``unet.up_blocks[0..3]`` (and optionally ``unet.middle_block``), captured with forward hooks.
+The autoencoder and the diffusion UNet are MONAI's own classes built with the configuration of
+the release found (``maisi_release.py``, ``docs/backbones.md``): the DDPM UNet (top/bottom body
+region and spacing conditioning) or the rectified-flow UNet (modality class label CT = 1 and
+spacing; ``resblock_updown`` and ``include_fc``). Feature levels are the outputs of
+``unet.up_blocks[0..3]`` (and optionally ``unet.middle_block``), captured with forward hooks by
+the shared :func:`~napari_meddift.backbones.capture.capture_levels`.
 """
 
 from __future__ import annotations
@@ -17,16 +20,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.hashing import file_sha256
 from ..errors import MedDiftError
-from .noise import add_noise, noise_level
-from .preprocessing import PreprocessSettings, from_canonical, prepare
+from ..io.hashing import file_sha256
 from ..io.volume import Volume
+from .noise import make_rflow_scheduler, make_scheduler
+from .preprocessing import Prepared, PreprocessSettings, from_canonical, prepare
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
+from .capture import capture_levels, check_request, noise_generator, seeded
+from .maisi_release import (
+    BUNDLE,
+    HOW_TO_GET,
+    RELEASES,
+    VARIANTS,
+    autoencoder_state,
+    drop_unused_out_proj,
+    find_release,
+    load_checkpoint,
+    load_state,
+    release_for,
+    unet_checkpoint,
+)
 
-AUTOENCODER_FILE = "autoencoder_epoch273.pt"
-UNET_FILE = "diff_unet_3d_ddpm.pt"
-BUNDLE = "maisi_ct_generative"
+#: the MedDIFT reference's file names (early-2025 tutorials); every release's names: maisi_release.RELEASES
+AUTOENCODER_FILE = RELEASES[0].autoencoder
+UNET_FILE = RELEASES[0].unet
+#: modality class label of CT in the rectified-flow releases' modality mapping
+MODALITY_CT = 1
+LATENT_MODES = ("mean", "sample")
 
 #: body regions of MAISI's conditioning, in one-hot order
 BODY_REGIONS = ("head", "chest", "abdomen", "lower")
@@ -38,11 +58,22 @@ HEAD_CHANNELS = (0, 0, 32, 32)
 #: total spatial down-sampling from image to the UNet's deepest level (4 autoencoder x 8 UNet)
 DIVISOR = 32
 
-HOW_TO_GET = (
-    f"download the MONAI bundle '{BUNDLE}' once on a machine with internet "
-    f"(python -m monai.bundle download {BUNDLE} --bundle_dir DIR) and pass "
-    f"--weights DIR/{BUNDLE}/models, or use --random-weights for an untrained control"
-)
+#: UNet arguments that differ between the variants (the releases' network configs)
+VARIANT_UNET: dict[str, dict[str, Any]] = {
+    "ddpm": dict(
+        include_top_region_index_input=True,
+        include_bottom_region_index_input=True,
+        include_fc=False,
+        resblock_updown=False,
+    ),
+    "rflow": dict(
+        include_top_region_index_input=False,
+        include_bottom_region_index_input=False,
+        num_class_embeds=128,
+        include_fc=True,
+        resblock_updown=True,
+    ),
+}
 
 
 # ---------------------------------------------------------------- architecture
@@ -87,8 +118,11 @@ def autoencoder_config(width: float = 1.0) -> dict[str, Any]:
     )
 
 
-def unet_config(width: float = 1.0) -> dict[str, Any]:
-    """DiffusionModelUNetMaisi kwargs (the bundle's config at width 1; flash attention on CUDA only)."""
+def unet_config(width: float = 1.0, variant: str = "ddpm") -> dict[str, Any]:
+    """DiffusionModelUNetMaisi kwargs of a variant (the releases' config at width 1; flash
+    attention on CUDA only)."""
+    if variant not in VARIANTS:
+        raise MedDiftError(f"unknown MAISI variant {variant!r}; use ddpm or rflow")
     ch = _widths(UNET_CHANNELS, width)
     heads = [0 if h == 0 else math.gcd(h, c) for h, c in zip(HEAD_CHANNELS, ch)]
     return dict(
@@ -102,9 +136,8 @@ def unet_config(width: float = 1.0) -> dict[str, Any]:
         norm_num_groups=_groups(ch),
         norm_eps=1e-6,
         use_flash_attention=torch.cuda.is_available(),
-        include_top_region_index_input=True,
-        include_bottom_region_index_input=True,
         include_spacing_input=True,
+        **VARIANT_UNET[variant],
     )
 
 
@@ -114,78 +147,18 @@ def build_autoencoder(width: float = 1.0) -> torch.nn.Module:
     return AutoencoderKlMaisi(**autoencoder_config(width))
 
 
-def build_unet(width: float = 1.0) -> torch.nn.Module:
+def build_unet(width: float = 1.0, variant: str = "ddpm") -> torch.nn.Module:
     from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 
-    return DiffusionModelUNetMaisi(**unet_config(width))
+    return DiffusionModelUNetMaisi(**unet_config(width, variant))
 
 
-# ---------------------------------------------------------------- checkpoints
-
-def find_weights(weights: str | os.PathLike) -> Path:
-    """The folder holding both checkpoints: ``weights`` itself, ``weights/models`` or
-    ``weights/maisi_ct_generative/models``; MedDiftError naming what is missing otherwise."""
-    root = Path(weights).expanduser()
-    if not root.exists():
-        raise MedDiftError(
-            f"MAISI weights folder {root} does not exist (it must hold {AUTOENCODER_FILE} and {UNET_FILE}); "
-            + HOW_TO_GET
-        )
-    if root.is_file():
-        raise MedDiftError(
-            f"--weights must be the folder holding {AUTOENCODER_FILE} and {UNET_FILE}, not the file {root}"
-        )
-    for cand in (root, root / "models", root / BUNDLE / "models"):
-        if (cand / AUTOENCODER_FILE).is_file() and (cand / UNET_FILE).is_file():
-            return cand
-    missing = [f for f in (AUTOENCODER_FILE, UNET_FILE) if not (root / f).is_file()]
-    raise MedDiftError(f"MAISI weights incomplete: {', '.join(missing)} missing in {root}; " + HOW_TO_GET)
+def make_variant_scheduler(variant: str):
+    """The noise scheduler a variant was trained with (MONAI DDPMScheduler or RFlowScheduler)."""
+    return make_rflow_scheduler() if variant == "rflow" else make_scheduler()
 
 
-def _load(path: Path) -> Any:
-    from .checkpoint import load_checkpoint  # tensors only; one clear line for a refused pickle
-
-    return load_checkpoint(path, "MAISI checkpoint")
-
-
-def _state_dict(obj: Any, path: Path, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for k in keys:
-            if isinstance(obj.get(k), dict):
-                obj = obj[k]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise MedDiftError(f"{path} does not hold a state dict (looked for {', '.join(keys)} or a plain one)")
-    if all(k.startswith("module.") for k in obj):  # saved from DistributedDataParallel
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """load_state_dict(strict) with a MedDiftError that lists a few mismatches."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if items:
-                more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:4])}{more}")
-        raise MedDiftError(
-            f"checkpoint {path} does not fit the MAISI {type(model).__name__} configuration; "
-            + "; ".join(parts)
-            + " (is it the DDPM release of the maisi_ct_generative bundle, at full width?)"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-# ---------------------------------------------------------------- backbone
+# ---------------------------------------------------------------- conditioning and latents
 
 
 def _region_onehot(region: str) -> list[float]:
@@ -194,13 +167,38 @@ def _region_onehot(region: str) -> list[float]:
     return [1.0 if r == region else 0.0 for r in BODY_REGIONS]
 
 
+#: encoded latents of recent extractions: (autoencoder identity, input digest, mode, ...) -> latent
+_LATENTS: dict[tuple, torch.Tensor] = {}
+_LATENTS_KEEP = 2
+
+
+def _digest(t: torch.Tensor) -> str:
+    a = t.detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.sha256(memoryview(a).cast("B")).hexdigest() + str(tuple(a.shape))
+
+
+# ---------------------------------------------------------------- backbone
+
+
 class MaisiBackbone:
     """MAISI autoencoder + diffusion UNet; levels up0..up3 (+ mid), native resolution.
 
-    ``weights``: folder with ``autoencoder_epoch273.pt`` and ``diff_unet_3d_ddpm.pt``.
-    ``random_weights``: untrained control (seeded by ``seed``); ``width`` scales every channel
-    count (tests use small widths; checkpoints fit width 1 only). ``body_region``: one of
-    head/chest/abdomen/lower, or a (top, bottom) pair.
+    Args:
+        weights: folder of one MAISI release (the folder itself, its ``models/`` or
+            ``maisi_ct_generative/models/``); the release and its variant are recognised from the
+            checkpoints (``maisi_release.py``).
+        random_weights: untrained control, seeded by ``seed`` (the global RNG is left alone).
+        width: scales every channel count (tests; checkpoints fit width 1 only).
+        seed: seed of the random weights.
+        body_region: DDPM conditioning, one of head/chest/abdomen/lower or a (top, bottom) pair;
+            None means chest. Rectified-flow releases take none (they are conditioned on the
+            modality, CT).
+        include_mid: also offer the middle block as level ``mid``.
+        preprocessing: HU window and network-shape rule (default: the tutorials').
+        variant: ``auto`` (from the checkpoint), ``ddpm`` or ``rflow``; with several UNet files in
+            the folder it picks one; with random weights it picks the architecture (auto: ddpm).
+        latent: ``mean`` (the posterior mean, deterministic; default) or ``sample`` (mean + sigma
+            * eps, eps seeded by the extraction seed, as the tutorials' training data were made).
     """
 
     name = "maisi"
@@ -213,88 +211,118 @@ class MaisiBackbone:
         random_weights: bool = False,
         width: float = 1.0,
         seed: int = 0,
-        body_region: str | tuple[str, str] = "chest",
+        body_region: str | tuple[str, str] | None = None,
         include_mid: bool = False,
         preprocessing: PreprocessSettings | None = None,
+        variant: str = "auto",
+        latent: str = "mean",
     ) -> None:
         if weights is not None and random_weights:
             raise MedDiftError("give either --weights or --random-weights, not both")
         if weights is None and not random_weights:
-            raise MedDiftError(
-                f"the MAISI backbone needs its weights ({AUTOENCODER_FILE}, {UNET_FILE}); " + HOW_TO_GET
-            )
-        top, bottom = (body_region, body_region) if isinstance(body_region, str) else tuple(body_region)
-        self.top_region = _region_onehot(top)
-        self.bottom_region = _region_onehot(bottom)
-        self.body_region = (top, bottom)
+            raise MedDiftError("the MAISI backbone needs its checkpoints (--weights DIR); " + HOW_TO_GET)
+        if latent not in LATENT_MODES:
+            raise MedDiftError(f"unknown latent choice {latent!r}; use mean or sample")
+        if variant not in ("auto",) + VARIANTS:
+            raise MedDiftError(f"unknown MAISI variant {variant!r}; use auto, ddpm or rflow")
         self.width = float(width)
         self.seed = int(seed)
         self.include_mid = bool(include_mid)
+        self.latent = latent
         self.preprocessing = preprocessing or PreprocessSettings()
         self.level_names = self.default_levels + (("mid",) if include_mid else ())
         self._files: list[Path] = []
+        self.release = None
+        self.dropped_keys: tuple[str, ...] = ()
 
         if random_weights:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
+            self.variant = "ddpm" if variant == "auto" else variant
+            with seeded(self.seed):
                 self.autoencoder = build_autoencoder(self.width)
-                self.unet = build_unet(self.width)
+                self.unet = build_unet(self.width, self.variant)
             self.scale_factor = 1.0
         else:
-            folder = find_weights(weights)  # type: ignore[arg-type]
-            ae_path, unet_path = folder / AUTOENCODER_FILE, folder / UNET_FILE
-            self._files = [ae_path, unet_path]
-            self.autoencoder = build_autoencoder(self.width)
-            self.unet = build_unet(self.width)
-            ae_obj = _load(ae_path)
-            load_state(
-                self.autoencoder,
-                _state_dict(ae_obj, ae_path, ("autoencoder_state_dict", "state_dict", "model_state_dict", "model")),
-                ae_path,
-            )
-            unet_obj = _load(unet_path)
-            if not isinstance(unet_obj, dict) or "unet_state_dict" not in unet_obj:
-                raise MedDiftError(f"{unet_path} must be a dict with 'unet_state_dict' and 'scale_factor'")
-            load_state(self.unet, _state_dict(unet_obj["unet_state_dict"], unet_path, ()), unet_path)
-            sf = unet_obj.get("scale_factor", None)
-            if sf is None:
-                raise MedDiftError(f"{unet_path} has no 'scale_factor'")
-            self.scale_factor = float(torch.as_tensor(sf).float().reshape(-1)[0])
+            self._load(weights, variant)  # type: ignore[arg-type]
+        self._set_region(body_region)
+        self.scheduler = make_variant_scheduler(self.variant)
         self.autoencoder.eval().requires_grad_(False)
         self.unet.eval().requires_grad_(False)
         self._hash: str | None = None
+
+    def _load(self, weights: str | os.PathLike, variant: str) -> None:
+        found = find_release(weights, variant)
+        ae_path, unet_path = found.autoencoder, found.unet
+        self._files = [ae_path, unet_path]
+        ckpt = unet_checkpoint(load_checkpoint(unet_path), unet_path)
+        if variant != "auto" and ckpt.variant != variant:
+            raise MedDiftError(
+                f"{unet_path} holds a {ckpt.variant} UNet (by its keys), not the {variant} one asked for"
+            )
+        self.variant = ckpt.variant
+        self.release = release_for(unet_path.name, ckpt.variant)
+        self.autoencoder = build_autoencoder(self.width)
+        load_state(self.autoencoder, autoencoder_state(load_checkpoint(ae_path), ae_path), ae_path, "autoencoder")
+        self.unet = build_unet(self.width, self.variant)
+        state = ckpt.state
+        if not unet_config(self.width, self.variant)["include_fc"]:
+            state, self.dropped_keys = drop_unused_out_proj(state, self.unet)
+        load_state(self.unet, state, unet_path, f"{self.variant} diffusion UNet")
+        self.scale_factor = ckpt.scale_factor
+
+    def _set_region(self, body_region: str | tuple[str, str] | None) -> None:
+        if self.variant == "rflow":
+            if body_region is not None:
+                raise MedDiftError(
+                    "rectified-flow MAISI releases are not conditioned on a body region (only on modality and "
+                    "spacing); leave --region out or use a DDPM release"
+                )
+            self.body_region = None
+            return
+        region = body_region or "chest"
+        top, bottom = (region, region) if isinstance(region, str) else tuple(region)
+        self.top_region, self.bottom_region = _region_onehot(top), _region_onehot(bottom)
+        self.body_region = (top, bottom)
 
     # ------------------------------------------------------------ identity
 
     @property
     def weights_hash(self) -> str:
+        """sha256 over the two files' contents (names play no part); random-<seed>-w<width> otherwise."""
         if not self._files:
             return f"random-{self.seed}-w{self.width:g}"
         if self._hash is None:
             h = hashlib.sha256()
             for f in self._files:
-                h.update(f.name.encode())
                 h.update(file_sha256(f).encode())
             self._hash = h.hexdigest()
         return self._hash
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """What besides weights and settings changes the features (in the cache key and the store)."""
+        cond: dict[str, Any] = (
+            {"modality": "ct", "class_label": MODALITY_CT}
+            if self.variant == "rflow"
+            else {"body_region": list(self.body_region)}
+        )
+        return {"variant": self.variant, **cond, "latent": self.latent}
+
+    @property
+    def description(self) -> str:
+        if not self._files:
+            return f"MAISI {self.variant} at seeded random weights (seed {self.seed}, width {self.width:g})"
+        what = self.release.title if self.release is not None else f"an unnamed {self.variant} release"
+        note = f"; {len(self.dropped_keys)} unused MONAI-1.4 out_proj keys dropped" if self.dropped_keys else ""
+        return f"MAISI {self.variant} from {what} ({self._files[0].name}, {self._files[1].name}){note}"
+
     def level_channels(self) -> dict[str, int]:
-        ch = list(reversed(unet_config(self.width)["num_channels"]))
+        ch = list(reversed(unet_config(self.width, self.variant)["num_channels"]))
         out = {f"up{i}": c for i, c in enumerate(ch)}
         if self.include_mid:
             out["mid"] = ch[0]
         return out
 
     # ------------------------------------------------------------ extraction
-
-    def _levels(self, settings: ExtractionSettings) -> tuple[str, ...]:
-        levels = tuple(settings.levels) if settings.levels is not None else self.default_levels
-        bad = [lv for lv in levels if lv not in self.level_names]
-        if bad or not levels:
-            raise MedDiftError(
-                f"unknown MAISI level(s) {', '.join(bad) or '(none given)'}; available: {', '.join(self.level_names)}"
-            )
-        return levels
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         mods = {f"up{i}": self.unet.up_blocks[i] for i in range(4)}
@@ -317,6 +345,41 @@ class MaisiBackbone:
             elif isinstance(m, MaisiConvolution):
                 m.num_splits = splits
 
+    def _ae_identity(self) -> str:
+        return file_sha256(self._files[0]) if self._files else f"random-{self.seed}-w{self.width:g}"
+
+    def encode(self, prep: Prepared, device: torch.device, dtype: torch.dtype, seed: int) -> torch.Tensor:
+        """Latent (1, 4, a/4, b/4, c/4) float32 x scale_factor on ``device``: the posterior mean,
+        or with ``latent='sample'`` mean + sigma * eps (eps from a generator seeded by ``seed``).
+        The last two latents are kept, so re-extracting a scan at another timestep or with the
+        other variant (same autoencoder bytes) does not encode again."""
+        key = (self._ae_identity(), _digest(prep.tensor), self.latent, seed if self.latent == "sample" else None,
+               device.type, str(dtype))
+        if key not in _LATENTS:
+            autocast = (
+                torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+            )
+            with torch.inference_mode(), autocast:
+                z_mu, z_sigma = self.autoencoder.encode(prep.tensor.to(device))
+            z = z_mu.float()
+            if self.latent == "sample":
+                gen = noise_generator(int(seed) + 2**31)  # a stream apart from the diffusion noise
+                z = z + z_sigma.float() * torch.randn(z.shape, generator=gen).to(device)
+            _LATENTS[key] = z.to("cpu")
+            while len(_LATENTS) > _LATENTS_KEEP:
+                _LATENTS.pop(next(iter(_LATENTS)))
+        return _LATENTS[key].to(device) * self.scale_factor
+
+    def _conditioning(self, prep: Prepared, device: torch.device) -> dict[str, torch.Tensor]:
+        spacing = torch.tensor([list(prep.spacing)], dtype=torch.float32, device=device) * 100.0
+        if self.variant == "rflow":
+            return {"spacing_tensor": spacing, "class_labels": torch.tensor([MODALITY_CT], device=device)}
+        return {
+            "top_region_index_tensor": torch.tensor([self.top_region], device=device) * 100.0,
+            "bottom_region_index_tensor": torch.tensor([self.bottom_region], device=device) * 100.0,
+            "spacing_tensor": spacing,
+        }
+
     def extract(
         self,
         volume: Volume,
@@ -324,19 +387,13 @@ class MaisiBackbone:
         progress: ProgressCallback | None = None,
         preprocessing: PreprocessSettings | None = None,
     ) -> dict[str, torch.Tensor]:
-        levels = self._levels(settings)
-        if settings.samples < 1:
-            raise MedDiftError(f"samples must be at least 1, got {settings.samples}")
-        noise_level(settings.timestep)  # validates the timestep
+        """{level: (C, z', y', x') float32 CPU} of ``volume`` (see docs/backbones.md for the steps)."""
+        levels = check_request(settings, self.level_names, self.default_levels, self.scheduler, "MAISI")
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         total = 1 + settings.samples
-
-        def report(done: int, msg: str) -> None:
-            if progress is not None:
-                progress(done, total, msg)
-
-        report(0, "encoding")
+        if progress is not None:
+            progress(0, total, "encoding")
         prep = prepare(volume, preprocessing or self.preprocessing)
         net_shape = tuple(prep.tensor.shape[-3:])
         if any(n % DIVISOR for n in net_shape):
@@ -345,59 +402,24 @@ class MaisiBackbone:
                 f"(set the preprocessing multiple to a multiple of {DIVISOR})"
             )
         self._configure(device, dtype, net_shape)
-        autocast = (
-            torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        latent = self.encode(prep, device, dtype, settings.seed)
+        if progress is not None:
+            progress(1, total, "encoded")
+        cond = self._conditioning(prep, device)
+        feats = capture_levels(
+            lambda xt, t: self.unet(xt, t, **cond),
+            self._modules(),
+            levels,
+            latent,
+            self.scheduler,
+            settings,
+            dtype=dtype,
+            progress=progress,
+            done=1,
+            total=total,
+            label="MAISI",
         )
-
-        captured: dict[str, torch.Tensor] = {}
-        sums: dict[str, torch.Tensor] = {}
-
-        def hook_for(name: str):
-            def hook(_module, _inputs, output):
-                captured[name] = output.detach()
-
-            return hook
-
-        mods = self._modules()
-        handles = [mods[name].register_forward_hook(hook_for(name)) for name in levels]
-        try:
-            with torch.inference_mode(), autocast:
-                x = prep.tensor.to(device)
-                z_mu, _ = self.autoencoder.encode(x)  # posterior mean: deterministic
-                latent = z_mu.float() * self.scale_factor
-                del x, z_mu
-                report(1, "encoded")
-
-                top = torch.tensor([self.top_region], device=device) * 100.0
-                bottom = torch.tensor([self.bottom_region], device=device) * 100.0
-                spacing = torch.tensor([list(prep.spacing)], dtype=torch.float32, device=device) * 100.0
-                timesteps = torch.tensor([int(settings.timestep)], dtype=torch.long, device=device)
-                gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
-                for i in range(settings.samples):
-                    noisy = add_noise(latent, settings.timestep, gen)
-                    captured.clear()
-                    self.unet(
-                        noisy,
-                        timesteps,
-                        top_region_index_tensor=top,
-                        bottom_region_index_tensor=bottom,
-                        spacing_tensor=spacing,
-                    )
-                    for name in levels:
-                        f = captured[name].float()
-                        sums[name] = f if name not in sums else sums[name] + f
-                    captured.clear()
-                    report(2 + i, f"sample {i + 1}/{settings.samples}")
-        finally:
-            for h in handles:
-                h.remove()
-            captured.clear()
-
-        out: dict[str, torch.Tensor] = {}
-        for name in levels:
-            mean = (sums.pop(name) / settings.samples)[0].to("cpu", torch.float32)
-            out[name] = from_canonical(mean, prep.axes)
-        return out
+        return {name: from_canonical(f.to("cpu", torch.float32), prep.axes) for name, f in feats.items()}
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -94,6 +94,8 @@ class MindSscBackbone:
     name = "mind-ssc"
     level_names: tuple[str, ...] = ("mind",)
     default_levels: tuple[str, ...] = ("mind",)
+    #: runs on the image's own grid with the fixed HU window: takes no preprocessing settings
+    preprocessing = None
 
     def __init__(self, radius: int = 2, dilation: int = 2, weights=None, random_weights: bool = False, **_ignored):
         from ..errors import MedDiftError
@@ -107,15 +109,29 @@ class MindSscBackbone:
     def weights_hash(self) -> str:
         return f"mind-ssc-r{self.radius}-d{self.dilation}"
 
+    @property
+    def config(self) -> dict:
+        return {}  # radius and dilation are in weights_hash
+
+    @property
+    def description(self) -> str:
+        return f"MIND-SSC (radius {self.radius}, dilation {self.dilation})"
+
     def __repr__(self) -> str:
         return f"MindSscBackbone(radius={self.radius}, dilation={self.dilation})"
 
     def extract(
-        self, volume: Volume, settings: ExtractionSettings | None = None, progress: ProgressCallback | None = None
+        self,
+        volume: Volume,
+        settings: ExtractionSettings | None = None,
+        progress: ProgressCallback | None = None,
+        preprocessing=None,
     ) -> dict[str, torch.Tensor]:
         from ..errors import MedDiftError
         from .base import resolve_device
 
+        if preprocessing is not None:
+            raise MedDiftError("MIND-SSC takes no preprocessing settings (it runs on the image's own grid)")
         settings = settings or ExtractionSettings()
         if settings.levels is not None:
             unknown = [lv for lv in settings.levels if lv not in self.level_names]

@@ -28,10 +28,12 @@ import torch
 
 from ..errors import MedDiftError
 from ..io.hashing import file_sha256
-from .noise import make_scheduler
-from .preprocessing import window_intensity
 from ..io.volume import Volume
+from .noise import make_scheduler
+from .preprocessing import PreprocessSettings, window_intensity
+from .preprocessing import network_shape as _network_shape
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
+from .capture import capture_levels, check_request, seeded
 
 #: Architecture of mini_v1; the JSON beside a weight file overrides it.
 MINI_ARCH: dict[str, Any] = {
@@ -73,16 +75,16 @@ def build_unet(arch: dict[str, Any] | None = None) -> torch.nn.Module:
 
 
 def network_shape(shape: tuple[int, ...], multiple: int = SIZE_MULTIPLE) -> tuple[int, ...]:
-    """Each axis to the nearest multiple of ``multiple`` (ties up), at least ``multiple``."""
-    from .preprocessing import network_shape as _network_shape
-
-    return _network_shape(shape, multiple=multiple, min_size=multiple)
+    """Each axis to the nearest multiple of ``multiple`` (ties up, as in training), at least ``multiple``."""
+    return _network_shape(shape, multiple=multiple, min_size=multiple, ties="up")
 
 
-def network_input(hu: np.ndarray | torch.Tensor, scaling: str = "minus1_1") -> torch.Tensor:
-    """HU windowed to [-1000, 1000] as MAISI does, then scaled as the network was trained
-    (training and extraction both call this, so they cannot drift apart)."""
-    x = window_intensity(np.asarray(hu, dtype=np.float32) if isinstance(hu, np.ndarray) else hu)
+def network_input(
+    hu: np.ndarray | torch.Tensor, scaling: str = "minus1_1", prep: PreprocessSettings | None = None
+) -> torch.Tensor:
+    """HU windowed to [-1000, 1000] as MAISI does (or ``prep``'s window), then scaled as the
+    network was trained (training and extraction both call this, so they cannot drift apart)."""
+    x = window_intensity(np.asarray(hu, dtype=np.float32) if isinstance(hu, np.ndarray) else hu, prep)
     if scaling == "minus1_1":
         return x * 2.0 - 1.0
     if scaling == "0_1":
@@ -91,7 +93,11 @@ def network_input(hu: np.ndarray | torch.Tensor, scaling: str = "minus1_1") -> t
 
 
 class MiniBackbone:
-    """Small image-space diffusion UNet; levels up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full)."""
+    """Small image-space diffusion UNet; levels up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full).
+
+    Validation, noising, capture and sample averaging are the shared ones of
+    :mod:`napari_meddift.backbones.capture`; this class is the network, its levels and its input.
+    """
 
     name = "mini"
     level_names = ("up0", "up1", "up2")
@@ -105,8 +111,8 @@ class MiniBackbone:
         self.random_weights = bool(random_weights)
         self.metadata: dict[str, Any] = {}
         if random_weights:
-            torch.manual_seed(self.seed)
-            self.unet = build_unet(MINI_ARCH)
+            with seeded(self.seed):
+                self.unet = build_unet(MINI_ARCH)
             self.metadata = {"arch": MINI_ARCH, "spacing_mm": None, "input_scaling": "minus1_1"}
             self._hash = f"random-{self.seed}"
             self.weights_path: Path | None = None
@@ -120,67 +126,57 @@ class MiniBackbone:
         self.input_scaling = self.metadata.get("input_scaling", "minus1_1")
         self.training_spacing = self.metadata.get("spacing_mm")
         self._scheduler = make_scheduler()
-        from .preprocessing import PreprocessSettings
-
-        #: what extract does before the UNet (recorded in stores through extraction.py)
-        self.preprocessing = PreprocessSettings(multiple=SIZE_MULTIPLE, min_size=SIZE_MULTIPLE)
+        #: what extract does before the UNet (recorded in stores through extraction.py); ties
+        #: round up as in training
+        self.preprocessing = PreprocessSettings(multiple=SIZE_MULTIPLE, min_size=SIZE_MULTIPLE, ties="up")
 
     @property
     def weights_hash(self) -> str:
         return self._hash
 
-    def _prepare(self, volume: Volume) -> torch.Tensor:
+    @property
+    def config(self) -> dict[str, Any]:
+        return {}  # everything that changes the features is in the weights and the settings
+
+    @property
+    def description(self) -> str:
+        if self.weights_path is None:
+            return f"mini at seeded random weights (seed {self.seed})"
+        return f"mini weights {self.weights_path.name}"
+
+    def _prepare(self, volume: Volume, prep: PreprocessSettings) -> torch.Tensor:
         from .preprocessing import resize
 
-        x = network_input(volume.array, self.input_scaling)
-        return resize(x, network_shape(tuple(x.shape)))[None, None].contiguous()
+        x = network_input(volume.array, self.input_scaling, prep)
+        shape = _network_shape(tuple(x.shape), prep.multiple, prep.min_size, prep.ties)
+        return resize(x, shape)[None, None].contiguous()
 
-    @torch.no_grad()
     def extract(
-        self, volume: Volume, settings: ExtractionSettings, progress: ProgressCallback | None = None
+        self,
+        volume: Volume,
+        settings: ExtractionSettings,
+        progress: ProgressCallback | None = None,
+        preprocessing: PreprocessSettings | None = None,
     ) -> dict[str, torch.Tensor]:
-        levels = tuple(settings.levels) if settings.levels is not None else self.default_levels
-        unknown = [lv for lv in levels if lv not in self.level_names]
-        if unknown:
-            raise MedDiftError(f"mini has no level(s) {unknown}; it has {list(self.level_names)}")
-        if not 0 <= int(settings.timestep) < 1000:
-            raise MedDiftError(f"timestep must be in [0, 1000), got {settings.timestep}")
-        samples = max(1, int(settings.samples))
+        levels = check_request(settings, self.level_names, self.default_levels, self._scheduler, "mini")
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         unet = self.unet.to(device)
-
-        x0 = self._prepare(volume).to(device)
-        t = torch.full((1,), int(settings.timestep), dtype=torch.long, device=device)
-        gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
-
-        captured: dict[str, torch.Tensor] = {}
-        sums: dict[str, torch.Tensor] = {}
-        index = {name: i for i, name in enumerate(self.level_names)}
-        hooks = []
-        for name in levels:
-            def hook(_m, _inp, out, _name=name):
-                captured[_name] = out
-            hooks.append(unet.up_blocks[index[name]].register_forward_hook(hook))
-        try:
-            for s in range(samples):
-                if progress is not None:
-                    progress(s, samples, f"mini: noise sample {s + 1}/{samples} at t={settings.timestep}")
-                noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
-                xt = self._scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
-                captured.clear()
-                autocast = device.type == "cuda" and dtype != torch.float32
-                with torch.autocast(device_type=device.type, dtype=dtype, enabled=autocast):
-                    unet(xt, t)
-                for name in levels:
-                    f = captured[name][0].float()
-                    sums[name] = f if name not in sums else sums[name] + f
-        finally:
-            for h in hooks:
-                h.remove()
+        x0 = self._prepare(volume, preprocessing or self.preprocessing).to(device)
         if progress is not None:
-            progress(samples, samples, "mini: done")
-        return {name: (sums[name] / samples).cpu().contiguous() for name in levels}
+            progress(0, settings.samples, f"mini: noising at t={settings.timestep}")
+        out = capture_levels(
+            lambda xt, t: unet(xt, t),
+            {name: unet.up_blocks[i] for i, name in enumerate(self.level_names)},
+            levels,
+            x0,
+            self._scheduler,
+            settings,
+            dtype=dtype,
+            progress=progress,
+            label="mini",
+        )
+        return {name: f.cpu().contiguous() for name, f in out.items()}
 
 
 def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], str]:

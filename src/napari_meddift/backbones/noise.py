@@ -1,7 +1,12 @@
-"""The DDPM noise schedule MAISI was trained with (shared by the mini backbone).
+"""The noise schedules of the diffusion backbones, as MONAI schedulers.
 
-1000 steps, ``scaled_linear_beta`` from 0.0015 to 0.0195: alpha_bar(20) = 0.967, so the
-noise added at the default t=20 has standard deviation sqrt(1 - 0.967) = 0.18.
+* DDPM (MAISI's DDPM releases and mini): 1000 steps, ``scaled_linear_beta`` from 0.0015 to
+  0.0195: alpha_bar(20) = 0.967, so the noise added at the default t=20 has standard deviation
+  sqrt(1 - 0.967) = 0.18.
+* Rectified flow (MAISI's rectified-flow releases): MONAI's ``RFlowScheduler`` with the
+  releases' settings (1000 steps, continuous timesteps, timestep transform, uniform sampling,
+  scale 1.4). Its ``add_noise`` is ``x_t = (1 - t/1000) x_0 + (t/1000) eps``: at t=20 the image
+  keeps 0.98 of its amplitude and the noise has standard deviation 0.02.
 """
 
 from __future__ import annotations
@@ -28,6 +33,19 @@ def make_scheduler():
         beta_start=BETA_START,
         beta_end=BETA_END,
         clip_sample=False,
+    )
+
+
+def make_rflow_scheduler():
+    """A fresh MONAI RFlowScheduler configured as MAISI's rectified-flow releases are."""
+    from monai.networks.schedulers import RFlowScheduler
+
+    return RFlowScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        use_discrete_timesteps=False,
+        use_timestep_transform=True,
+        sample_method="uniform",
+        scale=1.4,
     )
 
 

@@ -26,12 +26,17 @@ class PreprocessSettings:
     hu_max: float = 1000.0
     multiple: int = 128  # each network axis is a multiple of this
     min_size: int = 128  # ...and at least this long
+    #: how a size exactly halfway between two multiples rounds: "even" as the MAISI tutorials
+    #: do (Python's round: 320 -> 256, 448 -> 512), "up" as mini was trained (40 -> 48 at 16)
+    ties: str = "even"
 
     def __post_init__(self) -> None:
         if not self.hu_max > self.hu_min:
             raise MedDiftError(f"HU window must have hu_max > hu_min, got [{self.hu_min}, {self.hu_max}]")
         if self.multiple < 1 or self.min_size < 1:
             raise MedDiftError("multiple and min_size must be positive")
+        if self.ties not in ("even", "up"):
+            raise MedDiftError(f"ties must be 'even' or 'up', got {self.ties!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,13 +63,17 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def network_shape(shape: tuple[int, ...], multiple: int = 128, min_size: int = 128) -> tuple[int, ...]:
-    """Nearest multiple of ``multiple`` per axis (ties round up), at least ``min_size``.
+def network_shape(
+    shape: tuple[int, ...], multiple: int = 128, min_size: int = 128, ties: str = "even"
+) -> tuple[int, ...]:
+    """Nearest multiple of ``multiple`` per axis, at least ``min_size`` (rounded up to a multiple).
 
-    ``(192, 192, 208) -> (256, 256, 256)`` with the defaults; min_size is rounded up to a multiple.
+    ``ties="even"`` is the MAISI tutorials' rule (Python's ``round``: 192 -> 256, 320 -> 256,
+    448 -> 512); ``ties="up"`` sends every tie up (320 -> 384). ``(192, 192, 208) -> (256, 256, 256)``.
     """
     floor = max(multiple, -(-min_size // multiple) * multiple)
-    return tuple(max(floor, _round_half_up(int(n) / multiple) * multiple) for n in shape)
+    rnd = round if ties == "even" else _round_half_up
+    return tuple(max(floor, int(rnd(int(n) / multiple)) * multiple) for n in shape)
 
 
 def resize(array: np.ndarray | torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -170,7 +179,7 @@ def prepare(volume, s: PreprocessSettings | None = None) -> Prepared:
     axes = canonical_axes(getattr(volume, "direction", None))
     t = to_canonical(window_intensity(arr, s), axes)
     src_shape = tuple(int(n) for n in t.shape)
-    net = network_shape(src_shape, s.multiple, s.min_size)
+    net = network_shape(src_shape, s.multiple, s.min_size, s.ties)
     t = resize(t, net).contiguous()
     sp = canonical_spacing(tuple(volume.spacing), axes)
     net_spacing = tuple(float(sp[k]) * src_shape[k] / net[k] for k in range(3))

@@ -114,6 +114,31 @@ def add_backbone_arguments(p: argparse.ArgumentParser, backbone_help: str, times
     p.add_argument("--seed", type=int, default=0)
 
 
+def add_maisi_arguments(p: argparse.ArgumentParser) -> None:
+    """--region, --variant, --latent: what only MAISI takes (see :func:`maisi_options`)."""
+    p.add_argument("--region", choices=["head", "chest", "abdomen", "lower"],
+                   help="MAISI DDPM body-region conditioning (default chest)")
+    p.add_argument("--variant", choices=["auto", "ddpm", "rflow"],
+                   help="MAISI UNet when the folder holds several (default auto: DDPM first); with "
+                        "--random-weights the architecture")
+    p.add_argument("--latent", choices=["mean", "sample"],
+                   help="MAISI latent: posterior mean (default, deterministic) or a seeded sample")
+
+
+def maisi_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``get_backbone`` from :func:`add_maisi_arguments`' flags; a
+    MedDiftError when they are given for another backbone."""
+    given = {
+        k: v
+        for k, v in (("body_region", args.region), ("variant", args.variant), ("latent", args.latent))
+        if v is not None
+    }
+    if given and str(args.backbone).lower() != "maisi":
+        flags = ", ".join("--" + {"body_region": "region"}.get(k, k) for k in given)
+        raise MedDiftError(f"{flags} apply to --backbone maisi only")
+    return given
+
+
 def add_levels_argument(p: argparse.ArgumentParser, help: str) -> None:
     """--levels: indices or names, resolved by :func:`napari_meddift.backbones.levels.resolve_levels`."""
     p.add_argument("--levels", help=help)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, check_range, tqdm_progress
+from ._common import (
+    add_backbone_arguments,
+    add_device_argument,
+    add_levels_argument,
+    add_maisi_arguments,
+    check_range,
+    maisi_options,
+    tqdm_progress,
+)
 
 NAME = "extract"
 HELP = "extract a descriptor store (zarr) from a CT volume"
@@ -18,10 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     short = ", ".join(f"{a} = {n}" for a, n in ALIASES.items())
     add_backbone_arguments(p, f"descriptor source: {', '.join(available_backbones())} ({short}); default mini (built in)",
-                           timestep_help="diffusion timestep of the added noise (0-999)")
+                           timestep_help="diffusion timestep of the added noise (0-999 of the backbone's scheduler)")
     add_levels_argument(p, "levels to keep: indices (0,1,2,3) or names; default all")
     p.add_argument("--samples", type=int, default=1, help="noise samples averaged")
     add_device_argument(p)
+    add_maisi_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="re-extract even if the store matches")
 
 
@@ -44,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     volume = read_volume(args.image)
     check_memory(args.backbone.lower(), volume.shape, device.type, samples=args.samples)
-    backbone = get_backbone(args.backbone, weights=args.weights, random_weights=args.random_weights)
+    backbone = get_backbone(
+        args.backbone, weights=args.weights, random_weights=args.random_weights, **maisi_options(args)
+    )
     settings = ExtractionSettings(
         timestep=args.timestep,
         levels=levels,
