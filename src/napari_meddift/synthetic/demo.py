@@ -249,3 +249,17 @@ def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.nda
     demo_dir = Path(demo_dir)
     return (read_volume(demo_dir / FILES["lungs_inhale"]).array > 0.5,
             read_volume(demo_dir / FILES["lungs_exhale"]).array > 0.5)
+
+
+def load_demo_field(demo_dir: str | Path = DEMO_DIR) -> BreathingField:
+    """The demo pair's breathing deformation (exhale grid, mm), recomputed from the shipped
+    inhale and the seed in demo.json (about 1 s): exhale voxel q lies at inhale voxel q + u(q)."""
+    from ..io.volume import read_volume
+
+    demo_dir = Path(demo_dir)
+    meta = json.loads((demo_dir / FILES["meta"]).read_text())
+    inhale = read_volume(demo_dir / FILES["inhale"])
+    hu = inhale.array.astype(np.float32)
+    return demo_field(hu, demo_lungs(hu, inhale.spacing, inhale.direction), inhale.spacing, inhale.direction,
+                      int(meta.get("seed", 0)))
+

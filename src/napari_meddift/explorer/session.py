@@ -1,0 +1,262 @@
+"""The explorer session: one pair, its settings, its truth and landmarks, and the compute step.
+
+``ExplorerSession`` is the model every explorer widget shares (no Qt, no napari: it is tested
+without a display). It owns:
+
+* ``state`` (``ExplorerState``, evented): the session listens to it itself and emits
+  ``events.rerun`` when a setting that changes the map moves, so views only redraw;
+* one ``ExplorerEngine`` per cached timestep (``add_timestep``), the current one chosen by
+  ``state.timestep``;
+* a truth (``FieldTruth`` or ``LandmarkTruth``) and a ``LandmarkSet``.
+
+The views call ``request`` (GUI thread) and ``compute`` (any thread; pure function of the
+request), then show the result. ``events`` (a psygnal ``SignalGroup``): ``connected``,
+``rerun``, ``landmarks_changed``, ``timesteps_changed``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from psygnal import Signal, SignalGroup
+
+from ..errors import CancelledError, MedDiftError
+from .engine import ExplorerEngine, QueryRequest, QueryResult
+from .landmarks import LandmarkSet
+from .maps import display_map, peak_stats
+from .state import MAP_SETTINGS, ExplorerState
+from .truth import LandmarkTruth
+
+__all__ = ["ExplorerSession", "SessionEvents", "format_status"]
+
+
+class SessionEvents(SignalGroup):
+    connected = Signal()
+    rerun = Signal()  # a map setting changed: search the current voxel again
+    landmarks_changed = Signal()
+    timesteps_changed = Signal()
+
+
+class ExplorerSession:
+    """One source/target pair being explored (see the module docstring)."""
+
+    def __init__(self, state: ExplorerState | None = None):
+        self.state = state if state is not None else ExplorerState()
+        self.events = SessionEvents()
+        self.engines: dict[int | None, ExplorerEngine] = {}
+        self.connected_timestep: int | None = None
+        self.source_spacing = (1.0, 1.0, 1.0)
+        self.target_spacing = (1.0, 1.0, 1.0)
+        self.stores: tuple | None = None
+        self.truth = None
+        self.landmarks: LandmarkSet | None = None
+        self.last_query: tuple[int, int, int] | None = None
+        self.state.events.connect(self._on_state)
+
+    # ------------------------------------------------------------------ pair and timesteps
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.engines)
+
+    def connect(self, matcher, source_spacing=(1.0, 1.0, 1.0), target_spacing=(1.0, 1.0, 1.0),
+                timestep: int | None = None, stores: tuple | None = None) -> None:
+        """Explore with ``matcher`` (a core Matcher); spacings (z, y, x) mm give errors in mm.
+        ``timestep``: the timestep its stores were extracted at (from the store attributes)."""
+        if timestep is None and stores is not None:
+            ts = stores[0].attrs.get("timestep") if hasattr(stores[0], "attrs") else None
+            timestep = int(ts) if ts is not None else None
+        self.engines = {timestep: ExplorerEngine(matcher)}
+        self.connected_timestep = timestep
+        self.stores = stores
+        self.source_spacing = tuple(float(s) for s in source_spacing)
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.last_query = None
+        with self.state.events.blocked():
+            self.state.levels = tuple(matcher.levels)
+            self.state.weights = {n: float(w) for n, w in matcher.weights.items()}
+            self.state.timestep = timestep
+        self.events.connected.emit()
+
+    @property
+    def engine(self) -> ExplorerEngine | None:
+        """The engine of ``state.timestep`` (the connected one when that is not cached)."""
+        if not self.engines:
+            return None
+        return self.engines.get(self.state.timestep, self.engines.get(self.connected_timestep))
+
+    @property
+    def timesteps(self) -> list[int]:
+        """Cached timesteps, ascending (the connected one included when known)."""
+        return sorted(t for t in self.engines if t is not None)
+
+    def add_timestep(self, timestep: int, matcher) -> None:
+        """Make ``matcher`` (same pair, another timestep) available to ``state.timestep``."""
+        if not self.engines:
+            raise MedDiftError("connect a pair before adding timesteps")
+        ref = next(iter(self.engines.values())).matcher
+        if tuple(matcher.source_shape) != tuple(ref.source_shape) or tuple(matcher.target_shape) != tuple(ref.target_shape):
+            raise MedDiftError(f"the timestep {timestep} stores are for other images (shapes {matcher.source_shape}, "
+                               f"{matcher.target_shape}); extract them from this pair")
+        self.engines[int(timestep)] = ExplorerEngine(matcher)
+        self.events.timesteps_changed.emit()
+
+    @property
+    def available_levels(self) -> list[str]:
+        return self.engine.available_levels if self.engine is not None else []
+
+    def set_levels(self, levels: Sequence[str], weights=None) -> None:
+        """Fuse ``levels`` (weights by name) from now on; MedDiftError (state unchanged) if invalid."""
+        levels = tuple(levels)
+        weights = {n: float(v) for n, v in dict(weights or {}).items()}
+        if self.engine is not None:
+            self.engine.set_levels(levels, weights)  # validates
+        self.state.weights = weights  # (a rerun per field: the views' latest-request slot drops the first)
+        self.state.levels = levels
+
+    # ------------------------------------------------------------------ truth and landmarks
+
+    def set_truth(self, truth) -> None:
+        """A ``FieldTruth`` or ``LandmarkTruth`` (None: no truth)."""
+        self.truth = truth
+        self.events.rerun.emit()
+
+    def set_landmarks(self, source_zyx, target_zyx) -> LandmarkSet:
+        """Landmark pairs (voxel z, y, x); also the truth when no field is known."""
+        self.landmarks = LandmarkSet(source_zyx, target_zyx, self.target_spacing)
+        if self.truth is None or isinstance(self.truth, LandmarkTruth):
+            self.truth = LandmarkTruth(self.landmarks.source_zyx, self.landmarks.target_zyx, self.source_spacing)
+        self.events.landmarks_changed.emit()
+        return self.landmarks
+
+    def match_landmarks(self, progress: Callable[[int, int, str], None] | None = None) -> LandmarkSet:
+        """Predict every source landmark with the current settings (any thread): best voxel,
+        score, ambiguity and PSR per pair, exactly as the live view computes them. Returns a new
+        ``LandmarkSet``; ``apply_landmarks`` shows it. ``progress`` may raise CancelledError."""
+        lm, engine = self.landmarks, self.engine
+        if lm is None:
+            raise MedDiftError("load landmark pairs first")
+        if engine is None:
+            raise MedDiftError("connect a pair in the explorer first")
+        shape = np.asarray(engine.matcher.source_shape)
+        q = np.clip(np.rint(lm.source_zyx), 0, shape - 1).astype(np.int64)
+        st = self.state
+        levels = tuple(st.levels) or tuple(engine.available_levels)
+        weights = {n: float(st.weights.get(n, 1.0)) for n in levels}
+        n = len(q)
+        pred = np.zeros((n, 3), np.float64)
+        score, amb, psr = (np.full(n, np.nan) for _ in range(3))
+        for i, p in enumerate(q):
+            if progress is not None:
+                progress(i, n, f"landmark {i + 1} of {n}")
+            sim = engine.similarity(p, st.radius, levels, weights)
+            t, s, _ = sim.best(2)
+            pk = peak_stats(sim.fused, np.subtract(t, sim.offset), st.exclusion)
+            pred[i], score[i], amb[i], psr[i] = t, s, pk.ambiguity, pk.psr
+        if progress is not None:
+            progress(n, n, "done")
+        out = LandmarkSet(lm.source_zyx, lm.target_zyx, lm.spacing_zyx, pred, score, amb, psr,
+                          settings={"levels": list(levels), "radius": st.radius, "timestep": st.timestep})
+        return out
+
+    def apply_landmarks(self, landmarks: LandmarkSet) -> None:
+        self.landmarks = landmarks
+        self.events.landmarks_changed.emit()
+
+    # ------------------------------------------------------------------ queries
+
+    def request(self, query_zyx, tag: str = "mouse", t_event: float | None = None) -> QueryRequest:
+        """Freeze the current settings for a search from source voxel ``query_zyx``."""
+        st = self.state
+        engine = self.engine
+        levels = tuple(st.levels) or tuple(engine.available_levels if engine else ())
+        weights = tuple((n, float(st.weights.get(n, 1.0))) for n in levels)
+        compare = tuple(self.timesteps) if st.compare_timesteps and len(self.engines) > 1 else ()
+        self.last_query = tuple(int(v) for v in query_zyx)  # type: ignore[assignment]
+        timestep = st.timestep if st.timestep in self.engines else self.connected_timestep
+        return QueryRequest(query_zyx=self.last_query, levels=levels, weights=weights, radius=st.radius,
+                            exclusion=int(st.exclusion), timestep=timestep, display_mode=st.display_mode,
+                            compare=compare, tag=tag,
+                            t_event=time.perf_counter() if t_event is None else t_event)
+
+    def compute(self, req: QueryRequest) -> QueryResult | None:
+        """Everything the views show for ``req`` (thread-safe; None when disconnected)."""
+        engine = self.engines.get(req.timestep)
+        if engine is None:
+            return None
+        t0 = time.perf_counter()
+        res = engine.compute(req)
+        mode = req.display_mode
+        res.display["fused"] = display_map(res.fused, mode)
+        for name, m in res.per_level.items():
+            res.display[name] = display_map(m, mode)
+        for t in req.compare:
+            e = self.engines.get(t)
+            if e is None:
+                continue
+            m = res.fused if t == req.timestep else e.similarity(req.query_zyx, req.radius, req.levels,
+                                                                 dict(req.weights)).fused
+            res.compare[t] = m
+            res.display[f"t={t}"] = display_map(m, mode)
+        truth = self.truth
+        if truth is not None:
+            ans = truth.target_of(req.query_zyx)
+            res.truth = ans
+            res.error_mm = float(np.linalg.norm((np.subtract(res.target_zyx, ans.target_zyx))
+                                                * np.asarray(self.target_spacing)))
+        res.compute_ms = (time.perf_counter() - t0) * 1e3
+        return res
+
+    def consistency(self, result: QueryResult) -> tuple[float, bool]:
+        engine = self.engines.get(result.request.timestep)
+        if engine is None:
+            raise MedDiftError("the pair was disconnected")
+        return engine.consistency(result)
+
+    # ------------------------------------------------------------------ callbacks it owns
+
+    def _on_state(self, info) -> None:
+        name = getattr(info.signal, "name", "")
+        if name in MAP_SETTINGS or name == "display_mode":
+            if self.last_query is not None and self.engines:
+                self.events.rerun.emit()
+
+    def close(self) -> None:
+        """Drop the pair and stop listening to the state."""
+        try:
+            self.state.events.disconnect(self._on_state)
+        except Exception:  # pragma: no cover - already disconnected
+            pass
+        self.engines = {}
+        self.truth = None
+        self.landmarks = None
+
+
+def _fmt_mm(v) -> str:
+    return "(" + ", ".join(f"{x:.1f}" for x in v) + ") mm"
+
+
+def format_status(result: QueryResult, src_mm, tgt_mm, pending_fb: bool = False) -> str:
+    """The explorer's status text (voxels z, y, x; mm in world z, y, x), three lines."""
+    q, t = result.request.query_zyx, result.target_zyx
+    pk = result.peak
+    amb = "n/a" if not math.isfinite(pk.ambiguity) else f"{pk.ambiguity:.2f}"
+    psr = "n/a" if not math.isfinite(pk.psr) else f"{pk.psr:.1f}"
+    if pending_fb:
+        fb = "checking..."
+    elif result.consistent is None:
+        fb = "not checked"
+    else:
+        fb = f"{'consistent' if result.consistent else 'INCONSISTENT'} (back-match {result.fb_distance:.1f} vox)"
+    ts = "" if result.request.timestep is None else f"   t={result.request.timestep}"
+    lines = [
+        f"query {tuple(q)} vox {_fmt_mm(src_mm)}  ->  match {tuple(t)} vox {_fmt_mm(tgt_mm)}",
+        f"score {result.score:.4f}   ambiguity {amb}   PSR {psr}{ts}   forward-backward: {fb}",
+    ]
+    if result.truth is not None:
+        tz = ", ".join(f"{v:.1f}" for v in result.truth.target_zyx)
+        lines.append(f"error {result.error_mm:.1f} mm from the truth ({tz}) vox  [{result.truth.describe()}]")
+    return "\n".join(lines)
