@@ -34,7 +34,7 @@ def _store(path, seed):
 
 @pytest.fixture
 def app(make_napari_viewer, tmp_path, qtbot):
-    from napari_meddift._qt._explorer import find_explorer
+    from napari_meddift._qt._explorer import explorer_in
     from napari_meddift._qt.app import launch_explorer
 
     src, tgt = _volume(0, "inhale"), _volume(1, "exhale")
@@ -44,7 +44,7 @@ def app(make_napari_viewer, tmp_path, qtbot):
     viewer = make_napari_viewer(show=True)
     ex_viewer = launch_explorer(src, tgt, s, t, landmarks=(pts, pts + [1, 0, -1]), viewer=viewer)
     assert ex_viewer is viewer
-    ex = find_explorer(viewer)
+    ex = explorer_in(viewer)
     qtbot.waitUntil(lambda: ex.result is not None, timeout=10000)
     return viewer, ex, s, t, pts
 
@@ -55,7 +55,7 @@ def test_launch_explorer_shows_a_first_match(app):
     layer = viewer.layers["inhale"]
     assert tuple(layer.scale) == SPACING and tuple(layer.translate) == ORIGIN
     assert ex.target_view.viewer.layers["exhale"].data is viewer.layers["exhale"].data
-    assert ex._layers["fused"].visible
+    assert ex.map_layers.layers["fused"].visible
 
 
 def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
@@ -63,11 +63,11 @@ def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
     from napari_meddift.matching import Matcher
 
     viewer, ex, s, t, pts = app
-    lw = ex.landmarks_widget
+    lw = viewer.window.dock_widgets["Landmarks"]
     lw.match(run_async=False)
     ref = Matcher.from_stores(s, t).match_points(pts.astype(int), ex.state.radius)
     err = tre_mm(ref.target_zyx, pts + [1, 0, -1], SPACING)
-    np.testing.assert_allclose(lw.errors_mm, err)
+    np.testing.assert_allclose(lw.landmarks.errors_mm, err)
     shown = [float(lw.table.item(r, 1).text()) for r in range(lw.table.rowCount())]
     assert shown == sorted(shown, reverse=True)  # worst first
     worst = lw.row_landmark(0)
@@ -79,7 +79,14 @@ def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
     # the source viewer moved to the landmark's slice
     z_world = viewer.layers["inhale"].data_to_world(pts[worst])[0]
     assert viewer.dims.point[0] == pytest.approx(z_world)
-    assert "truth" in ex.target_view.viewer.layers
+    # ... and the target to the landmark's true point, marked there
+    truth = ex.target_view.viewer.layers["truth"]
+    assert truth.visible
+    np.testing.assert_allclose(truth.data, [pts[worst] + [1, 0, -1]])
+    z_t = viewer.layers["exhale"].data_to_world(pts[worst] + [1, 0, -1])[0]
+    assert ex.target_view.viewer.dims.point[0] == pytest.approx(z_t)
+    # every landmark in both viewers, coloured by its error
+    assert "landmarks (source)" in viewer.layers and "landmarks (truth)" in ex.target_view.viewer.layers
 
 
 def test_landmarks_load_files(app, tmp_path):
@@ -88,14 +95,14 @@ def test_landmarks_load_files(app, tmp_path):
     viewer, ex, s, t, pts = app
     write_points_csv(tmp_path / "a.csv", pts)
     write_points_csv(tmp_path / "b.csv", pts + 1)
-    lw = ex.landmarks_widget
+    lw = viewer.window.dock_widgets["Landmarks"]
     lw.src_edit.setText(str(tmp_path / "a.csv"))
     lw.tgt_edit.setText(str(tmp_path / "b.csv"))
     lw.format_combo.setCurrentText("csv")
     lw._load_clicked()
     assert lw.error_label.text() == ""
-    np.testing.assert_allclose(lw.source_points, pts)
-    np.testing.assert_allclose(lw.target_points, pts + 1)
+    np.testing.assert_allclose(lw.landmarks.source_zyx, pts)
+    np.testing.assert_allclose(lw.landmarks.target_zyx, pts + 1)
     assert lw.table.rowCount() == len(pts)
     lw.src_edit.setText(str(tmp_path / "missing.csv"))
     lw._load_clicked()
@@ -106,7 +113,7 @@ def test_feature_view_joint_pca(app):
     from napari_meddift.pca import joint_pca_rgb
 
     viewer, ex, s, t, pts = app
-    fv = ex.feature_view
+    fv = viewer.window.dock_widgets["Feature view (PCA)"]
     fv.compute(run_async=False)
     a = viewer.layers["PCA features"]
     b = ex.target_view.viewer.layers["PCA features"]
@@ -179,13 +186,14 @@ def test_connect_button_uses_the_layers_stores(make_napari_viewer, tmp_path, qtb
     viewer.add_image(_volume(1, "b").array, name="b", scale=SPACING, metadata={"meddift_store": str(t.path)})
     w = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(w, name="Correspondence explorer")
-    assert (w.source_combo.currentText(), w.target_combo.currentText()) == ("a", "b")
-    assert w.src_store_edit.text() == str(s.path) and w.tgt_store_edit.text() == str(t.path)
-    w.connect_button.click()
+    c = w.controls  # magicgui: layer combo boxes and FileEdits
+    assert (c.source.value.name, c.target.value.name) == ("a", "b")
+    assert c.source_store.value == s.path and c.target_store.value == t.path
+    c.connect_button.clicked()
     qtbot.waitUntil(lambda: w.engine is not None, timeout=20000)
     assert w.target_view is not None and "b" in w.target_view.viewer.layers
     # a wrong store path is a message in the widget
-    w.tgt_store_edit.setText(str(tmp_path / "nothing.zarr"))
-    w.connect_button.click()
+    c.target_store.value = tmp_path / "nothing.zarr"
+    c.connect_button.clicked()
     qtbot.waitUntil(lambda: "no descriptor store" in w.error_label.text(), timeout=20000)
     w.close_explorer()

@@ -49,7 +49,7 @@ def explorer(make_napari_viewer, qtbot):
     viewer.window.add_dock_widget(w, name="Correspondence explorer")
     matcher = Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
     w.connect_pair(src, tgt, matcher=matcher)
-    w.radius_spin.setValue(4)
+    w.controls.radius.value = 4  # a magicgui control bound to the state
     yield viewer, w, src, tgt, Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
     w.close_explorer()
 
@@ -65,7 +65,7 @@ def _move(qtbot, viewer, w, src, vox):
 
 def test_mouse_move_updates_match_and_map_like_the_core(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
-    fused = w._layers["fused"]
+    fused = w.map_layers.layers["fused"]
     n_layers_target = len(w.target_view.viewer.layers)
     n_layers_main = len(viewer.layers)
     for vox in [(10, 12, 11), (3, 20, 5)]:
@@ -74,13 +74,14 @@ def test_mouse_move_updates_match_and_map_like_the_core(explorer, qtbot):
         m = ref.match(vox, 4)
         np.testing.assert_allclose(fused.data, sim.fused, atol=1e-6)
         expect_t = np.asarray(tgt.data_to_world(np.asarray(sim.offset, float)))
-        np.testing.assert_allclose(fused.translate, expect_t)
+        # the map's voxel 0 sits where the target's voxel sim.offset is, in world mm
+        np.testing.assert_allclose(fused.data_to_world(np.zeros(3)), expect_t, atol=1e-9)
         np.testing.assert_allclose(fused.scale, tgt.scale)
         assert tuple(fused.contrast_limits) == (-1.0, 1.0)
         assert tuple(w.result.target_zyx) == tuple(m.target_zyx)
         assert w.result.score == pytest.approx(m.score, abs=1e-6)
-        np.testing.assert_array_equal(w._layers["match"].data, [m.target_zyx])
-        np.testing.assert_array_equal(w._layers["query"].data, [vox])
+        np.testing.assert_array_equal(w.map_layers.layers["match"].data, [m.target_zyx])
+        np.testing.assert_array_equal(w.map_layers.layers["query"].data, [vox])
         # the target viewer followed the match: its slice is the match's z
         tz = tgt.data_to_world(np.asarray(m.target_zyx, float))[0]
         assert w.target_view.viewer.dims.point[0] == pytest.approx(tz)
@@ -97,39 +98,42 @@ def test_level_toggle_and_radius_update_the_map(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
     vox = (8, 9, 10)
     _move(qtbot, viewer, w, src, vox)
-    before = w._layers["fused"].data.copy()
-    box, _ = w._level_boxes["up0"]
+    before = w.map_layers.layers["fused"].data.copy()
+    rows = {r.level: r for r in w.controls.levels}
     with qtbot.waitSignal(w.result_applied, timeout=10000):
-        box.setChecked(False)
+        rows["up0"].check.value = False
     ref.set_levels(["up1", "up2"])
-    np.testing.assert_allclose(w._layers["fused"].data, ref.similarity(vox, 4).fused, atol=1e-6)
-    assert not np.allclose(before, w._layers["fused"].data)
+    np.testing.assert_allclose(w.map_layers.layers["fused"].data, ref.similarity(vox, 4).fused, atol=1e-6)
+    assert not np.allclose(before, w.map_layers.layers["fused"].data)
     with qtbot.waitSignal(w.result_applied, timeout=10000):
-        w.radius_spin.setValue(2)
-    assert w._layers["fused"].data.shape == ref.similarity(vox, 2).fused.shape
-    np.testing.assert_allclose(w._layers["fused"].data, ref.similarity(vox, 2).fused, atol=1e-6)
+        w.state.radius = 2  # a script sets the state: the control follows
+    assert w.controls.radius.value == 2
+    assert w.map_layers.layers["fused"].data.shape == ref.similarity(vox, 2).fused.shape
+    np.testing.assert_allclose(w.map_layers.layers["fused"].data, ref.similarity(vox, 2).fused, atol=1e-6)
     # the last level cannot be switched off
-    w._level_boxes["up1"][0].setChecked(False)
-    w._level_boxes["up2"][0].setChecked(False)
+    rows["up1"].check.value = False
+    rows["up2"].check.value = False
     assert w.state.levels == ("up2",) and "at least one" in w.error_label.text()
+    assert rows["up2"].check.value  # the refused change is undone in the control
 
 
 def test_per_level_view_and_follow_off(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
-    w.per_level_check.setChecked(True)
+    w.controls.per_level.value = True
     vox = (12, 6, 7)
     _move(qtbot, viewer, w, src, vox)
     sim = ref.similarity(vox, 4, per_level=True)
-    strip = w._layers["levels"]
-    assert strip.visible and strip.translate[2] > w._layers["fused"].translate[2]  # beside the fused map
+    strip = w.map_layers.layers["levels"]
+    assert strip.visible and strip.translate[2] > w.map_layers.layers["fused"].translate[2]  # beside the fused map
     for name in ("up0", "up1", "up2"):
         np.testing.assert_allclose(w.per_level_map(name), sim.per_level[name], atol=1e-6)
-    w.range_combo.setCurrentText("[0.5, 1]")  # another fixed range, applied to every map
-    assert tuple(w._layers["fused"].contrast_limits) == (0.5, 1.0)
-    assert tuple(w._layers["levels"].contrast_limits) == (0.5, 1.0)
-    w.per_level_check.setChecked(False)
-    assert not w._layers["levels"].visible
-    w.follow_check.setChecked(False)
+    w.controls.color_range.value = "[0.5, 1]"  # another fixed range, applied to every map
+    assert tuple(w.map_layers.layers["fused"].contrast_limits) == (0.5, 1.0)
+    assert tuple(w.map_layers.layers["levels"].contrast_limits) == (0.5, 1.0)
+    w.controls.per_level.value = False
+    assert not w.map_layers.layers["levels"].visible
+    w.state.following = False
+    assert w.controls.following.value is False
     before = tuple(w.target_view.viewer.dims.point)
     _move(qtbot, viewer, w, src, (2, 3, 4))
     assert tuple(w.target_view.viewer.dims.point) == before
@@ -139,13 +143,14 @@ def test_stale_events_are_dropped(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
     # many events while the worker is busy: only the latest is computed next
     gate = __import__("threading").Event()
-    real = w.engine.compute
+    engine = w.engine
+    real = engine.compute
 
     def slow(req):
         gate.wait(5)
         return real(req)
 
-    w.engine.compute = slow
+    engine.compute = slow
     for z in range(15):
         w.submit((z, 5, 5), tag="mouse")
     gate.set()
@@ -194,8 +199,7 @@ def test_shape_mismatch_is_a_clear_error(make_napari_viewer):
 
 def test_map_colour_range_is_suggested_per_pair():
     """Alike descriptors (as trained ones are over a window) get a narrow range, random ones [-1, 1]."""
-    from napari_meddift._qt._explorer import MAP_RANGES
-    from napari_meddift._qt._model import ExplorerEngine, suggest_map_range
+    from napari_meddift.explorer import MAP_RANGES, ExplorerEngine, suggest_map_range
 
     assert suggest_map_range(ExplorerEngine(Matcher(_levels(0), _levels(1), SHAPE, SHAPE)), MAP_RANGES, 4) == "[-1, 1]"
 
@@ -213,7 +217,7 @@ def test_map_colour_range_is_suggested_per_pair():
 
 def test_connect_suggests_range_but_keeps_a_chosen_one(explorer):
     viewer, w, src, tgt, ref = explorer
-    assert w.range_combo.currentText() == "[-1, 1]"  # random descriptors
-    w.range_combo.setCurrentText("[0.9, 1]")
+    assert w.controls.color_range.value == "[-1, 1]"  # random descriptors
+    w.controls.color_range.value = "[0.9, 1]"
     w.connect_pair(src, tgt, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
-    assert w.range_combo.currentText() == "[0.9, 1]"  # the user's choice survives a reconnect
+    assert w.controls.color_range.value == "[0.9, 1]"  # the user's choice survives a reconnect

@@ -42,7 +42,7 @@ def extract_widget(make_napari_viewer, tmp_path):
 
 
 def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
-    from napari_meddift._qt._explorer import find_explorer
+    from napari_meddift._qt._explorer import explorer_in
     from napari_meddift.io.store import open_store
 
     viewer, w, cache = extract_widget
@@ -57,7 +57,7 @@ def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
     for layer, store, _ in stores:
         assert open_store(layer.metadata["meddift_store"]).attrs["timestep"] == 50
         assert store.path.parent == cache
-    ex = find_explorer(viewer)
+    ex = explorer_in(viewer)
     assert ex is not None and ex.engine is not None
     assert ex.source_layer.name == "fixed" and ex.target_layer.name == "moving"
     # same images and settings again: the stores are reused, nothing recomputed

@@ -298,9 +298,9 @@ class ExtractWidget(Container):
             self._open_in_explorer(res["stores"], levels, weights)
 
     def _open_in_explorer(self, stores, levels, weights):
-        from ._explorer import ExplorerWidget, find_explorer
+        from ._explorer import ExplorerWidget, explorer_in
 
-        explorer = find_explorer(self.viewer)
+        explorer = explorer_in(self.viewer)
         try:
             if explorer is None:
                 explorer = ExplorerWidget(self.viewer)
@@ -312,6 +312,9 @@ class ExtractWidget(Container):
             self.error.value = str(exc)
 
     def _failed(self, exc):
+        from ._tasks import notify_error
+
+        notify_error(exc)
         if isinstance(exc, CancelledError):
             self.message.value = str(exc)
             self.progress.value = 0

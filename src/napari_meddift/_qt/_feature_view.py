@@ -10,7 +10,8 @@ import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
-from ._explorer import find_explorer
+from ._explorer import explorer_in
+from ._tasks import LongTask, error_text, notify_error
 from ._layers import layer_store_path
 from ._controls import error_label
 
@@ -22,9 +23,10 @@ FUSED = "fused (levels chosen in the explorer)"
 class FeatureViewWidget(QWidget):
     """The "Feature view (PCA)" dock widget; works on the explorer's connected pair."""
 
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer, explorer=None, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self._explorer = explorer
         self.view = None
         self._worker = None
         lay = QVBoxLayout(self)
@@ -53,8 +55,12 @@ class FeatureViewWidget(QWidget):
         lay.addStretch(1)
         self.refresh_levels()
 
+    def _find(self):
+        ex = self._explorer
+        return ex if ex is not None and not ex.closed else explorer_in(self.viewer)
+
     def refresh_levels(self):
-        ex = find_explorer(self.viewer)
+        ex = self._find()
         names = ex.engine.available_levels if ex is not None and ex.engine is not None else []
         cur = self.level_combo.currentText()
         self.level_combo.clear()
@@ -63,7 +69,7 @@ class FeatureViewWidget(QWidget):
             self.level_combo.setCurrentText(cur)
 
     def _inputs(self):
-        ex = find_explorer(self.viewer)
+        ex = self._find()
         if ex is None or ex.engine is None:
             raise MedDiftError("open the Correspondence explorer and connect a pair first")
         choice = self.level_combo.currentText()
@@ -76,13 +82,12 @@ class FeatureViewWidget(QWidget):
 
     def compute(self, run_async: bool = True):
         """Joint PCA of the chosen descriptors; RGB layers in both viewers (updated in place)."""
-        from superqt.utils import create_worker
-
         self.error_label.setText("")
         try:
             ex, levels, weights, paths = self._inputs()
         except MedDiftError as exc:
             self.error_label.setText(str(exc))
+            notify_error(exc)
             return None
         grid = int(self.grid_spin.value())
 
@@ -99,13 +104,13 @@ class FeatureViewWidget(QWidget):
             return None
         self.compute_button.setEnabled(False)
         self.info.setText(f"computing the PCA of {'+'.join(levels)}...")
-        worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda v: self._show(ex, v),
-            "errored": lambda e: self.error_label.setText(str(e)),
-            "finished": lambda: self.compute_button.setEnabled(True)})
-        self._worker = worker
-        worker.start()
-        return worker
+
+        def failed(exc):
+            self.error_label.setText(error_text(exc))
+
+        self._worker = LongTask("PCA feature view", lambda progress: work(), lambda v: self._show(ex, v), failed,
+                                lambda: self.compute_button.setEnabled(True), parent=self).start()
+        return self._worker
 
     def _show(self, ex, view) -> None:
         from ..pca import grid_geometry

@@ -1,8 +1,10 @@
 """Landmarks: the mismatch debugger.
 
-Load landmark pairs (the core's readers), match every source landmark with the explorer's
-settings, and list predicted match and error (TRE, mm) per pair, worst first. Selecting a row
-moves both viewers there and shows that landmark's similarity map.
+Load landmark pairs (the core's readers) into the explorer's session, match them all with the
+explorer's settings (a napari worker with progress in the activity dock, cancellable), and see
+them: points coloured by error in both viewers (the explorer draws them), a sortable table
+worst first, a summary per region (height in the lung, inside/outside the lung mask when the
+target has a lung-mask Labels layer). Selecting a row takes both viewers to that landmark.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -29,12 +30,13 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import MedDiftError
-from ._explorer import find_explorer
 from ._controls import error_label, path_field
+from ._explorer import explorer_in
+from ._tasks import error_text, notify_error
 
-__all__ = ["LandmarksWidget"]
+__all__ = ["LandmarksWidget", "region_text"]
 
-COLUMNS = ["#", "error (mm)", "source z,y,x", "true z,y,x", "predicted z,y,x", "score", "ambiguity", "fb"]
+COLUMNS = ["#", "error (mm)", "source z,y,x", "true z,y,x", "predicted z,y,x", "score", "ambiguity", "PSR"]
 
 
 class _NumItem(QTableWidgetItem):
@@ -46,8 +48,7 @@ class _NumItem(QTableWidgetItem):
         self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
     def __lt__(self, other):  # noqa: D105
-        a = self.data(Qt.ItemDataRole.UserRole)
-        b = other.data(Qt.ItemDataRole.UserRole)
+        a, b = self.data(Qt.ItemDataRole.UserRole), other.data(Qt.ItemDataRole.UserRole)
         a = -math.inf if a is None or math.isnan(a) else a
         b = -math.inf if b is None or math.isnan(b) else b
         return a < b
@@ -57,18 +58,30 @@ def _fmt(p) -> str:
     return ", ".join(f"{v:g}" for v in np.round(np.asarray(p, float), 1))
 
 
-class LandmarksWidget(QWidget):
-    """The "Landmarks" dock widget. ``set_pairs(src, tgt)`` then ``match()`` (or the buttons)."""
+def region_text(regions: dict) -> str:
+    """One line per region: n, mean and p95 error (mm)."""
+    lines = []
+    for name, s in regions.items():
+        if s.get("n", 0):
+            lines.append(f"{name:18s} n={s['n']:3d}  mean {s['mean']:5.2f}  p95 {s['p95']:5.2f} mm")
+        else:
+            lines.append(f"{name:18s} n=  0")
+    return "\n".join(lines)
 
-    def __init__(self, napari_viewer, parent=None):
+
+class LandmarksWidget(QWidget):
+    """The "Landmarks" dock widget. ``set_pairs(src, tgt)`` then ``match()`` (or the buttons).
+
+    ``explorer``: the ExplorerWidget whose session it shares (default: the one docked in the
+    viewer's window, found when needed).
+    """
+
+    def __init__(self, napari_viewer, explorer=None, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.source_points: np.ndarray | None = None
-        self.target_points: np.ndarray | None = None
-        self.table_data = None  # MatchTable of the last run
-        self.errors_mm: np.ndarray | None = None
-        self._worker = None
-
+        self._explorer = explorer
+        self.lung_mask: np.ndarray | None = None  # target grid, for the per-region summary
+        self.regions: dict | None = None
         lay = QVBoxLayout(self)
         form = QFormLayout()
         self.src_edit, self.tgt_edit = QLineEdit(), QLineEdit()
@@ -77,28 +90,28 @@ class LandmarksWidget(QWidget):
         form.addRow("Source points", path_field(self.src_edit, "Landmark file"))
         form.addRow("Target points", path_field(self.tgt_edit, "Landmark file"))
         self.format_combo = QComboBox()
-        try:
-            from ..io.landmarks import FORMATS
+        from ..io.landmarks import FORMATS
 
-            self.format_combo.addItems(list(FORMATS))
-        except Exception:  # pragma: no cover
-            self.format_combo.addItems(["auto", "l2r", "dirlab", "elastix", "csv"])
+        self.format_combo.addItems(list(FORMATS))
         form.addRow("Format", self.format_combo)
         lay.addLayout(form)
         row = QHBoxLayout()
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(self._load_clicked)
         self.match_button = QPushButton("Match all")
-        self.match_button.clicked.connect(self.match)
-        row.addWidget(self.load_button)
-        row.addWidget(self.match_button)
+        self.match_button.clicked.connect(lambda *_: self.match())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        for b in (self.load_button, self.match_button, self.cancel_button):
+            row.addWidget(b)
         lay.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setVisible(False)
-        lay.addWidget(self.progress)
         self.summary = QLabel("Load landmark pairs, then 'Match all'. Rows sort worst first.")
         self.summary.setWordWrap(True)
         lay.addWidget(self.summary)
+        self.region_label = QLabel("")
+        self.region_label.setStyleSheet("font-family: monospace;")
+        lay.addWidget(self.region_label)
         self.error_label = error_label()
         lay.addWidget(self.error_label)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -110,12 +123,33 @@ class LandmarksWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.itemSelectionChanged.connect(self._on_select)
         lay.addWidget(self.table, 1)
+        self._watched = None
+        _ = self.explorer  # listen to a given (or already docked) explorer's landmarks
 
-    def _explorer(self):
-        ex = find_explorer(self.viewer)
+    # ------------------------------------------------------------------ the shared session
+
+    @property
+    def explorer(self):
+        ex = self._explorer if self._explorer is not None and not self._explorer.closed else explorer_in(self.viewer)
+        if ex is not None and ex is not self._watched:
+            ex.landmarks_applied.connect(self._on_landmarks)
+            self._watched = ex
+        return ex
+
+    def _connected(self):
+        ex = self.explorer
         if ex is None or ex.engine is None:
             raise MedDiftError("open the Correspondence explorer and connect a pair first")
         return ex
+
+    def _fail(self, exc) -> None:
+        self.error_label.setText(error_text(exc))
+        notify_error(exc)
+
+    @property
+    def landmarks(self):
+        ex = self.explorer
+        return ex.session.landmarks if ex is not None else None
 
     # ------------------------------------------------------------------ loading
 
@@ -124,7 +158,7 @@ class LandmarksWidget(QWidget):
         try:
             self.load(self.src_edit.text().strip(), self.tgt_edit.text().strip(), self.format_combo.currentText())
         except MedDiftError as exc:
-            self.error_label.setText(str(exc))
+            self._fail(exc)
 
     def load(self, source_file, target_file, fmt: str = "auto"):
         """Read a landmark pair with the core's readers (geometry from the explorer's layers)."""
@@ -133,113 +167,96 @@ class LandmarksWidget(QWidget):
 
         if not source_file or not target_file:
             raise MedDiftError("give both landmark files (source and target)")
-        ex = find_explorer(self.viewer)
-        sv = tv = None
-        if ex is not None and ex.source_layer is not None:
-            sv, tv = layer_to_volume(ex.source_layer), layer_to_volume(ex.target_layer)
+        ex = self._connected()
+        sv, tv = layer_to_volume(ex.source_layer), layer_to_volume(ex.target_layer)
         a = read_points(Path(source_file), fmt=fmt, volume=sv)
         b = read_points(Path(target_file), fmt=fmt, volume=tv)
         if a.shape != b.shape:
             raise MedDiftError(f"landmark counts differ: {len(a)} in {source_file} but {len(b)} in {target_file}")
         self.set_pairs(a, b)
 
-    def set_pairs(self, source_zyx, target_zyx) -> None:
-        """Landmark pairs in voxel (z, y, x) of the source and target images."""
-        a, b = np.asarray(source_zyx, float).reshape(-1, 3), np.asarray(target_zyx, float).reshape(-1, 3)
-        if a.shape != b.shape:
-            raise MedDiftError(f"{len(a)} source landmarks but {len(b)} target landmarks")
-        self.source_points, self.target_points = a, b
-        self.table_data, self.errors_mm = None, None
-        self._fill(None)
-        self.summary.setText(f"{len(a)} landmark pairs loaded; 'Match all' computes predictions and errors.")
+    def set_pairs(self, source_zyx, target_zyx, lung_mask=None) -> None:
+        """Landmark pairs in voxel (z, y, x) of the source and target images (into the session);
+        ``lung_mask``: optional boolean lung mask of the target for the per-region summary."""
+        ex = self._connected()
+        if lung_mask is not None:
+            self.lung_mask = np.asarray(lung_mask, bool)
+        ex.set_landmarks(source_zyx, target_zyx)
+        self.summary.setText(f"{len(ex.session.landmarks)} landmark pairs loaded; 'Match all' computes "
+                             "predictions and errors.")
 
     # ------------------------------------------------------------------ matching
 
-    def match(self, *_, run_async: bool = True):
-        """Match every source landmark (explorer's levels and radius); fills the table."""
-        from superqt.utils import create_worker
-
+    def match(self, run_async: bool = True):
+        """Match every source landmark with the explorer's settings; fills the table."""
         self.error_label.setText("")
         try:
-            if self.source_points is None:
+            ex = self._connected()
+            if ex.session.landmarks is None:
                 raise MedDiftError("load landmark pairs first")
-            ex = self._explorer()
         except MedDiftError as exc:
-            self.error_label.setText(str(exc))
+            self._fail(exc)
             return None
-        shape = np.asarray(ex.engine.matcher.source_shape)
-        query = np.clip(np.rint(self.source_points), 0, shape - 1).astype(np.int64)
-        radius = ex.state.radius
-        levels, weights = tuple(ex.state.levels), dict(ex.state.weights)
-        spacing = tuple(ex.target_layer.scale[-3:])
-        engine = ex.engine
-
-        def work(progress=None):
-            if levels:
-                engine.set_levels(levels, weights)
-            table = engine.match_points(query, radius, progress=progress)
-            from ..evaluation.metrics import tre_mm
-
-            return table, tre_mm(table.target_zyx, self.target_points, spacing)
-
         if not run_async:
-            self._done(work())
-            return None
+            return ex.match_landmarks(run_async=False)
+        task = ex.match_landmarks(on_error=lambda e: self.error_label.setText(error_text(e)))
+        if task is not None:
+            self.match_button.setEnabled(False)
+            self.cancel_button.setEnabled(True)
+            task.worker.finished.connect(self._finished)
+        return task
 
-        self.progress.setVisible(True)
-        self.progress.setRange(0, 0)
-        self.match_button.setEnabled(False)
-        worker = create_worker(work, _start_thread=False, _connect={
-            "returned": self._done, "errored": self._failed, "finished": self._finished})
-        self._worker = worker
-        worker.start()
-        return worker
+    def cancel(self, *_):
+        ex = self.explorer
+        if ex is not None and ex.task is not None:
+            ex.task.cancel()
 
     def _finished(self):
-        self.progress.setVisible(False)
         self.match_button.setEnabled(True)
-        self._worker = None
+        self.cancel_button.setEnabled(False)
 
-    def _failed(self, exc):
-        self.error_label.setText(str(exc) if isinstance(exc, MedDiftError) else f"{type(exc).__name__}: {exc}")
+    def _on_landmarks(self, lm) -> None:
+        self._fill(lm)
+        if not lm.matched:
+            return
+        from ..evaluation.metrics import region_summary, summarize
 
-    def _done(self, res):
-        table, err = res
-        self.table_data, self.errors_mm = table, np.asarray(err, float)
-        self._fill(table)
-        e = self.errors_mm
-        from ..evaluation.metrics import tre_mm
-
-        ex = find_explorer(self.viewer)
-        spacing = tuple(ex.target_layer.scale[-3:]) if ex is not None else (1.0, 1.0, 1.0)
-        before = tre_mm(self.source_points, self.target_points, spacing)
+        e, before = lm.errors_mm, lm.initial_mm
+        s = summarize(e)
+        corr = lm.ambiguity_error_correlation()
         self.summary.setText(
-            f"{len(e)} pairs: TRE mean {e.mean():.2f} mm, median {np.median(e):.2f} mm, max {e.max():.2f} mm "
-            f"(before matching: mean {before.mean():.2f} mm). Click a row to inspect it."
-        )
-        if ex is not None and ex.engine is not None:
-            ex.marker_layer("landmarks (truth)", self.target_points, face_color="lime", visible=False)
+            f"{len(e)} pairs: TRE mean {s['mean']:.2f} mm, median {s['median']:.2f} mm, p95 {s['p95']:.2f} mm, "
+            f"max {s['max']:.2f} mm (before matching: mean {before.mean():.2f} mm). Spearman(ambiguity, error) "
+            f"= {corr:.2f}. Click a row or a point to inspect it.")
+        mask = self.lung_mask
+        if mask is not None and mask.shape != tuple(np.shape(self._connected().target_layer.data)[-3:]):
+            mask = None
+        self.regions = region_summary(e, lm.target_zyx, mask)
+        self.region_label.setText(region_text(self.regions))
 
-    def _fill(self, table) -> None:
+    def _fill(self, lm) -> None:
         self.table.setSortingEnabled(False)
-        n = 0 if self.source_points is None else len(self.source_points)
+        n = 0 if lm is None else len(lm)
         self.table.setRowCount(n)
-        for i in range(n):
-            err = float(self.errors_mm[i]) if self.errors_mm is not None else math.nan
-            cells = [
-                _NumItem(str(i), i),
-                _NumItem("" if math.isnan(err) else f"{err:.2f}", err),
-                QTableWidgetItem(_fmt(self.source_points[i])),
-                QTableWidgetItem(_fmt(self.target_points[i])),
-                QTableWidgetItem(_fmt(table.target_zyx[i]) if table is not None else ""),
-                _NumItem(f"{table.score[i]:.3f}" if table is not None else "", table.score[i] if table is not None else math.nan),
-                _NumItem(f"{table.ambiguity[i]:.2f}" if table is not None else "", table.ambiguity[i] if table is not None else math.nan),
-                QTableWidgetItem(("ok" if table.consistent[i] else "NO") if table is not None and table.checked else ""),
-            ]
-            for c, item in enumerate(cells):
-                self.table.setItem(i, c, item)
+        if lm is not None:
+            f = lm.features()
+            for i in range(n):
+                err = float(f["error_mm"][i])
+                pred = "" if lm.predicted is None else _fmt(lm.predicted[i])
+                cells = [
+                    _NumItem(str(i), i),
+                    _NumItem("" if math.isnan(err) else f"{err:.2f}", err),
+                    QTableWidgetItem(_fmt(lm.source_zyx[i])),
+                    QTableWidgetItem(_fmt(lm.target_zyx[i])),
+                    QTableWidgetItem(pred),
+                    _NumItem("" if math.isnan(f["score"][i]) else f"{f['score'][i]:.4f}", f["score"][i]),
+                    _NumItem("" if math.isnan(f["ambiguity"][i]) else f"{f['ambiguity'][i]:.2f}", f["ambiguity"][i]),
+                    _NumItem("" if math.isnan(f["psr"][i]) else f"{f['psr'][i]:.1f}", f["psr"][i]),
+                ]
+                for c, item in enumerate(cells):
+                    self.table.setItem(i, c, item)
         self.table.setSortingEnabled(True)
-        if table is not None:
+        if lm is not None and lm.matched:
             self.table.sortItems(1, Qt.SortOrder.DescendingOrder)  # worst first
 
     def row_landmark(self, row: int) -> int:
@@ -247,21 +264,12 @@ class LandmarksWidget(QWidget):
 
     def _on_select(self):
         rows = {ix.row() for ix in self.table.selectedIndexes()}
-        if not rows or self.source_points is None:
-            return
-        self.show_landmark(self.row_landmark(min(rows)))
+        if rows:
+            self.show_landmark(self.row_landmark(min(rows)))
 
     def show_landmark(self, i: int) -> None:
-        """Move both viewers to landmark pair ``i`` and show its similarity map."""
+        """Both viewers to landmark pair ``i`` (its source point searched, the target at its truth)."""
         try:
-            ex = self._explorer()
+            self._connected().go_to_landmark(int(i))
         except MedDiftError as exc:
-            self.error_label.setText(str(exc))
-            return
-        shape = np.asarray(ex.engine.matcher.source_shape)
-        vox = tuple(int(v) for v in np.clip(np.rint(self.source_points[i]), 0, shape - 1))
-        truth = self.target_points[i]
-        ex.marker_layer("truth", [truth], face_color="lime", symbol="ring", size=4)
-        ex.show_query(vox, move_source=True)
-        if not ex.state.following:  # the user navigates the target: go to the true point
-            ex._set_slice(ex.target_view.viewer, ex.target_layer.data_to_world(truth))
+            self._fail(exc)

@@ -10,13 +10,16 @@ __all__ = ["launch_explorer"]
 
 
 def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer=None, show: bool = True,
-                    radius: int | None = None):
+                    radius: int | None = None, truth=None, lung_mask=None, match_landmarks: bool = False):
     """Open napari with ``source`` (main canvas) and ``target`` (docked second canvas) ready to explore.
 
     ``source``/``target``: :class:`~napari_meddift.io.volume.Volume`; ``src_store``/``tgt_store``:
     descriptor stores (or their paths); ``landmarks``: optional (source_zyx, target_zyx) voxel
-    arrays, listed in the Landmarks widget; ``radius``: the search window half-width in voxels
-    (None: the explorer's default; 0: the whole target). Returns the ``napari.Viewer`` (call ``napari.run()``).
+    arrays, shown in both viewers and listed in the Landmarks widget; ``truth``: a known mapping
+    (``napari_meddift.explorer.FieldTruth``), else the landmarks serve as truth; ``lung_mask``:
+    boolean lung mask of the target (per-region summary); ``match_landmarks``: match them all at
+    once (in the background); ``radius``: the search window half-width in voxels (None: the
+    explorer's default; 0: the whole target). Returns the ``napari.Viewer`` (call ``napari.run()``).
     """
     import napari
 
@@ -34,18 +37,20 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
     explorer = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Correspondence explorer", area="right")
     if radius is not None:
-        explorer.radius_spin.setValue(int(radius))
+        explorer.state.radius = None if int(radius) == 0 else int(radius)
     explorer.connect_pair(src_layer, tgt_layer, src_store, tgt_store)
+    if truth is not None:
+        explorer.set_truth(truth)
     docks = []
     if landmarks is not None:
-        lw = LandmarksWidget(viewer)
+        lw = LandmarksWidget(viewer, explorer=explorer)
         docks.append(viewer.window.add_dock_widget(lw, name="Landmarks", area="right"))
         src_pts, tgt_pts = landmarks
-        lw.set_pairs(np.asarray(src_pts, float), np.asarray(tgt_pts, float))
-        explorer.landmarks_widget = lw
-    fv = FeatureViewWidget(viewer)
+        lw.set_pairs(np.asarray(src_pts, float), np.asarray(tgt_pts, float), lung_mask=lung_mask)
+        if match_landmarks:
+            lw.match()
+    fv = FeatureViewWidget(viewer, explorer=explorer)
     docks.append(viewer.window.add_dock_widget(fv, name="Feature view (PCA)", area="right"))
-    explorer.feature_view = fv
     # [layers | source canvas | target canvas | explorer, landmarks, feature view as tabs]
     explorer.arrange_docks(docks)
     # start at the centre of the source with a first map on screen

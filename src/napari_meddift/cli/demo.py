@@ -83,9 +83,14 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
         return 2
     from .._qt.app import launch_explorer
 
+    from ..explorer import FieldTruth
+    from ..synthetic.demo import load_demo_field, load_demo_lungs
+
     inhale, exhale, src_pts, tgt_pts = load_demo_pair()
     src_store, tgt_store = extract_demo_stores(inhale, exhale, cache)
-    launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=(src_pts, tgt_pts), radius=radius)
+    truth = FieldTruth(load_demo_field().u_voxels())  # the known breathing motion: truth at every voxel
+    launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=(src_pts, tgt_pts), radius=radius,
+                    truth=truth, lung_mask=load_demo_lungs()[1], match_landmarks=True)
     napari.run()
     return 0
 

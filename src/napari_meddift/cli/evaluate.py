@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spacing", help="voxel spacing sx,sy,sz in mm")
     g.add_argument("--image", help="image whose spacing to use")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--mask", help="with --json: lung mask of the truth image; adds per-region summaries "
+                   "(upper/middle/lower third of the lung, inside/outside the mask)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,8 +43,18 @@ def run(args: argparse.Namespace) -> int:
         raise MedDiftError(
             f"{args.predicted} has {len(pred)} points but {args.truth} has {len(true)}; they must be pairs"
         )
-    summary = summarize(tre_mm(pred, true, spacing_zyx))
+    errors = tre_mm(pred, true, spacing_zyx)
+    summary = summarize(errors)
     if args.json:
+        if args.mask:  # per-region summaries (height in the lung, inside/outside the lung mask)
+            import numpy as np
+
+            from ..evaluation.metrics import region_summary
+            from ..io.volume import read_volume
+
+            mask = read_volume(args.mask)  # index z grows superiorly when direction[2][2] > 0 (LPS)
+            sign = float(np.sign(np.asarray(mask.direction, float)[2, 2]) or 1.0)
+            summary["regions"] = region_summary(errors, true, mask.array > 0.5, superior_sign=sign)
         print(json.dumps(summary))
     else:
         print(format_summary_table({Path(args.predicted).name: summary}))

@@ -140,3 +140,35 @@ def format_summary_table(rows: dict[str, dict], digits: int = 2) -> str:
         vals = [f"{float(s[k]):.{digits}f}" for k in SUMMARY_KEYS[1:]]
         lines.append(f"| {method} | {int(s['n'])} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
+
+
+def region_summary(errors, points_zyx, mask=None, superior_axis: int = 0, superior_sign: float = 1.0) -> dict:
+    """TRE summaries (``summarize``) per region of the true points ``points_zyx`` (N, 3) voxels.
+
+    Height: thirds of the lung's cranio-caudal extent along voxel axis ``superior_axis``
+    (``superior_sign`` +1 when the index grows superiorly), from ``mask`` (a boolean lung mask on
+    the same grid) or, without one, from the points' own extent: ``upper third`` (apex),
+    ``middle third``, ``lower third`` (base, near the diaphragm). With a mask also ``inside lung
+    mask`` / ``outside lung mask`` (nearest voxel). An empty region is ``{"n": 0}``.
+    """
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
+    p = _points(points_zyx, "true points")
+    if p.shape[0] != e.size:
+        raise MedDiftError(f"{e.size} errors but {p.shape[0]} points; give one error per landmark")
+    h = p[:, superior_axis] * float(np.sign(superior_sign) or 1.0)
+    if mask is not None:
+        m = np.asarray(mask, bool)
+        idx = np.nonzero(m.any(axis=tuple(a for a in range(3) if a != superior_axis)))[0]
+        if idx.size == 0:
+            raise MedDiftError("the lung mask is empty; give the mask of the image the truth points are in")
+        ends = np.array([idx.min(), idx.max()], float) * float(np.sign(superior_sign) or 1.0)
+        lo, hi = ends.min(), ends.max()
+    else:
+        lo, hi = (float(h.min()), float(h.max())) if h.size else (0.0, 1.0)
+    t1, t2 = lo + (hi - lo) / 3.0, lo + 2.0 * (hi - lo) / 3.0
+    regions = {"upper third": h >= t2, "middle third": (h >= t1) & (h < t2), "lower third": h < t1}
+    if mask is not None:
+        near = np.clip(np.rint(p).astype(np.int64), 0, np.array(m.shape) - 1)
+        inside = m[near[:, 0], near[:, 1], near[:, 2]]
+        regions.update({"inside lung mask": inside, "outside lung mask": ~inside})
+    return {name: summarize(e[sel]) if sel.any() else {"n": 0} for name, sel in regions.items()}

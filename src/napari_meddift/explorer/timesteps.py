@@ -67,7 +67,7 @@ def extract_timesteps(source_volume, target_volume, reference_store, timesteps: 
     """Extract ``timesteps`` for both volumes (settings of ``reference_store`` but the timestep)
     into ``cache_dir``; returns {t: (source_store, target_store)}. ``progress(done, total,
     message)`` counts (timestep, image) pairs and may raise CancelledError to stop between them."""
-    from ..extraction import cached_store_path, extract_to_store
+    from ..backbones.extraction import cached_store_path, extract_to_store
 
     backbone, settings = store_recipe(reference_store)
     cache_dir = Path(cache_dir)

@@ -1,0 +1,278 @@
+"""The layers a result is drawn into: maps, strips, markers, crosshairs and the search window.
+
+Created once per connected pair and then updated *in place* on every result (new layers or new
+arrays per mouse event would cost napari a full re-layout). In the target viewer: the target
+image, the fused similarity map (at its window), the per-level strip to its right, the
+timestep compare strip below it, their labels, the search-window outline, the match and the true
+point, and crosshairs through the match. In the source viewer: the query and crosshairs.
+All derived layers share the target (or source) layer's geometry, so they sit in world mm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ..explorer import MAP_RANGES, display_limits
+
+try:  # the scan's full geometry (direction in the affine)
+    from ._layers import box_translate, same_geometry
+except ImportError:  # pragma: no cover - older _layers without direction support
+    def same_geometry(layer) -> dict:
+        return {"scale": tuple(float(s) for s in layer.scale[-3:]),
+                "translate": tuple(float(t) for t in layer.translate[-3:]),
+                "affine": np.asarray(layer.affine.affine_matrix, float)[-4:, -4:].copy()}
+
+    def box_translate(layer, offset_zyx):
+        off = np.asarray(offset_zyx, float).reshape(3)
+        return tuple(float(t + s * o) for t, s, o in zip(layer.translate[-3:], layer.scale[-3:], off))
+
+__all__ = ["MapLayers", "SIM_COLORMAP", "same_geometry", "box_translate"]
+
+SIM_COLORMAP = "coolwarm"
+#: voxels between the maps of a strip
+STRIP_GAP = 2
+
+
+def set_visible(layer, value: bool) -> None:
+    if layer.visible != bool(value):  # napari redraws on every assignment
+        layer.visible = bool(value)
+
+
+def no_refresh(layer):
+    """napari's refresh blocker where it exists (one refresh per update instead of two)."""
+    blocker = getattr(layer, "_block_refresh", None)
+    return blocker() if callable(blocker) else contextlib.nullcontext()
+
+
+def set_points(layer, pts) -> None:
+    """Move the points of a Points layer in place when their count is unchanged."""
+    new = np.asarray(pts, float).reshape(-1, 3)
+    data = layer.data
+    if data.shape == new.shape:
+        if not np.array_equal(data, new):
+            data[...] = new
+            layer.refresh()
+    else:
+        layer.data = new
+
+
+def set_vectors(layer, vecs) -> None:
+    new = np.asarray(vecs, float)
+    if layer.data.shape != new.shape or not np.array_equal(layer.data, new):
+        layer.data = new
+
+
+def crosshair(point, shape) -> np.ndarray:
+    """Three full-length lines through ``point`` along z, y and x: napari vectors (3, 2, 3).
+    They run between voxel centres (0 .. n - 1), so they do not widen the viewer's slider grid."""
+    p = np.asarray(point, float)
+    out = np.zeros((3, 2, 3))
+    for a in range(3):
+        start = p.copy()
+        start[a] = 0.0
+        d = np.zeros(3)
+        d[a] = float(shape[a]) - 1.0
+        out[a] = (start, d)
+    return out
+
+
+def box_outline(point, lo, hi) -> np.ndarray:
+    """The edges of box [lo, hi) (the outermost voxel centres, lo .. hi - 1) in the three planes
+    through ``point``: napari vectors (12, 2, 3)."""
+    p, lo, hi = np.asarray(point, float), np.asarray(lo, float), np.asarray(hi, float) - 1.0
+    vecs = []
+    for a in range(3):  # edge direction
+        for b in range(3):  # plane (a, b); the third axis c stays at the point
+            if b == a:
+                continue
+            c = 3 - a - b
+            for edge in (lo[b], hi[b]):
+                start = np.empty(3)
+                start[a], start[b], start[c] = lo[a], edge, p[c]
+                d = np.zeros(3)
+                d[a] = hi[a] - lo[a]
+                vecs.append((start, d))
+    return np.asarray(vecs)
+
+
+class MapLayers:
+    """Owns and updates the explorer's layers (see the module docstring)."""
+
+    def __init__(self, source_viewer, target_viewer, source_layer, target_layer):
+        self.source_viewer, self.target_viewer = source_viewer, target_viewer
+        self.source_layer, self.target_layer = source_layer, target_layer
+        self.layers: dict[str, object] = {}
+        self.strip_names: list[str] = []  # per-level strip order
+        self.compare_names: list[int] = []  # compare strip order (timesteps)
+        self._build()
+
+    # ------------------------------------------------------------------ creation
+
+    def _build(self) -> None:
+        tv, tgt, src = self.target_viewer, self.target_layer, self.source_layer
+        tv.layers.clear()
+        geo = same_geometry(tgt)
+        sgeo = same_geometry(src)
+        tv.add_image(tgt.data, name=tgt.name, colormap=tgt.colormap.name,
+                     contrast_limits=tuple(tgt.contrast_limits), **geo)
+        empty = np.zeros((1, 1, 1), np.float32)
+        L = self.layers
+        for key, name, opacity in (("fused", "similarity (fused)", 0.75), ("levels", "similarity per level", 0.9),
+                                   ("compare", "similarity per timestep", 0.9)):
+            L[key] = tv.add_image(empty, name=name, colormap=SIM_COLORMAP, opacity=opacity, visible=False,
+                                  contrast_limits=(-1.0, 1.0), **geo)
+        L["labels"] = tv.add_points(
+            np.zeros((0, 3)), name="map labels", size=0.01, features={"label": np.array([], dtype=object)},
+            text={"string": "{label}", "color": "white", "size": 10, "anchor": "lower_left"}, visible=False, **geo)
+        L["window"] = tv.add_vectors(np.zeros((0, 2, 3)), name="search window", edge_color="white", edge_width=0.4,
+                                     vector_style="line", opacity=0.8, **geo)
+        L["cross_t"] = tv.add_vectors(np.zeros((0, 2, 3)), name="crosshair (target)", edge_color="yellow",
+                                      edge_width=0.25, vector_style="line", opacity=0.5, **geo)
+        L["truth"] = tv.add_points(np.zeros((0, 3)), name="truth", size=4, symbol="ring", face_color="lime",
+                                   border_color="lime", visible=False, **geo)
+        L["match"] = tv.add_points(np.zeros((0, 3)), name="match", size=3, symbol="disc", face_color="yellow",
+                                   border_color="black", **geo)
+        # the source viewer: query marker and crosshair (reuse ours from an earlier connection)
+        sv = self.source_viewer
+        for key, name, make in (
+            ("query", "query", lambda n: sv.add_points(np.zeros((0, 3)), name=n, size=3, symbol="disc",
+                                                      face_color="yellow", border_color="black", **sgeo)),
+            ("cross_s", "crosshair (source)", lambda n: sv.add_vectors(np.zeros((0, 2, 3)), name=n,
+                                                                      edge_color="yellow", edge_width=0.25,
+                                                                      vector_style="line", opacity=0.5, **sgeo)),
+        ):
+            old = sv.layers[name] if name in sv.layers else None
+            if old is not None and old.metadata.get("meddift_marker"):
+                old.data = np.zeros((0, 3)) if key == "query" else np.zeros((0, 2, 3))
+                L[key] = old
+            else:
+                L[key] = make(name)
+                L[key].metadata["meddift_marker"] = True
+        sv.layers.selection.active = src
+        tv.reset_view()
+
+    # ------------------------------------------------------------------ updates
+
+    def limits(self, state) -> tuple[float, float]:
+        return display_limits(state.display_mode, MAP_RANGES.get(state.color_range, (-1.0, 1.0)))
+
+    def apply_limits(self, state) -> None:
+        lim = self.limits(state)
+        for key in ("fused", "levels", "compare"):
+            layer = self.layers.get(key)
+            if layer is not None and tuple(layer.contrast_limits) != lim:
+                layer.contrast_limits = lim
+
+    def _place(self, layer, data, offset_zyx, lim) -> None:
+        """Show a map whose voxel 0 is target voxel ``offset_zyx``: in place when the shape is unchanged."""
+        translate = box_translate(self.target_layer, offset_zyx)
+        old = layer.data
+        moved = not np.allclose(layer.translate, translate)
+        if isinstance(old, np.ndarray) and old.shape == data.shape and old.dtype == data.dtype:
+            if moved:
+                with no_refresh(layer):
+                    layer.translate = translate
+            old[...] = data
+            layer.refresh()
+        else:
+            with no_refresh(layer):
+                layer.translate = translate
+            layer.data = np.array(data, dtype=np.float32, copy=True)  # a buffer we own and update in place
+        if tuple(layer.contrast_limits) != lim:
+            layer.contrast_limits = lim
+
+    def _strip(self, layer, maps, offset, shift_axis: int, show: bool, lim) -> list:
+        """Maps side by side along ``shift_axis`` starting one map after ``offset``; label positions."""
+        if not show or not maps:
+            set_visible(layer, False)
+            return []
+        shape = maps[0].shape
+        w = shape[shift_axis]
+        n = len(maps)
+        full = list(shape)
+        full[shift_axis] = n * (w + STRIP_GAP) - STRIP_GAP
+        strip = np.full(full, np.nan, np.float32)  # NaN: the gaps stay empty
+        pos = []
+        for k, m in enumerate(maps):
+            sl = [slice(None)] * 3
+            sl[shift_axis] = slice(k * (w + STRIP_GAP), k * (w + STRIP_GAP) + w)
+            strip[tuple(sl)] = m
+            p = np.asarray(offset, float).copy()
+            p[shift_axis] += (k + 1) * (w + STRIP_GAP)
+            pos.append(p)
+        start = np.asarray(offset, float).copy()
+        start[shift_axis] += w + STRIP_GAP
+        self._place(layer, strip, start, lim)
+        set_visible(layer, True)
+        return pos
+
+    def show(self, result, state, level_names) -> None:
+        """Draw ``result`` (a QueryResult) under ``state``'s view settings."""
+        L = self.layers
+        lim = self.limits(state)
+        disp = result.display
+        self._place(L["fused"], disp.get("fused", result.fused), result.offset, lim)
+        set_visible(L["fused"], True)
+        labels, label_pos = ["fused"], [np.asarray(result.offset, float)]
+        names = [n for n in level_names if n in result.per_level]
+        self.strip_names = names
+        pos = self._strip(L["levels"], [disp.get(n, result.per_level[n]) for n in names], result.offset, 2,
+                          bool(state.per_level), lim)
+        for n, p in zip(names, pos):
+            labels.append(n if n in result.request.levels else f"{n} (off)")
+            label_pos.append(p)
+        ts = sorted(result.compare)
+        self.compare_names = ts
+        pos = self._strip(L["compare"], [disp.get(f"t={t}", result.compare[t]) for t in ts], result.offset, 1,
+                          bool(ts), lim)
+        for t, p in zip(ts, pos):
+            labels.append(f"t={t}" + (" (shown)" if t == result.request.timestep else ""))
+            label_pos.append(p)
+        self._labels(labels, label_pos, result.target_zyx[0], show=len(labels) > 1)
+        set_points(L["match"], [result.target_zyx])
+        set_points(L["query"], [result.request.query_zyx])
+        tshape = np.shape(self.target_layer.data)[-3:]
+        set_vectors(L["cross_t"], crosshair(result.target_zyx, tshape))
+        set_vectors(L["cross_s"], crosshair(result.request.query_zyx, np.shape(self.source_layer.data)[-3:]))
+        hi = np.asarray(result.offset) + np.asarray(result.fused.shape)
+        set_vectors(L["window"], box_outline(result.target_zyx, result.offset, hi))
+        truth = result.truth
+        if truth is not None and state.show_truth:
+            set_points(L["truth"], [truth.target_zyx])
+            set_visible(L["truth"], True)
+        else:
+            set_visible(L["truth"], False)
+
+    def _labels(self, labels, pos, z, show: bool) -> None:
+        lab = self.layers["labels"]
+        if not show:
+            set_visible(lab, False)
+            return
+        pos = np.stack(pos)
+        pos[:, 0] = z
+        if lab.data.shape == pos.shape and list(lab.features["label"]) == labels:
+            if not np.array_equal(lab.data, pos):
+                lab.data[...] = pos  # same labels: move them in place
+                lab.refresh()
+        else:
+            lab.data = pos
+            lab.features = {"label": np.asarray(labels, dtype=object)}
+            lab.refresh()
+        set_visible(lab, True)
+
+    def strip_map(self, key: str, index: int) -> np.ndarray:
+        """Map ``index`` cut from strip ``key`` ('levels' or 'compare'), as shown."""
+        fused = self.layers["fused"].data
+        axis = 2 if key == "levels" else 1
+        w = fused.shape[axis]
+        sl = [slice(None)] * 3
+        sl[axis] = slice(index * (w + STRIP_GAP), index * (w + STRIP_GAP) + w)
+        return self.layers[key].data[tuple(sl)]
+
+    def remove_source_markers(self) -> None:
+        for key in ("query", "cross_s"):
+            layer = self.layers.get(key)
+            if layer is not None and layer in self.source_viewer.layers:
+                self.source_viewer.layers.remove(layer)

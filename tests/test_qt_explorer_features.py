@@ -1,0 +1,192 @@
+"""Explorer features in a real napari window (Xvfb): truth, landmarks, timesteps, contrast, aids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari_meddift.explorer import DISPLAY_MODES, LandmarkTruth  # noqa: E402
+from napari_meddift.matching import Matcher  # noqa: E402
+
+SHAPE = (20, 24, 22)
+SPACING = (2.0, 1.5, 1.25)
+
+
+def _levels(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"up0": torch.randn(16, 5, 6, 6, generator=g), "up1": torch.randn(8, 10, 12, 11, generator=g),
+            "up2": torch.randn(4, 20, 24, 22, generator=g)}
+
+
+@pytest.fixture
+def explorer(make_napari_viewer, qtbot):
+    from napari_meddift._qt._explorer import ExplorerWidget, explorer_in
+
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(0)
+    src = viewer.add_image(rng.random(SHAPE, dtype=np.float32), name="source", scale=SPACING)
+    tgt = viewer.add_image(rng.random(SHAPE, dtype=np.float32), name="target", scale=SPACING, visible=False)
+    w = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Correspondence explorer")
+    assert explorer_in(viewer) is w  # other widgets find it among the docks, no global registry
+    w.connect_pair(src, tgt, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
+    w.state.radius = 4
+    yield viewer, w, src, tgt
+    w.close_explorer()
+
+
+def _query(qtbot, w, vox):
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        w.show_query(vox)
+    return w.result
+
+
+def test_truth_point_and_error_live(explorer, qtbot):
+    viewer, w, src, tgt = explorer
+    pts = np.array([[10.0, 12.0, 11.0], [4.0, 5.0, 6.0]])
+    w.set_landmarks(pts, pts + [1.0, 0.0, -1.0])
+    res = _query(qtbot, w, (10, 12, 11))
+    truth = w.map_layers.layers["truth"]
+    assert truth.visible
+    np.testing.assert_allclose(truth.data, [[11.0, 12.0, 10.0]])
+    err = np.linalg.norm((np.subtract(res.target_zyx, [11, 12, 10])) * SPACING)
+    assert res.error_mm == pytest.approx(err)
+    text = w.status_label.text()
+    assert f"error {err:.1f} mm" in text and "nearest landmark #0, 0.0 mm away" in text
+    w.state.show_truth = False
+    assert not truth.visible and w.controls.show_truth.value is False
+
+
+def test_landmarks_coloured_by_error_filter_and_click(explorer, qtbot):
+    viewer, w, src, tgt = explorer
+    rng = np.random.default_rng(4)
+    pts = np.stack([rng.integers(3, n - 3, 8) for n in SHAPE], 1).astype(float)
+    w.set_landmarks(pts, pts + 1)
+    with qtbot.waitSignal(w.landmarks_applied, timeout=30000):
+        w.match_landmarks()  # a napari worker; progress in the activity dock
+    lm = w.session.landmarks
+    assert lm.matched
+    ref = Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
+    for i in range(len(pts)):
+        assert tuple(lm.predicted[i]) == tuple(ref.match(tuple(int(v) for v in pts[i]), 4).target_zyx)
+    L = w.landmark_layers.layers
+    np.testing.assert_allclose(L["source"].features["error_mm"], lm.errors_mm)
+    # colour follows the error: the worst point gets the colormap's top colour
+    worst = int(np.argmax(lm.errors_mm))
+    top = np.asarray(L["truth"].face_colormap.map(np.array([1.0])))[0]
+    np.testing.assert_allclose(L["truth"].face_color[worst], top, atol=1e-6)
+    np.testing.assert_allclose(L["vectors"].data[:, 1], lm.predicted - lm.target_zyx)
+    # the filter hides the smaller errors in both viewers
+    w.controls.min_error.value = round(float(np.median(lm.errors_mm)), 1)
+    cut = w.state.min_error_mm
+    assert cut == pytest.approx(np.median(lm.errors_mm), abs=0.06)
+    assert 0 < (lm.errors_mm >= cut).sum() < len(pts)
+    np.testing.assert_array_equal(L["source"].shown, lm.errors_mm >= cut)
+    np.testing.assert_array_equal(L["truth"].shown, lm.errors_mm >= cut)
+    # a click on a landmark point takes both viewers there
+    j = int(np.nonzero(lm.errors_mm >= cut)[0][0])
+    world = src.data_to_world(pts[j])
+    viewer.dims.point = tuple(world)
+    assert w.landmark_layers.pick(viewer, world, dims_displayed=[1, 2]) == j
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        w.go_to_landmark(j)
+    assert w.result.request.query_zyx == tuple(int(v) for v in pts[j])
+    assert w.target_view.viewer.dims.point[0] == pytest.approx(tgt.data_to_world(pts[j] + 1)[0])
+
+
+def test_timestep_slider_and_compare_strip(explorer, qtbot):
+    viewer, w, src, tgt = explorer
+    w.session.connected_timestep = 20  # as if the stores said t=20
+    w.session.engines = {20: w.session.engines[None]}
+    w.session.state.timestep = 20
+    w.session.add_timestep(100, Matcher(_levels(5), _levels(6), SHAPE, SHAPE))
+    c = w.controls
+    assert c.timestep.enabled and c.timestep.max == 1
+    _query(qtbot, w, (8, 9, 10))
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        c.timestep.value = 1  # the slider: t=100, a search on cached descriptors
+    assert w.result.request.timestep == 100 and c.timestep_label.value == "t = 100"
+    np.testing.assert_allclose(w.map_layers.layers["fused"].data,
+                               Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((8, 9, 10), 4).fused, atol=1e-6)
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        c.compare.value = True
+    strip = w.map_layers.layers["compare"]
+    assert strip.visible
+    np.testing.assert_allclose(w.timestep_map(20), Matcher(_levels(0), _levels(1), SHAPE, SHAPE).similarity(
+        (8, 9, 10), 4).fused, atol=1e-6)
+    np.testing.assert_allclose(w.timestep_map(100), w.map_layers.layers["fused"].data, atol=1e-6)
+    # below the fused map in the target (y grows downwards on screen)
+    assert strip.data_to_world(np.zeros(3))[1] > w.map_layers.layers["fused"].data_to_world(np.zeros(3))[1]
+
+
+def test_display_modes_and_limits(explorer, qtbot):
+    viewer, w, src, tgt = explorer
+    res = _query(qtbot, w, (8, 9, 10))
+    fused = w.map_layers.layers["fused"]
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        w.controls.display_mode.value = DISPLAY_MODES[2]
+    assert tuple(fused.contrast_limits) == (0.0, 1.0)
+    d = fused.data
+    assert np.nanmax(d) == 1.0 and np.nanmin(d) == 0.0
+    # the rank map orders voxels like the raw map
+    raw = w.result.fused
+    ok = np.isfinite(raw)
+    assert np.all(np.argsort(raw[ok], kind="stable") == np.argsort(d[ok], kind="stable"))
+    assert 0.0 <= w.result.ambiguity <= 1.0 and "ambiguity" in w.status_label.text()
+
+
+def test_crosshairs_and_search_window(explorer, qtbot):
+    viewer, w, src, tgt = explorer
+    res = _query(qtbot, w, (8, 9, 10))
+    L = w.map_layers.layers
+    ch = L["cross_t"].data
+    assert ch.shape == (3, 2, 3)
+    for a in range(3):  # each line passes through the match
+        other = [b for b in range(3) if b != a]
+        np.testing.assert_allclose(ch[a, 0, other], np.asarray(res.target_zyx)[other])
+    np.testing.assert_allclose(L["cross_s"].data[0, 0, 1:], res.request.query_zyx[1:])
+    win = L["window"].data
+    lo = np.asarray(res.offset, float)
+    hi = np.asarray(res.offset) + np.asarray(res.fused.shape) - 1.0
+    ends = np.concatenate([win[:, 0], win[:, 0] + win[:, 1]])
+    assert np.allclose(ends.min(0)[1:], lo[1:]) and np.allclose(ends.max(0)[1:], hi[1:])
+
+
+def test_layer_combos_follow_renames_and_script_sets_controls(explorer):
+    viewer, w, src, tgt = explorer
+    c = w.controls
+    assert c.source.value is src
+    src.name = "inhale (renamed)"
+    assert c.source.value is src and c.source.native.currentText() == "inhale (renamed)"
+    w.state.exclusion = 5
+    assert c.exclusion.value == 5
+    c.radius.value = 0
+    assert w.state.radius is None  # 0 = the whole target
+
+
+def test_landmarks_widget_region_summary(explorer, qtbot):
+    from napari_meddift._qt._landmarks import LandmarksWidget
+
+    viewer, w, src, tgt = explorer
+    lw = LandmarksWidget(viewer)  # finds the docked explorer by itself
+    viewer.window.add_dock_widget(lw, name="Landmarks")
+    rng = np.random.default_rng(5)
+    pts = np.stack([rng.integers(3, n - 3, 9) for n in SHAPE], 1).astype(float)
+    mask = np.zeros(SHAPE, bool)
+    mask[2:18, 4:20, 3:19] = True
+    lw.set_pairs(pts, pts, lung_mask=mask)
+    with qtbot.waitSignal(w.landmarks_applied, timeout=30000):
+        lw.match()
+    qtbot.waitUntil(lambda: lw.regions is not None, timeout=5000)
+    assert lw.table.rowCount() == 9
+    assert sum(lw.regions[k]["n"] for k in ("upper third", "middle third", "lower third")) == 9
+    assert "inside lung mask" in lw.region_label.text()
+    top = lw.row_landmark(0)
+    assert lw.table.item(0, 1).data(0x0100) == pytest.approx(w.session.landmarks.errors_mm.max())
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        lw.table.selectRow(0)
+    assert w.result.request.query_zyx == tuple(int(v) for v in pts[top])
