@@ -12,6 +12,12 @@ Descriptors are random with MAISI's sizes for a 192x192x208 image (960 channels:
 Reports p50/p95/max of (a) single events, each waited for, and (b) a burst of events every
 5 ms (what napari's own throttle lets through), where stale events must be dropped, not queued.
 With --stall it also measures the GUI event-loop stall during a descriptor extraction.
+
+``--full`` shows everything the explorer can draw per event: the per-level strip, the true point
+and error (a smooth random displacement field as truth), 300 landmarks coloured by error with
+their vectors, crosshairs and the search window, and the timestep compare strip (``--compare K``
+matchers). ``--demo`` runs on the packaged demo pair with mini instead (its real truth field and
+landmarks, timesteps from ``--timesteps``, extracted into the cache first).
 """
 
 from __future__ import annotations
@@ -59,6 +65,57 @@ def pct(a):
             "p95_ms": round(float(np.percentile(a, 95)), 1), "max_ms": round(float(a.max()), 1)}
 
 
+def _setup_full(ex, args, rng) -> None:
+    """Truth (smooth random field), 300 landmarks with predictions, compare strip of K matchers."""
+    from scipy.ndimage import gaussian_filter
+
+    from napari_meddift.explorer import FieldTruth, LandmarkSet
+    from napari_meddift.matching import Matcher
+
+    coarse = np.stack([gaussian_filter(rng.normal(size=(24, 24, 26)), 2) * 30 for _ in range(3)])
+    from scipy.ndimage import zoom
+
+    u = np.stack([zoom(c, np.divide(IMAGE, c.shape), order=1) for c in coarse]).astype(np.float32)
+    ex.set_truth(FieldTruth(u))
+    pts = np.stack([rng.uniform(10, n - 10, 300) for n in IMAGE], 1)
+    lm = LandmarkSet(pts, pts + rng.normal(0, 2, pts.shape), ex.session.target_spacing,
+                     predicted=pts + rng.normal(0, 3, pts.shape), score=rng.random(300), ambiguity=rng.random(300),
+                     psr=rng.random(300) * 10)
+    ex.session.apply_landmarks(lm)
+    for k in range(1, args.compare):
+        ex.session.add_timestep(20 + 30 * k, Matcher(_levels(10 + k), _levels(20 + k), IMAGE, IMAGE))
+    ex.state.compare_timesteps = args.compare > 1
+
+
+def _setup_demo(viewer, ex, args):
+    from napari_meddift._qt._layers import volume_layer_kwargs
+    from napari_meddift.cli.demo import extract_demo_stores
+    from napari_meddift.explorer import FieldTruth, parse_timesteps
+    from napari_meddift.io.cache import default_cache_dir
+    from napari_meddift.synthetic.demo import load_demo_field, load_demo_pair
+
+    inhale, exhale, sp, tp = load_demo_pair()
+    s, t = extract_demo_stores(inhale, exhale, default_cache_dir())
+    src = viewer.add_image(inhale.array, **volume_layer_kwargs(inhale, name="inhale"))
+    tgt = viewer.add_image(exhale.array, **volume_layer_kwargs(exhale, name="exhale", visible=False))
+    ex.connect_pair(src, tgt, s, t)
+    ex.set_truth(FieldTruth(load_demo_field().u_voxels()))
+    ex.set_landmarks(sp, tp)
+    ex.state.radius = args.radius
+    ex.match_landmarks(run_async=False)
+    ts = parse_timesteps(args.timesteps)
+    ex.extract_timesteps(ts, run_async=False)
+    ex.state.compare_timesteps = len(ex.session.timesteps) > 1
+    return src, tgt, inhale.shape
+
+
+def _shown(ex) -> dict:
+    L = {**ex.map_layers.layers, **{f"landmarks {k}": v for k, v in ex.landmark_layers.layers.items()}}
+    out = {k: bool(v.visible) for k, v in L.items()}
+    out["compare_timesteps"] = list(ex.session.timesteps) if ex.state.compare_timesteps else []
+    return out
+
+
 def run(args) -> dict:
     import napari
     import torch
@@ -74,17 +131,24 @@ def run(args) -> dict:
     rng = np.random.default_rng(0)
     viewer = napari.Viewer(show=True, title="latency benchmark")
     app = QApplication.instance()
-    spacing = (1.5, 1.5, 1.5)
-    src = viewer.add_image(rng.random(IMAGE, dtype=np.float32), name="source", scale=spacing)
-    tgt = viewer.add_image(rng.random(IMAGE, dtype=np.float32), name="target", scale=spacing, visible=False)
-    t0 = time.perf_counter()
-    matcher = Matcher(_levels(0), _levels(1), IMAGE, IMAGE)
-    build_s = time.perf_counter() - t0
     ex = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(ex, name="Correspondence explorer", area="right")
-    ex.connect_pair(src, tgt, matcher=matcher)
-    ex.radius_spin.setValue(args.radius)
-    ex.per_level_check.setChecked(args.per_level)
+    t0 = time.perf_counter()
+    if args.demo:
+        src, tgt, image = _setup_demo(viewer, ex, args)
+        spacing = tuple(src.scale)
+    else:
+        image = IMAGE
+        spacing = (1.5, 1.5, 1.5)
+        src = viewer.add_image(rng.random(IMAGE, dtype=np.float32), name="source", scale=spacing)
+        tgt = viewer.add_image(rng.random(IMAGE, dtype=np.float32), name="target", scale=spacing, visible=False)
+        matcher = Matcher(_levels(0), _levels(1), IMAGE, IMAGE)
+        ex.connect_pair(src, tgt, matcher=matcher, timestep=20 if args.full else None)
+        if args.full:
+            _setup_full(ex, args, rng)
+    build_s = time.perf_counter() - t0
+    ex.state.radius = args.radius
+    ex.state.per_level = bool(args.per_level or args.full or args.demo)
     viewer.reset_view()
     for _ in range(20):
         app.processEvents()
@@ -119,10 +183,10 @@ def run(args) -> dict:
     t_send_list = []
     for i in range(args.events):
         if i % 20 == 0:  # change slice now and then, as a user scrolls (not timed)
-            viewer.dims.set_point(0, float(rng.uniform(0.2, 0.8) * IMAGE[0] * spacing[0]))
+            viewer.dims.set_point(0, float(src.data_to_world([rng.uniform(0.2, 0.8) * image[0], 0, 0])[0]))
             app.processEvents()
         n0 = len(applied)
-        ex._last_vox = None
+        ex.session.last_query = None
         t_send = time.perf_counter()
         move(*random_pixel())
         try:
@@ -132,7 +196,9 @@ def run(args) -> dict:
             continue
         single.append((applied[-1][0] - t_send) * 1e3)
         t_send_list.append((applied[-1][1].request.t_event - t_send) * 1e3)
-        _process_until(app, lambda: ex._fb_worker.idle)  # let the consistency check finish (not timed)
+        _process_until(app, lambda: ex._fb_worker.idle and ex._cmp_worker.idle)  # consistency, compare strip
+        if ex.state.compare_timesteps:
+            _process_until(app, lambda: len(ex.compare_latencies_ms) >= len(single) or ex._cmp_worker.idle)
         _settle(app)  # ...and its status repaint, which would otherwise overlap the next search
 
     # (b) bursts: an event every 5 ms for 2 s; latency of each *displayed* result from its own event
@@ -146,8 +212,8 @@ def run(args) -> dict:
             ts = time.perf_counter()
             move(x, y)
             sent += 1
-            if ex._last_vox is not None:
-                sends.setdefault(ex._last_vox, ts)
+            if ex.session.last_query is not None:
+                sends.setdefault(ex.session.last_query, ts)
             t_next = ts + 0.005
             while time.perf_counter() < t_next:
                 app.processEvents()
@@ -165,9 +231,11 @@ def run(args) -> dict:
     res = {
         "torch_threads": torch.get_num_threads(),
         "radius": args.radius,
-        "per_level_view": args.per_level,
+        "per_level_view": bool(ex.state.per_level),
+        "shown": _shown(ex),
         "matcher_build_s": round(build_s, 2),
         "single_event_to_layers": pct(single),
+        "single_event_to_compare_strip": pct(list(ex.compare_latencies_ms)) if ex.compare_latencies_ms else None,
         "worker_compute": pct(compute),
         "single_event_stages": stages,
         "burst_event_to_layers": pct(burst_lat) if burst_lat else None,
@@ -219,6 +287,10 @@ def main(argv=None):
     p.add_argument("--radius", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--per-level", action="store_true", help="with the per-level maps shown")
+    p.add_argument("--full", action="store_true", help="truth, landmarks, per-level and compare strips shown")
+    p.add_argument("--compare", type=int, default=3, help="with --full: timesteps in the compare strip")
+    p.add_argument("--demo", action="store_true", help="the demo pair with mini (truth, landmarks, timesteps)")
+    p.add_argument("--timesteps", default="0,20,50,100,200", help="with --demo: timesteps compared")
     p.add_argument("--stall", action="store_true", help="also measure the GUI stall during an extraction")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -100,9 +100,8 @@ def test_landmarks_coloured_by_error_filter_and_click(explorer, qtbot):
 
 def test_timestep_slider_and_compare_strip(explorer, qtbot):
     viewer, w, src, tgt = explorer
-    w.session.connected_timestep = 20  # as if the stores said t=20
-    w.session.engines = {20: w.session.engines[None]}
-    w.session.state.timestep = 20
+    w.connect_pair(src, tgt, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE), timestep=20)
+    assert w.state.timestep == 20
     w.session.add_timestep(100, Matcher(_levels(5), _levels(6), SHAPE, SHAPE))
     c = w.controls
     assert c.timestep.enabled and c.timestep.max == 1
@@ -112,7 +111,7 @@ def test_timestep_slider_and_compare_strip(explorer, qtbot):
     assert w.result.request.timestep == 100 and c.timestep_label.value == "t = 100"
     np.testing.assert_allclose(w.map_layers.layers["fused"].data,
                                Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((8, 9, 10), 4).fused, atol=1e-6)
-    with qtbot.waitSignal(w.result_applied, timeout=10000):
+    with qtbot.waitSignal(w.compare_applied, timeout=10000):  # drawn right after the main map
         c.compare.value = True
     strip = w.map_layers.layers["compare"]
     assert strip.visible
@@ -190,3 +189,34 @@ def test_landmarks_widget_region_summary(explorer, qtbot):
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         lw.table.selectRow(0)
     assert w.result.request.query_zyx == tuple(int(v) for v in pts[top])
+
+
+def test_long_work_has_napari_progress_and_a_working_cancel(explorer, qtbot):
+    viewer, w, src, tgt = explorer
+    rng = np.random.default_rng(6)
+    pts = np.stack([rng.integers(3, n - 3, 400) for n in SHAPE], 1).astype(float)
+    w.set_landmarks(pts, pts)
+    seen = []
+    task = w.match_landmarks()
+    task.progressed.connect(lambda d, n, m: seen.append((d, n, task.bar is not None and task.bar.total == n)))
+    qtbot.waitUntil(lambda: len(seen) >= 3, timeout=20000)
+    assert all(ok for _, _, ok in seen) and seen[-1][1] == 400  # a napari progress bar with a count
+    task.cancel()
+    qtbot.waitUntil(lambda: not task.running, timeout=20000)
+    assert "cancelled" in w.error_label.text()
+    assert not w.session.landmarks.matched  # nothing half-applied
+    assert task.bar is None  # the bar left the activity dock
+
+
+def test_menus_contribute_our_widgets(make_napari_viewer):
+    from napari._app_model import get_app_model
+
+    make_napari_viewer()
+    app = get_app_model()
+
+    def commands(menu):
+        return {getattr(item, "command", None) and item.command.id for item in app.menus.get_menu(menu)}
+
+    assert {"napari-meddift.extract_widget", "napari-meddift.explorer_widget"} <= commands("napari/layers/register")
+    assert "napari-meddift.landmarks_widget" in commands("napari/layers/measure")
+    assert "napari-meddift.feature_view_widget" in commands("napari/layers/visualize")

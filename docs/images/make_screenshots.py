@@ -1,17 +1,16 @@
-"""Regenerate the screenshots of docs/napari-plugin.md from a real napari window.
+"""Regenerate the screenshots of docs/napari-plugin.md and docs/teaching.md from a real napari window.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/images/make_screenshots.py [--demo-dir DIR] [--random]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/images/make_screenshots.py [--timesteps 0,20,50,100,200]
 
-Uses the packaged demo pair (or --demo-dir, built by ``meddift build-demo``)
-and the mini backbone (its packaged weights, default levels up0+up1; --random for the
-random-weights control, --weights for another weights file).
-Stores go to a temporary cache. ``Viewer(show=False).screenshot()`` is black: the window is shown.
+Uses the packaged demo pair, the mini backbone (packaged weights, default levels up0+up1), the
+demo's known deformation as truth, window radius 12. Stores go to the user cache (as
+``meddift demo``), so a second run reuses them. ``Viewer(show=False).screenshot()`` is black:
+the window is shown.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,92 +37,116 @@ def _raise(widget):
         w.raise_()
 
 
+def _frame(ex, keys):
+    """Centre and zoom the target canvas on the given map layers."""
+    tv = ex.target_view.viewer
+    L = ex.map_layers.layers
+    lo, hi = [], []
+    for k in keys:
+        layer = L[k]
+        if not layer.visible:
+            continue
+        corners = np.array([layer.data_to_world([0, 0, 0]), layer.data_to_world(np.array(layer.data.shape) - 1)])
+        lo.append(corners.min(0))
+        hi.append(corners.max(0))
+    lo, hi = np.min(lo, 0), np.max(hi, 0)
+    tv.camera.center = (tv.camera.center[0], (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2)
+    tv.camera.zoom = 0.9 * min(ex.target_view.qt_viewer.width() / (hi[2] - lo[2] + 5),
+                               ex.target_view.qt_viewer.height() / (hi[1] - lo[1] + 5))
+
+
+def shot(app, ex, viewer, path):
+    ex._worker.wait_idle(20)
+    pump(app, 1.5)
+    viewer.screenshot(str(path), canvas_only=False)
+    print("wrote", path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--demo-dir", default=None)
-    p.add_argument("--random", action="store_true", help="mini with random weights (if no trained weights)")
-    p.add_argument("--weights", default=None, help="mini weights file (default: the packaged ones)")
     p.add_argument("--out", default=str(HERE))
     p.add_argument("--size", default="1600x1000")
+    p.add_argument("--timesteps", default="0,20,50,100,200")
     args = p.parse_args(argv)
 
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_meddift._qt._explorer import find_explorer
     from napari_meddift._qt._extract import ExtractWidget
     from napari_meddift._qt.app import launch_explorer
-    from napari_meddift.backbones import get_backbone
-    from napari_meddift.backbones.base import ExtractionSettings
-    from napari_meddift.synthetic.demo import load_demo_pair
-    from napari_meddift.backbones.extraction import extract_to_store
+    from napari_meddift.cli.demo import extract_demo_stores
+    from napari_meddift.explorer import DISPLAY_MODES, FieldTruth
+    from napari_meddift.io.cache import default_cache_dir
+    from napari_meddift.synthetic.demo import load_demo_field, load_demo_lungs, load_demo_pair
 
     out = Path(args.out)
-    inhale, exhale, src_pts, tgt_pts = load_demo_pair(args.demo_dir) if args.demo_dir else load_demo_pair()
-    backbone = get_backbone("mini", random_weights=True) if args.random else get_backbone("mini", weights=args.weights)
-    cache = Path(tempfile.mkdtemp(prefix="meddift-shots-"))
-    settings = ExtractionSettings(timestep=20, seed=0, device="cpu")
-    s, _ = extract_to_store(inhale, backbone, settings, cache / "inhale.zarr")
-    t, _ = extract_to_store(exhale, backbone, settings, cache / "exhale.zarr")
+    cache = default_cache_dir()
+    inhale, exhale, src_pts, tgt_pts = load_demo_pair()
+    s, t = extract_demo_stores(inhale, exhale, cache)
 
     viewer = napari.Viewer(title="MedDIFT correspondence explorer")
     w, h = (int(v) for v in args.size.split("x"))
     viewer.window._qt_window.resize(w, h)
     app = QApplication.instance()
-    launch_explorer(inhale, exhale, s, t, landmarks=(src_pts, tgt_pts), viewer=viewer)
-    ex = find_explorer(viewer)
-    ex.radius_spin.setValue(12)
+    launch_explorer(inhale, exhale, s, t, landmarks=(src_pts, tgt_pts), viewer=viewer, radius=12,
+                    truth=FieldTruth(load_demo_field().u_voxels()), lung_mask=load_demo_lungs()[1])
+    ex = viewer.window.dock_widgets["Correspondence explorer"]
+    lw = viewer.window.dock_widgets["Landmarks"]
+    fv = viewer.window.dock_widgets["Feature view (PCA)"]
     pump(app, 1.0)
     viewer.reset_view()
-
-    # 1. the explorer on a landmark, following the match
-    lw = ex.landmarks_widget
     lw.match(run_async=False)
     pump(app, 0.5)
-    i = int(lw.row_landmark(len(src_pts) // 2))
-    ex.show_query(tuple(int(v) for v in np.rint(src_pts[i])))
-    ex._worker.wait_idle(10)
-    pump(app, 1.5)
-    viewer.screenshot(str(out / "explorer.png"), canvas_only=False)
+    print("map colour range suggested for the pair:", ex.state.color_range)
 
-    # 2. per-level maps beside the fused one (in the colour range suggested for the pair)
-    print("map colour range suggested for the pair:", ex.range_combo.currentText())
-    ex.per_level_check.setChecked(True)
+    # 1. the explorer on a typical landmark: match, true point, error, crosshairs, window, landmarks
+    order = np.argsort(ex.session.landmarks.errors_mm)
+    i = int(order[len(order) // 2])
+    ex.go_to_landmark(i)
+    shot(app, ex, viewer, out / "explorer.png")
+
+    # 2. what each level sees: the per-level strip, raw and rank
+    ex.state.per_level = True
     ex.rerun()
     ex._worker.wait_idle(10)
-    pump(app, 1.0)
     tv = ex.target_view.viewer
-    cam_center, cam_zoom = tv.camera.center, tv.camera.zoom
-    strip = ex._layers["levels"]
-    fused = ex._layers["fused"]
-    x0 = fused.translate[2]
-    x1 = strip.translate[2] + strip.data.shape[2] * strip.scale[2]
-    y_mid = fused.translate[1] + fused.data.shape[1] * fused.scale[1] / 2
-    tv.camera.center = (tv.camera.center[0], y_mid, (x0 + x1) / 2)
-    tv.camera.zoom = 0.9 * ex.target_view.qt_viewer.width() / (x1 - x0)
-    pump(app, 1.0)
-    viewer.screenshot(str(out / "explorer_per_level.png"), canvas_only=False)
-    tv.camera.center, tv.camera.zoom = cam_center, cam_zoom
-    ex.per_level_check.setChecked(False)
+    cam = tv.camera.center, tv.camera.zoom
+    _frame(ex, ["fused", "levels"])
+    shot(app, ex, viewer, out / "explorer_per_level.png")
+    ex.state.display_mode = DISPLAY_MODES[2]
+    shot(app, ex, viewer, out / "explorer_per_level_rank.png")
 
-    # 3. the landmarks table, worst pair selected
+    # 3. what the timestep does: the compare strip over the cached timesteps
+    ex.extract_timesteps([int(v) for v in args.timesteps.split(",")], run_async=False)
+    ex.state.per_level = False
+    ex.state.compare_timesteps = True
+    ex.rerun()
+    ex._worker.wait_idle(10)
+    _frame(ex, ["fused", "compare"])
+    shot(app, ex, viewer, out / "explorer_timesteps.png")
+    ex.state.compare_timesteps = False
+    ex.state.timestep = 20
+
+    # 4. why a match fails: the worst landmark, rank map, landmarks filtered to the bad ones
+    ex.state.min_error_mm = 8.0
     _raise(lw)
     lw.table.selectRow(0)
     ex._worker.wait_idle(10)
-    pump(app, 1.5)
-    viewer.screenshot(str(out / "landmarks.png"), canvas_only=False)
+    tv.camera.center, tv.camera.zoom = cam
+    shot(app, ex, viewer, out / "landmarks.png")
+    ex.state.display_mode = DISPLAY_MODES[0]
+    ex.state.min_error_mm = 0.0
 
-    # 4. the PCA feature view (joint over both scans)
-    _raise(ex.feature_view)
-    ex.feature_view.level_combo.setCurrentText("up1")  # mini's finest level is grainy; up1 shows anatomy
-    ex.feature_view.compute(run_async=False)
+    # 5. the PCA feature view (joint over both scans)
+    _raise(fv)
+    fv.level_combo.setCurrentText("up1")  # mini's finest level is grainy; up1 shows anatomy
+    fv.compute(run_async=False)
     viewer.layers["PCA features"].opacity = 1.0
     ex.target_view.viewer.layers["PCA features"].opacity = 1.0
-    pump(app, 1.5)
-    viewer.screenshot(str(out / "feature_view.png"), canvas_only=False)
+    shot(app, ex, viewer, out / "feature_view.png")
     viewer.close()
 
-    # 5. the extraction widget after a run
+    # 6. the extraction widget after a run
     v2 = napari.Viewer(title="MedDIFT: extract descriptors")
     v2.window._qt_window.resize(w, h)
     from napari_meddift._qt._layers import volume_layer_kwargs
@@ -133,9 +156,6 @@ def main(argv=None):
     xw = ExtractWidget(v2)
     v2.window.add_dock_widget(xw, name="Extract descriptors", area="right")
     xw.cache_dir.value = str(cache)
-    xw.random_weights.value = bool(args.random)
-    if args.weights:
-        xw.weights.value = args.weights
     xw.open_explorer.value = False
     xw.start()
     while xw.running:

@@ -8,7 +8,8 @@ The dock widget only wires things together; each concern lives in its own file:
 * ``_target_view.py``: the docked second canvas; ``_map_layers.py``: maps, strips, markers,
   crosshairs, search window; ``_landmark_layers.py``: every landmark coloured by error;
 * ``_worker.py``: the mouse path's one-slot worker (stale positions are dropped, never queued);
-  ``_tasks.py``: long work (timestep extraction, matching all landmarks) with napari progress.
+  ``_explorer_work.py`` / ``_tasks.py``: long work (loading stores, timestep extraction, matching
+  all landmarks) on napari workers with progress in the activity dock.
 
 Other widgets (Landmarks, Feature view) share the explorer's ``session`` and call its public
 methods (``show_query``, ``go_to_landmark``, ``match_landmarks``); they find the explorer with
@@ -32,10 +33,11 @@ from ..errors import MedDiftError
 from ..explorer import ExplorerSession, format_status, pick_along_ray, suggest_map_range
 from ._controls import error_label
 from ._landmark_layers import LandmarkLayers
-from ._layers import STORE_KEY, layer_to_volume, voxel_to_world, world_to_voxel
+from ._layers import STORE_KEY, voxel_to_world, world_to_voxel
 from ._map_layers import MapLayers
 from ._target_view import CloseWatcher, DockArranger, TargetView, set_slice
-from ._tasks import LongTask, error_text, notify_error
+from ._explorer_work import ExplorerWork
+from ._tasks import error_text, notify_error
 from ._worker import LatestRequestWorker
 from ._explorer_controls import ExplorerControls
 
@@ -73,6 +75,7 @@ class ExplorerWidget(QWidget):
     consistency_ready = Signal(object)
     landmarks_applied = Signal(object)
     timesteps_ready = Signal(object)
+    compare_applied = Signal(object)
 
     #: seconds the forward-backward check waits for the pointer to settle
     FB_SETTLE_S = 0.03
@@ -87,7 +90,6 @@ class ExplorerWidget(QWidget):
         self.map_layers: MapLayers | None = None
         self.landmark_layers: LandmarkLayers | None = None
         self.result = None
-        self.task: LongTask | None = None
         self.latencies_ms: deque[float] = deque(maxlen=10000)
         self.timings: deque[dict] = deque(maxlen=10000)  # ms: event->submit, compute, wait, apply
         self._t_submit: dict = {}
@@ -101,15 +103,23 @@ class ExplorerWidget(QWidget):
         n = compute_threads or max(1, (os.cpu_count() or 2) - 1)
         self.compute_threads = n
         init = functools.partial(_set_torch_threads, n)
-        self._worker = LatestRequestWorker(self.session.compute, self, name="meddift-explorer", init=init)
+        self._worker = LatestRequestWorker(functools.partial(self.session.compute, compare=False), self,
+                                           name="meddift-explorer", init=init)
         self._worker.finished.connect(self._on_result)
         self._worker.failed.connect(lambda req, exc: self.show_error(exc))
         self._fb_worker = LatestRequestWorker(self._compute_fb, self, name="meddift-consistency", init=init)
         self._fb_worker.finished.connect(self._on_fb)
         self._fb_worker.failed.connect(lambda req, exc: None)
+        # the timestep compare strip: one more search per cached timestep, after the main map
+        self._cmp_worker = LatestRequestWorker(self._compute_compare, self, name="meddift-compare", init=init)
+        self._cmp_worker.finished.connect(self._on_compare)
+        self._cmp_worker.failed.connect(lambda req, exc: self.show_error(exc))
+        #: ms from the mouse event to the compare strip drawn
+        self.compare_latencies_ms: deque[float] = deque(maxlen=10000)
 
         self.controls = ExplorerControls(napari_viewer, self.state)
-        self.controls.connect_button.changed.connect(self._connect_clicked)
+        self.work = ExplorerWork(self)
+        self.controls.connect_button.changed.connect(lambda *_: self.work.connect_from_controls())
         self.controls.extract_timesteps.changed.connect(lambda *_: self.extract_timesteps())
         self.controls.cancel_timesteps.changed.connect(lambda *_: self.task and self.task.cancel())
         self.status_label = QLabel("Connect a pair, then move the mouse over the source image.")
@@ -146,45 +156,14 @@ class ExplorerWidget(QWidget):
     def engine(self):
         return self.session.engine
 
-    def _connect_clicked(self, *_):
-        from superqt.utils import create_worker
-
-        self.error_label.setText("")
-        c = self.controls
-        src_layer, tgt_layer = c.source.value, c.target.value
-        if src_layer is None or tgt_layer is None:
-            return self.show_error(MedDiftError("open the source and target images first (two 3D image layers)"))
-        if not c.source_store.value or not c.target_store.value or str(c.source_store.value) in ("", "."):
-            return self.show_error(MedDiftError("give a descriptor store for both images (run 'Extract descriptors' first)"))
-        paths = str(c.source_store.value), str(c.target_store.value)
-
-        def load():
-            from ..matching import Matcher
-            from ..io.store import open_store
-
-            s, t = open_store(paths[0]), open_store(paths[1])
-            return s, t, Matcher.from_stores(s, t)
-
-        c.connect_button.enabled = False
-        self.status_label.setText("loading descriptor stores...")
-
-        def done(res):
-            s, t, m = res
-            try:
-                self.connect_pair(src_layer, tgt_layer, s, t, matcher=m)
-            except (MedDiftError, ValueError, OSError) as exc:
-                self.show_error(exc)
-
-        self._connect_worker = create_worker(load, _start_thread=True, _connect={
-            "returned": done, "errored": self.show_error,
-            "finished": lambda: setattr(c.connect_button, "enabled", True)})
-
     def show_error(self, exc) -> None:
         self.error_label.setText(error_text(exc) if isinstance(exc, BaseException) else str(exc))
         notify_error(exc)
 
-    def connect_pair(self, source_layer, target_layer, src_store=None, tgt_store=None, matcher=None):
-        """Explore ``source_layer`` -> ``target_layer`` with their stores (or a ready matcher)."""
+    def connect_pair(self, source_layer, target_layer, src_store=None, tgt_store=None, matcher=None,
+                     timestep: int | None = None):
+        """Explore ``source_layer`` -> ``target_layer`` with their stores (or a ready matcher);
+        ``timestep``: the diffusion timestep of the descriptors (default: from the stores)."""
         from ..io.store import open_store
 
         src_store = open_store(src_store) if isinstance(src_store, (str, Path)) else src_store
@@ -203,7 +182,8 @@ class ExplorerWidget(QWidget):
                     f"'{layer.name}' has shape {tuple(np.shape(layer.data))}; pick the matching layer or store")
         self._worker.wait_idle(5)
         stores = (src_store, tgt_store) if src_store is not None and tgt_store is not None else None
-        self.session.connect(matcher, tuple(source_layer.scale[-3:]), tuple(target_layer.scale[-3:]), stores=stores)
+        self.session.connect(matcher, tuple(source_layer.scale[-3:]), tuple(target_layer.scale[-3:]),
+                             timestep=timestep, stores=stores)
         self.source_layer, self.target_layer = source_layer, target_layer
         for layer, store in ((source_layer, src_store), (target_layer, tgt_store)):
             path = getattr(store, "path", None)
@@ -383,7 +363,21 @@ class ExplorerWidget(QWidget):
         })
         self.error_label.setText("")
         self.result_applied.emit(result)
+        if result.request.compare:
+            self._cmp_worker.submit(result)
         self._fb_worker.submit(result)
+
+    def _compute_compare(self, result):
+        if self.result is not result or not self._worker.idle:
+            return None  # a newer map is on its way: this strip would be stale
+        return self.session.compute_compare(result)
+
+    def _on_compare(self, req, result) -> None:
+        if result is None or self.closed or self.map_layers is None or result is not self.result:
+            return
+        self.map_layers.show_compare(result, self.state)
+        self.compare_latencies_ms.append((time.perf_counter() - result.request.t_event) * 1e3)
+        self.compare_applied.emit(result)
 
     def _redraw(self, *_):
         if self.result is not None and self.map_layers is not None:
@@ -439,12 +433,17 @@ class ExplorerWidget(QWidget):
 
     def match_landmarks(self, run_async: bool = True, on_error=None):
         """Match every landmark with the current settings (napari progress, cancellable)."""
-        if not run_async:
-            lm = self.session.match_landmarks()
-            self.session.apply_landmarks(lm)
-            return lm
-        return self._start_task("Matching landmarks", self.session.match_landmarks, self.session.apply_landmarks,
-                                on_error)
+        return self.work.match_landmarks(run_async, on_error)
+
+    def extract_timesteps(self, timesteps=None, cache_dir=None, run_async: bool = True):
+        """Extract ``timesteps`` (default: the controls' list) for this pair into cached stores,
+        in the background with napari progress; each becomes a choice of the timestep slider."""
+        return self.work.extract_timesteps(timesteps, cache_dir, run_async)
+
+    @property
+    def task(self):
+        """The running (or last) long task: ``task.cancel()`` stops it."""
+        return self.work.task
 
     def go_to_landmark(self, i: int) -> None:
         """Both viewers to landmark pair ``i``: its source point searched, the target at its truth."""
@@ -458,57 +457,6 @@ class ExplorerWidget(QWidget):
         if self.target_view is not None:
             set_slice(self.target_view.viewer, self._focus)
         self.submit(vox, tag="landmark")
-
-    # ------------------------------------------------------------------ timesteps
-
-    def extract_timesteps(self, timesteps=None, cache_dir=None, run_async: bool = True):
-        """Extract ``timesteps`` (default: the controls' list) for this pair into cached stores,
-        in the background with napari progress; each becomes a choice of the timestep slider."""
-        from ..io.cache import default_cache_dir
-        from ..explorer import extract_timesteps, parse_timesteps
-
-        try:
-            ts = parse_timesteps(self.controls.timesteps_text.value if timesteps is None
-                                 else ",".join(str(t) for t in timesteps))
-            if self.session.stores is None:
-                raise MedDiftError("connect the pair from descriptor stores first (their settings are reused)")
-            vols = layer_to_volume(self.source_layer), layer_to_volume(self.target_layer)
-        except MedDiftError as exc:
-            self.show_error(exc)
-            return None
-        ref = self.session.stores[0]
-        cache = Path(cache_dir) if cache_dir else default_cache_dir()
-
-        def work(progress=None):
-            from ..matching import Matcher
-
-            pairs = extract_timesteps(vols[0], vols[1], ref, ts, cache, progress=progress)
-            return {t: Matcher.from_stores(s, g) for t, (s, g) in pairs.items()}
-
-        def done(matchers):
-            for t, m in matchers.items():
-                self.session.add_timestep(t, m)
-            self.timesteps_ready.emit(sorted(matchers))
-
-        if not run_async:
-            done(work())
-            return None
-        self.controls.cancel_timesteps.enabled = True
-        return self._start_task(f"Extracting timesteps {','.join(map(str, ts))}", work, done, None,
-                                lambda: setattr(self.controls.cancel_timesteps, "enabled", False))
-
-    def _start_task(self, desc, fn, on_done, on_error=None, on_finished=None):
-        if self.task is not None and self.task.running:
-            self.show_error(MedDiftError(f"'{self.task.desc}' is still running; wait for it or cancel it"))
-            return None
-
-        def failed(exc):
-            self.error_label.setText(error_text(exc))
-            if on_error is not None:
-                on_error(exc)
-
-        self.task = LongTask(desc, fn, on_done, failed, on_finished, parent=self).start()
-        return self.task
 
     # ------------------------------------------------------------------ extra markers and docks
 
@@ -543,6 +491,7 @@ class ExplorerWidget(QWidget):
             self.task.cancel()
         self._worker.close()
         self._fb_worker.close()
+        self._cmp_worker.close()
         try:
             self._disconnect_callbacks()
         except Exception:  # pragma: no cover - viewer already torn down

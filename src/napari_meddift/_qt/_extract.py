@@ -264,6 +264,9 @@ class ExtractWidget(Container):
         self.max_stall_ms = 0.0
         self._last_tick = time.perf_counter()
         self._stall_timer.start()
+        from napari.utils import progress as napari_progress
+
+        self._bar = napari_progress(total=0, desc="Extracting descriptors")  # napari's activity dock
         worker.start()
         return worker
 
@@ -282,6 +285,11 @@ class ExtractWidget(Container):
         self.progress.max = max(1, int(total))
         self.progress.value = min(int(done), int(total))
         self.message.value = message
+        bar = getattr(self, "_bar", None)
+        if bar is not None and self.running:
+            bar.total = max(1, int(total))
+            bar.n = min(int(done), int(total))
+            bar.set_description(f"Extracting descriptors: {message}")
 
     def _done(self, res, levels, weights):
         lines = []
@@ -328,6 +336,9 @@ class ExtractWidget(Container):
     def _finished(self):
         self._stall_timer.stop()
         self.running = False
+        bar, self._bar = getattr(self, "_bar", None), None
+        if bar is not None:
+            bar.close()
         self._worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False

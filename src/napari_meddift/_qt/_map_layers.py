@@ -209,32 +209,24 @@ class MapLayers:
         return pos
 
     def show(self, result, state, level_names) -> None:
-        """Draw ``result`` (a QueryResult) under ``state``'s view settings."""
+        """Draw ``result`` (a QueryResult) under ``state``'s view settings. The compare strip is
+        drawn when ``result.compare`` is filled (else it stays as it was until ``show_compare``)."""
         L = self.layers
         lim = self.limits(state)
         disp = result.display
         self._place(L["fused"], disp.get("fused", result.fused), result.offset, lim)
         set_visible(L["fused"], True)
-        labels, label_pos = ["fused"], [np.asarray(result.offset, float)]
         names = [n for n in level_names if n in result.per_level]
         self.strip_names = names
-        pos = self._strip(L["levels"], [disp.get(n, result.per_level[n]) for n in names], result.offset, 2,
-                          bool(state.per_level), lim)
-        for n, p in zip(names, pos):
-            labels.append(n if n in result.request.levels else f"{n} (off)")
-            label_pos.append(p)
-        ts = sorted(result.compare)
-        self.compare_names = ts
-        pos = self._strip(L["compare"], [disp.get(f"t={t}", result.compare[t]) for t in ts], result.offset, 1,
-                          bool(ts), lim)
-        for t, p in zip(ts, pos):
-            labels.append(f"t={t}" + (" (shown)" if t == result.request.timestep else ""))
-            label_pos.append(p)
-        self._labels(labels, label_pos, result.target_zyx[0], show=len(labels) > 1)
+        self._level_pos = self._strip(L["levels"], [disp.get(n, result.per_level[n]) for n in names], result.offset,
+                                      2, bool(state.per_level), lim)
+        if result.compare or not result.request.compare:
+            self.show_compare(result, state)
+        else:
+            self._relabel(result)
         set_points(L["match"], [result.target_zyx])
         set_points(L["query"], [result.request.query_zyx])
-        tshape = np.shape(self.target_layer.data)[-3:]
-        set_vectors(L["cross_t"], crosshair(result.target_zyx, tshape))
+        set_vectors(L["cross_t"], crosshair(result.target_zyx, np.shape(self.target_layer.data)[-3:]))
         set_vectors(L["cross_s"], crosshair(result.request.query_zyx, np.shape(self.source_layer.data)[-3:]))
         hi = np.asarray(result.offset) + np.asarray(result.fused.shape)
         set_vectors(L["window"], box_outline(result.target_zyx, result.offset, hi))
@@ -244,6 +236,25 @@ class MapLayers:
             set_visible(L["truth"], True)
         else:
             set_visible(L["truth"], False)
+
+    def show_compare(self, result, state) -> None:
+        """Draw the timestep compare strip of ``result`` below its fused map (hidden when empty)."""
+        ts = sorted(result.compare)
+        self.compare_names = ts
+        self._compare_pos = self._strip(self.layers["compare"], [result.display.get(f"t={t}", result.compare[t])
+                                                                 for t in ts], result.offset, 1, bool(ts),
+                                        self.limits(state))
+        self._relabel(result)
+
+    def _relabel(self, result) -> None:
+        labels, pos = ["fused"], [np.asarray(result.offset, float)]
+        for n, p in zip(self.strip_names, getattr(self, "_level_pos", [])):
+            labels.append(n if n in result.request.levels else f"{n} (off)")
+            pos.append(p)
+        for t, p in zip(self.compare_names, getattr(self, "_compare_pos", [])):
+            labels.append(f"t={t}" + (" (shown)" if t == result.request.timestep else ""))
+            pos.append(p)
+        self._labels(labels, pos, result.target_zyx[0], show=len(labels) > 1)
 
     def _labels(self, labels, pos, z, show: bool) -> None:
         lab = self.layers["labels"]

@@ -182,8 +182,10 @@ class ExplorerSession:
                             compare=compare, tag=tag,
                             t_event=time.perf_counter() if t_event is None else t_event)
 
-    def compute(self, req: QueryRequest) -> QueryResult | None:
-        """Everything the views show for ``req`` (thread-safe; None when disconnected)."""
+    def compute(self, req: QueryRequest, compare: bool = True) -> QueryResult | None:
+        """Everything the views show for ``req`` (thread-safe; None when disconnected).
+        ``compare=False`` leaves the timestep compare strip to ``compute_compare`` (a second step,
+        so the main map is not held up by one extra search per cached timestep)."""
         engine = self.engines.get(req.timestep)
         if engine is None:
             return None
@@ -193,21 +195,29 @@ class ExplorerSession:
         res.display["fused"] = display_map(res.fused, mode)
         for name, m in res.per_level.items():
             res.display[name] = display_map(m, mode)
-        for t in req.compare:
-            e = self.engines.get(t)
-            if e is None:
-                continue
-            m = res.fused if t == req.timestep else e.similarity(req.query_zyx, req.radius, req.levels,
-                                                                 dict(req.weights)).fused
-            res.compare[t] = m
-            res.display[f"t={t}"] = display_map(m, mode)
         truth = self.truth
         if truth is not None:
             ans = truth.target_of(req.query_zyx)
             res.truth = ans
             res.error_mm = float(np.linalg.norm((np.subtract(res.target_zyx, ans.target_zyx))
                                                 * np.asarray(self.target_spacing)))
+        if compare:
+            self.compute_compare(res)
         res.compute_ms = (time.perf_counter() - t0) * 1e3
+        return res
+
+    def compute_compare(self, res: QueryResult) -> QueryResult:
+        """Fill ``res.compare`` (timestep -> fused map at the same voxel, settings and window) for
+        the request's compare timesteps; thread-safe. Returns ``res``."""
+        req = res.request
+        for t in req.compare:
+            e = self.engines.get(t)
+            if e is None or t in res.compare:
+                continue
+            m = res.fused if t == req.timestep else e.similarity(req.query_zyx, req.radius, req.levels,
+                                                                 dict(req.weights)).fused
+            res.compare[t] = m
+            res.display[f"t={t}"] = display_map(m, req.display_mode)
         return res
 
     def consistency(self, result: QueryResult) -> tuple[float, bool]:
