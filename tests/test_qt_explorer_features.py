@@ -142,13 +142,14 @@ def test_crosshairs_and_search_window(explorer, qtbot):
     viewer, w, src, tgt = explorer
     res = _query(qtbot, w, (8, 9, 10))
     L = w.map_layers.layers
-    ch = L["cross_t"].data
-    assert ch.shape == (3, 2, 3)
+    aids = L["aids"].data
+    assert aids.shape == (15, 2, 3)  # 3 crosshair lines, 12 window edges
+    ch = aids[:3]
     for a in range(3):  # each line passes through the match
         other = [b for b in range(3) if b != a]
         np.testing.assert_allclose(ch[a, 0, other], np.asarray(res.target_zyx)[other])
     np.testing.assert_allclose(L["cross_s"].data[0, 0, 1:], res.request.query_zyx[1:])
-    win = L["window"].data
+    win = aids[3:]
     lo = np.asarray(res.offset, float)
     hi = np.asarray(res.offset) + np.asarray(res.fused.shape) - 1.0
     ends = np.concatenate([win[:, 0], win[:, 0] + win[:, 1]])

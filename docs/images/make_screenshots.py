@@ -55,9 +55,18 @@ def _frame(ex, keys):
                                ex.target_view.qt_viewer.height() / (hi[1] - lo[1] + 5))
 
 
+def settle(app, ex):
+    """Let the map, then the compare strip and the consistency check, arrive and draw."""
+    for _ in range(3):
+        ex._worker.wait_idle(20)
+        pump(app, 0.5)
+        ex._cmp_worker.wait_idle(20)
+        ex._fb_worker.wait_idle(20)
+        pump(app, 0.5)
+
+
 def shot(app, ex, viewer, path):
-    ex._worker.wait_idle(20)
-    pump(app, 1.5)
+    settle(app, ex)
     viewer.screenshot(str(path), canvas_only=False)
     print("wrote", path)
 
@@ -108,7 +117,7 @@ def main(argv=None):
     # 2. what each level sees: the per-level strip, raw and rank
     ex.state.per_level = True
     ex.rerun()
-    ex._worker.wait_idle(10)
+    settle(app, ex)
     tv = ex.target_view.viewer
     cam = tv.camera.center, tv.camera.zoom
     _frame(ex, ["fused", "levels"])
@@ -121,7 +130,7 @@ def main(argv=None):
     ex.state.per_level = False
     ex.state.compare_timesteps = True
     ex.rerun()
-    ex._worker.wait_idle(10)
+    settle(app, ex)
     _frame(ex, ["fused", "compare"])
     shot(app, ex, viewer, out / "explorer_timesteps.png")
     ex.state.compare_timesteps = False
