@@ -221,3 +221,29 @@ def test_menus_contribute_our_widgets(make_napari_viewer):
     assert {"napari-meddift.extract_widget", "napari-meddift.explorer_widget"} <= commands("napari/layers/register")
     assert "napari-meddift.landmarks_widget" in commands("napari/layers/measure")
     assert "napari-meddift.feature_view_widget" in commands("napari/layers/visualize")
+
+
+def test_maps_and_markers_follow_the_scan_direction(make_napari_viewer, qtbot):
+    """A LAS scan (direction diag(1, -1, 1)): every derived layer sits where the target's voxels are."""
+    from napari_meddift._qt._explorer import ExplorerWidget
+    from napari_meddift._qt._layers import geometry_kwargs
+
+    viewer = make_napari_viewer(show=True)
+    geo = geometry_kwargs(SPACING, (-20.0, 30.0, 5.0), np.diag([1.0, -1.0, 1.0]))
+    rng = np.random.default_rng(1)
+    src = viewer.add_image(rng.random(SHAPE, dtype=np.float32), name="src", **geo)
+    tgt = viewer.add_image(rng.random(SHAPE, dtype=np.float32), name="tgt", visible=False, **geo)
+    w = ExplorerWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Correspondence explorer")
+    w.connect_pair(src, tgt, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
+    w.state.radius = 3
+    w.set_landmarks([[10.0, 12.0, 11.0]], [[11.0, 13.0, 10.0]])
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        w.show_query((10, 12, 11))
+    res, L = w.result, w.map_layers.layers
+    for k in ((0, 0, 0), (2, 1, 3)):
+        np.testing.assert_allclose(L["fused"].data_to_world(np.array(k, float)),
+                                   tgt.data_to_world(np.add(res.offset, k).astype(float)), atol=1e-6)
+    np.testing.assert_allclose(L["match"].data_to_world(L["match"].data[0]), tgt.data_to_world(np.array(res.target_zyx, float)))
+    np.testing.assert_allclose(L["truth"].data_to_world(L["truth"].data[0]), tgt.data_to_world(np.array([11.0, 13.0, 10.0])))
+    w.close_explorer()

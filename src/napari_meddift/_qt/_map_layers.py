@@ -15,18 +15,7 @@ import contextlib
 import numpy as np
 
 from ..explorer import MAP_RANGES, display_limits
-
-try:  # the scan's full geometry (direction in the affine)
-    from ._layers import box_translate, same_geometry
-except ImportError:  # pragma: no cover - older _layers without direction support
-    def same_geometry(layer) -> dict:
-        return {"scale": tuple(float(s) for s in layer.scale[-3:]),
-                "translate": tuple(float(t) for t in layer.translate[-3:]),
-                "affine": np.asarray(layer.affine.affine_matrix, float)[-4:, -4:].copy()}
-
-    def box_translate(layer, offset_zyx):
-        off = np.asarray(offset_zyx, float).reshape(3)
-        return tuple(float(t + s * o) for t, s, o in zip(layer.translate[-3:], layer.scale[-3:], off))
+from ._layers import box_translate, same_geometry  # the scan's full geometry (direction in the affine)
 
 __all__ = ["MapLayers", "SIM_COLORMAP", "same_geometry", "box_translate"]
 
