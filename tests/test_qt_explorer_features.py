@@ -120,6 +120,8 @@ def test_timestep_slider_and_compare_strip(explorer, qtbot):
     np.testing.assert_allclose(w.timestep_map(100), w.map_layers.layers["fused"].data, atol=1e-6)
     # below the fused map in the target (y grows downwards on screen)
     assert strip.data_to_world(np.zeros(3))[1] > w.map_layers.layers["fused"].data_to_world(np.zeros(3))[1]
+    # labels name every map; the slider's timestep is the one shown
+    assert list(w.map_layers.layers["labels"].features["label"]) == ["fused", "t=20", "t=100 (shown)"]
 
 
 def test_display_modes_and_limits(explorer, qtbot):
@@ -246,4 +248,11 @@ def test_maps_and_markers_follow_the_scan_direction(make_napari_viewer, qtbot):
                                    tgt.data_to_world(np.add(res.offset, k).astype(float)), atol=1e-6)
     np.testing.assert_allclose(L["match"].data_to_world(L["match"].data[0]), tgt.data_to_world(np.array(res.target_zyx, float)))
     np.testing.assert_allclose(L["truth"].data_to_world(L["truth"].data[0]), tgt.data_to_world(np.array([11.0, 13.0, 10.0])))
+    # the per-level strip lies to the right on screen (world x larger), also with a flipped y axis
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        w.state.per_level = True
+        w.rerun()
+    fused_x = L["fused"].data_to_world(np.array(L["fused"].data.shape, float) - 1)[2]
+    assert L["levels"].data_to_world(np.zeros(3))[2] > fused_x
+    np.testing.assert_allclose(w.per_level_map("up1"), w.result.per_level["up1"], atol=1e-6)
     w.close_explorer()

@@ -102,6 +102,7 @@ class MapLayers:
         self.layers: dict[str, object] = {}
         self.strip_names: list[str] = []  # per-level strip order
         self.compare_names: list[int] = []  # compare strip order (timesteps)
+        self._inner: dict[str, list[int]] = {}  # strip key -> start of each map inside the strip array
         self._build()
 
     # ------------------------------------------------------------------ creation
@@ -179,28 +180,50 @@ class MapLayers:
         if tuple(layer.contrast_limits) != lim:
             layer.contrast_limits = lim
 
-    def _strip(self, layer, maps, offset, shift_axis: int, show: bool, lim) -> list:
-        """Maps side by side along ``shift_axis`` starting one map after ``offset``; label positions."""
+    def _screen_sign(self, axis: int) -> int:
+        """+1 when the target's voxel index along ``axis`` grows with world (screen) y or x, else -1
+        (a scan stored anterior-down or right-to-left: the direction flips that axis)."""
+        e = np.zeros(3)
+        e[axis] = 1.0
+        d = np.asarray(self.target_layer.data_to_world(e), float) - np.asarray(self.target_layer.data_to_world(np.zeros(3)), float)
+        return 1 if d[axis] >= 0 else -1
+
+    def _label_anchor(self, start, shape) -> np.ndarray:
+        """The voxel of a map at the top-left of the screen (smallest world y and x)."""
+        p = np.asarray(start, float).copy()
+        for axis in (1, 2):
+            if self._screen_sign(axis) < 0:
+                p[axis] += shape[axis] - 1
+        return p
+
+    def _strip(self, layer, maps, offset, shift_axis: int, show: bool, lim, key: str) -> list:
+        """Maps side by side, the first one map after ``offset`` along ``shift_axis`` in the
+        screen's direction (right for x, down for y); returns their label positions."""
         if not show or not maps:
             set_visible(layer, False)
             return []
         shape = maps[0].shape
         w = shape[shift_axis]
         n = len(maps)
+        sign = self._screen_sign(shift_axis)
+        starts = [int(offset[shift_axis]) + sign * (k + 1) * (w + STRIP_GAP) for k in range(n)]
+        first = min(starts)
         full = list(shape)
         full[shift_axis] = n * (w + STRIP_GAP) - STRIP_GAP
         strip = np.full(full, np.nan, np.float32)  # NaN: the gaps stay empty
-        pos = []
-        for k, m in enumerate(maps):
+        inner, pos = [], []
+        for m, st in zip(maps, starts):
             sl = [slice(None)] * 3
-            sl[shift_axis] = slice(k * (w + STRIP_GAP), k * (w + STRIP_GAP) + w)
+            sl[shift_axis] = slice(st - first, st - first + w)
             strip[tuple(sl)] = m
+            inner.append(st - first)
             p = np.asarray(offset, float).copy()
-            p[shift_axis] += (k + 1) * (w + STRIP_GAP)
-            pos.append(p)
-        start = np.asarray(offset, float).copy()
-        start[shift_axis] += w + STRIP_GAP
-        self._place(layer, strip, start, lim)
+            p[shift_axis] = st
+            pos.append(self._label_anchor(p, shape))
+        self._inner[key] = inner
+        origin = np.asarray(offset, float).copy()
+        origin[shift_axis] = first
+        self._place(layer, strip, origin, lim)
         set_visible(layer, True)
         return pos
 
@@ -215,7 +238,7 @@ class MapLayers:
         names = [n for n in level_names if n in result.per_level]
         self.strip_names = names
         self._level_pos = self._strip(L["levels"], [disp.get(n, result.per_level[n]) for n in names], result.offset,
-                                      2, bool(state.per_level), lim)
+                                      2, bool(state.per_level), lim, "levels")
         if result.compare or not result.request.compare:
             self.show_compare(result, state)
         else:
@@ -239,11 +262,11 @@ class MapLayers:
         self.compare_names = ts
         self._compare_pos = self._strip(self.layers["compare"], [result.display.get(f"t={t}", result.compare[t])
                                                                  for t in ts], result.offset, 1, bool(ts),
-                                        self.limits(state))
+                                        self.limits(state), "compare")
         self._relabel(result)
 
     def _relabel(self, result) -> None:
-        labels, pos = ["fused"], [np.asarray(result.offset, float)]
+        labels, pos = ["fused"], [self._label_anchor(result.offset, result.fused.shape)]
         for n, p in zip(self.strip_names, getattr(self, "_level_pos", [])):
             labels.append(n if n in result.request.levels else f"{n} (off)")
             pos.append(p)
@@ -274,8 +297,9 @@ class MapLayers:
         fused = self.layers["fused"].data
         axis = 2 if key == "levels" else 1
         w = fused.shape[axis]
+        st = self._inner[key][index]
         sl = [slice(None)] * 3
-        sl[axis] = slice(index * (w + STRIP_GAP), index * (w + STRIP_GAP) + w)
+        sl[axis] = slice(st, st + w)
         return self.layers[key].data[tuple(sl)]
 
     def remove_source_markers(self) -> None:
