@@ -168,3 +168,25 @@ def test_parse_timesteps():
     for bad in ("", "a", "1000"):
         with pytest.raises(MedDiftError):
             parse_timesteps(bad)
+
+
+@pytest.mark.slow
+def test_extract_timesteps_with_the_connected_stores_recipe(tmp_path):
+    from napari_meddift.backbones import get_backbone
+    from napari_meddift.backbones.base import ExtractionSettings
+    from napari_meddift.backbones.extraction import extract_to_store
+    from napari_meddift.explorer import extract_timesteps
+    from napari_meddift.io.volume import Volume
+
+    rng = np.random.default_rng(0)
+    vol = Volume(array=(rng.random((24, 24, 24)) * 1400 - 1000).astype(np.float32), spacing=(2.5,) * 3,
+                 origin=(0.0,) * 3, name="tiny")
+    ref, _ = extract_to_store(vol, get_backbone("mini", random_weights=True), ExtractionSettings(timestep=20, device="cpu"),
+                              tmp_path / "ref.zarr")
+    steps = []
+    pairs = extract_timesteps(vol, vol, ref, (0, 50), tmp_path / "cache", progress=lambda d, n, m: steps.append(d))
+    assert sorted(pairs) == [0, 50] and steps[-1] == 4
+    for t, (a, b) in pairs.items():
+        assert a.attrs["timestep"] == t and a.attrs["weights_hash"] == ref.attrs["weights_hash"]
+    again = extract_timesteps(vol, vol, ref, (50,), tmp_path / "cache")  # cached: the same store
+    assert again[50][0].path == pairs[50][0].path
