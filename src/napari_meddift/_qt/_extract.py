@@ -27,7 +27,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..backbones import backbone_levels
-from ..errors import CancelledError, MedDiftError
+from ..errors import CancelledError, MedDiftError, is_out_of_memory, out_of_memory_message
 from ..backbones.extraction import cached_store_path
 from ._layers import STORE_KEY, layer_to_volume
 from ._controls import ERROR_STYLE
@@ -240,13 +240,9 @@ class ExtractWidget(Container):
                 return {"stores": out, "seconds": time.perf_counter() - t0}
             except (MedDiftError, CancelledError):
                 raise
-            except MemoryError as exc:
-                raise MedDiftError(
-                    "out of memory while extracting; choose fewer levels, device cpu, or a smaller image") from exc
-            except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-                if "out of memory" in str(exc).lower():
-                    raise MedDiftError(
-                        "the GPU ran out of memory; choose device cpu or fewer levels, or close other GPU jobs") from exc
+            except Exception as exc:  # CPU and CUDA out-of-memory, as the CLI recognises them
+                if is_out_of_memory(exc):
+                    raise MedDiftError(out_of_memory_message(exc, "extracting")) from exc
                 raise
 
         # superqt's worker: errors go to our label only (napari's would also pop a traceback)

@@ -6,7 +6,6 @@ same colour in both viewers: the usual way to look at DIFT features. Per level o
 
 from __future__ import annotations
 
-import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
@@ -113,20 +112,18 @@ class FeatureViewWidget(QWidget):
         return self._worker
 
     def _show(self, ex, view) -> None:
-        from ..pca import grid_geometry
+        from ._layers import grid_layer_kwargs, layer_to_volume
 
         self.view = view
         label = "+".join(view.levels)
         for rgb, grid, layer, viewer in ((view.rgb[0], view.grids[0], ex.source_layer, ex.viewer),
                                          (view.rgb[1], view.grids[1], ex.target_layer, ex.target_view.viewer)):
-            scale, translate = grid_geometry(grid, np.shape(layer.data)[-3:], layer.scale[-3:], layer.translate[-3:])
+            # the grid over the scan's full geometry (direction included: flipped and oblique scans)
+            geo = grid_layer_kwargs(layer_to_volume(layer), grid)
             name = "PCA features"
             if name in viewer.layers:
-                out = viewer.layers[name]
-                out.data = rgb
-                out.scale, out.translate = scale, translate
-            else:
-                out = viewer.add_image(rgb, name=name, rgb=True, scale=scale, translate=translate, opacity=0.7)
+                viewer.layers.remove(name)  # a new grid: its transform is set at creation
+            out = viewer.add_image(rgb, name=name, rgb=True, opacity=0.7, **geo)
             out.metadata["meddift_pca_levels"] = list(view.levels)
             # keep the similarity map and markers on top in the target viewer
             if viewer is not ex.viewer:

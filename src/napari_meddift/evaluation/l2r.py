@@ -509,8 +509,7 @@ def evaluate_l2r(
             they can be checked first.
     """
     from ..backbones.base import ExtractionSettings
-    from .metrics import summarize, tre_mm
-    from ..io.landmarks import read_points, write_points_csv
+    from .metrics import summarize
 
     cfg, case_list = l2r_cases(root, labels_root, cases)
     check_files(root, case_list, keypoints=keypoints)

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from ..errors import CancelledError, MedDiftError
+from ..errors import MedDiftError
 from .engine import ExplorerEngine, QueryRequest, QueryResult
 from .landmarks import LandmarkSet
 from .maps import display_map, peak_stats
