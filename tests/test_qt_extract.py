@@ -104,3 +104,24 @@ def test_wrong_layer_is_refused(make_napari_viewer):
     w = ExtractWidget(viewer)
     assert w.source.choices == ()  # 2D images are not offered
     assert w.start() is None and "source image" in w.error.value
+
+
+def test_maisi_options_show_for_maisi_and_reach_the_backbone(extract_widget, monkeypatch):
+    import napari_meddift.backbones as B
+
+    viewer, w, _ = extract_widget
+    assert not w.region.visible and not w.variant.visible and not w.latent.visible
+    w.backbone.value = "maisi"
+    assert w.region.visible and w.variant.visible and w.latent.visible
+    assert "alpha_bar" in w.noise_label.value  # DDPM schedule: alpha_bar(20) = 0.967
+    w.variant.value = "rflow"
+    assert w.noise_label.value == "t=20 (rectified flow): signal 0.980, noise 0.020"
+
+    seen = {}
+    monkeypatch.setattr(B, "get_backbone", lambda name, **kw: seen.update(name=name, **kw))
+    w.variant.value, w.region.value, w.latent.value = "ddpm", "abdomen", "sample"
+    w.make_backbone()
+    assert seen["name"] == "maisi" and seen["body_region"] == "abdomen"
+    assert seen["variant"] == "ddpm" and seen["latent"] == "sample" and seen["random_weights"] is True
+    w.backbone.value = "mini"
+    assert not w.region.visible

@@ -37,7 +37,12 @@ __all__ = ["ExtractWidget"]
 NONE = "(none)"
 
 
-def _noise_text(t: int) -> str:
+def _noise_text(t: int, variant: str = "ddpm") -> str:
+    """What timestep ``t`` does to the latent: DDPM's schedule, or rectified flow's straight line
+    x_t = (1 - t/1000) x + (t/1000) noise."""
+    if variant == "rflow":
+        tp = int(t) / 1000.0
+        return f"t={int(t)} (rectified flow): signal {1 - tp:.3f}, noise {tp:.3f}"
     try:
         from ..backbones.noise import noise_level
 
@@ -74,6 +79,13 @@ class ExtractWidget(Container):
         self.weights = FileEdit(label="Weights", mode="r", value="", nullable=True,
                                 tooltip="mini: a .pt file (empty = packaged weights); MAISI: the folder holding "
                                 "autoencoder_epoch273.pt and diff_unet_3d_ddpm.pt")
+        # MAISI only: conditioning, UNet variant and latent (docs/backbones.md)
+        self.region = ComboBox(label="Body region", choices=["head", "chest", "abdomen", "lower"], value="chest",
+                               tooltip="MAISI DDPM conditioning (top and bottom region)")
+        self.variant = ComboBox(label="MAISI variant", choices=["auto", "ddpm", "rflow"], value="auto",
+                                tooltip="auto: recognised from the checkpoint; with random weights auto = ddpm")
+        self.latent = ComboBox(label="Latent", choices=["mean", "sample"], value="mean",
+                               tooltip="posterior mean (deterministic) or mean + sigma * noise")
         self.timestep = Slider(label="Timestep", min=0, max=999, value=20, tracking=True)
         self.noise_label = Label(value=_noise_text(20))
         self.levels_box = Container(label="Levels", layout="vertical", labels=False)
@@ -92,13 +104,16 @@ class ExtractWidget(Container):
         self.message.native.setWordWrap(True)
         self.noise_label.native.setWordWrap(True)
         self.extend([
-            self.source, self.target, self.backbone, self.random_weights, self.weights, self.timestep,
+            self.source, self.target, self.backbone, self.random_weights, self.weights,
+            self.region, self.variant, self.latent, self.timestep,
             self.noise_label, self.levels_box, self.samples, self.seed, self.device, self.cache_dir,
             self.open_explorer, self.run_button, self.cancel_button, self.progress, self.message, self.error,
         ])
         self._level_widgets: dict[str, tuple[CheckBox, FloatSpinBox]] = {}
         self._rebuild_levels()
-        self.timestep.changed.connect(lambda v: setattr(self.noise_label, "value", _noise_text(v)))
+        self.timestep.changed.connect(self._update_noise)
+        self.variant.changed.connect(self._update_noise)
+        self._show_maisi_options(self.backbone.value == "maisi")
         self.backbone.changed.connect(self._on_backbone)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -152,6 +167,16 @@ class ExtractWidget(Container):
     def _on_backbone(self, name):
         self._rebuild_levels()
         self.weights.mode = "d" if name == "maisi" else "r"
+        self._show_maisi_options(name == "maisi")
+
+    def _show_maisi_options(self, show: bool) -> None:
+        for w in (self.region, self.variant, self.latent):
+            w.visible = show
+        self._update_noise()
+
+    def _update_noise(self, *_):
+        rflow = self.backbone.value == "maisi" and self.variant.value == "rflow"
+        self.noise_label.value = _noise_text(self.timestep.value, "rflow" if rflow else "ddpm")
 
     # ------------------------------------------------------------------ settings
 
@@ -182,8 +207,11 @@ class ExtractWidget(Container):
 
         name = self.backbone.value
         kw = {}
-        if name == "maisi" and "mid" in self.chosen_levels():
-            kw["include_mid"] = True
+        if name == "maisi":
+            kw.update(include_mid="mid" in self.chosen_levels(), latent=self.latent.value, variant=self.variant.value)
+            # chest is the default; another region on a rectified-flow release is refused in one line
+            if self.variant.value != "rflow" and self.region.value != "chest":
+                kw["body_region"] = self.region.value
         if self.random_weights.value:
             return get_backbone(name, random_weights=True, **kw)
         return get_backbone(name, weights=self._weights_path(), **kw)
