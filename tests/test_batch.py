@@ -32,7 +32,7 @@ from napari_meddift.io.volume import Volume, read_volume, write_volume
 REPO = Path(__file__).resolve().parents[1]
 CTS = ("chest_cip_ct64", "lung_elastix_small")
 # only the creation time may differ between two extractions of the same scan
-VOLATILE = {"created"}
+VOLATILE = {"created", "write_id"}  # when, and a random id per write (io/store.py)
 
 
 @pytest.fixture(scope="module")
