@@ -346,11 +346,14 @@ class ExplorerWidget(QWidget):
             return
         t_arrive = time.perf_counter()
         self.result = result
-        self.map_layers.show(result, self.state, self.session.available_levels)
-        if result.request.tag == "landmark" and self._focus is not None:
-            set_slice(self.target_view.viewer, self._focus)  # a picked landmark: stay at its truth
-        elif self.state.following:
-            self._follow(result)
+        # the maps change in place first; when the target slice then follows the match, napari
+        # re-slices them there once (no second redraw at the old slice)
+        with self.map_layers.deferred():
+            self.map_layers.show(result, self.state, self.session.available_levels)
+            if result.request.tag == "landmark" and self._focus is not None:
+                set_slice(self.target_view.viewer, self._focus)  # a picked landmark: stay at its truth
+            elif self.state.following:
+                self._follow(result)
         self._update_status(result, pending_fb=True)
         t_done = time.perf_counter()
         self.latencies_ms.append((t_done - req.t_event) * 1e3)

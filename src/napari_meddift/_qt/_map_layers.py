@@ -35,19 +35,24 @@ def no_refresh(layer):
     return blocker() if callable(blocker) else contextlib.nullcontext()
 
 
-def set_points(layer, pts) -> None:
-    """Move the points of a Points layer in place when their count is unchanged."""
+def _refresh_now(layer) -> None:
+    layer.refresh()
+
+
+def set_points(layer, pts, refresh=_refresh_now) -> None:
+    """Move the points of a Points layer in place when their count is unchanged
+    (``refresh(layer)`` redraws it after an in-place change)."""
     new = np.asarray(pts, float).reshape(-1, 3)
     data = layer.data
     if data.shape == new.shape:
         if not np.array_equal(data, new):
             data[...] = new
-            layer.refresh()
+            refresh(layer)
     else:
         layer.data = new
 
 
-def set_vectors(layer, vecs) -> None:
+def set_vectors(layer, vecs, refresh=_refresh_now) -> None:
     """Move the vectors of a Vectors layer in place when their count is unchanged (setting
     ``.data`` rebuilds colours and extents: several times slower)."""
     new = np.asarray(vecs, float)
@@ -55,7 +60,7 @@ def set_vectors(layer, vecs) -> None:
     if data.shape == new.shape:
         if not np.array_equal(data, new):
             data[...] = new
-            layer.refresh()
+            refresh(layer)
     else:
         layer.data = new
 
@@ -103,6 +108,8 @@ class MapLayers:
         self.strip_names: list[str] = []  # per-level strip order
         self.compare_names: list[int] = []  # compare strip order (timesteps)
         self._inner: dict[str, list[int]] = {}  # strip key -> start of each map inside the strip array
+        self._signs: dict[int, int] = {}  # axis -> screen sign, for the result being drawn
+        self._pending: list | None = None  # target layers changed in place, not yet redrawn (deferred)
         self._build()
 
     # ------------------------------------------------------------------ creation
@@ -152,6 +159,34 @@ class MapLayers:
 
     # ------------------------------------------------------------------ updates
 
+    def _refresh(self, layer) -> None:
+        """Redraw ``layer`` after an in-place change, or note it while :meth:`deferred` is open."""
+        if self._pending is not None and layer in self.target_viewer.layers:
+            # the slice when it changed: a later slice move re-slices it with the new data
+            clear = getattr(layer, "_clear_extent", None)
+            if callable(clear):  # what its refresh would do first: the viewer's ranges see the new extent
+                clear()
+            self._pending = [(p, pt) for p, pt in self._pending if p is not layer]
+            self._pending.append((layer, tuple(self.target_viewer.dims.point)))
+        else:
+            layer.refresh()
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Hold back the target layers' in-place redraws until the block ends. When the target
+        viewer's slice moved after a layer changed (the view follows the match), napari has
+        already re-sliced that layer with its new data, so redrawing it again is skipped; the
+        other held-back layers are redrawn once each."""
+        self._pending = []
+        try:
+            yield
+        finally:
+            pending, self._pending = self._pending, None
+            point = tuple(self.target_viewer.dims.point)
+            for layer, noted in pending:
+                if noted == point:
+                    layer.refresh()
+
     def limits(self, state) -> tuple[float, float]:
         return display_limits(state.display_mode, MAP_RANGES.get(state.color_range, (-1.0, 1.0)))
 
@@ -172,7 +207,7 @@ class MapLayers:
                 with no_refresh(layer):
                     layer.translate = translate
             old[...] = data
-            layer.refresh()
+            self._refresh(layer)
         else:
             with no_refresh(layer):
                 layer.translate = translate
@@ -182,11 +217,15 @@ class MapLayers:
 
     def _screen_sign(self, axis: int) -> int:
         """+1 when the target's voxel index along ``axis`` grows with world (screen) y or x, else -1
-        (a scan stored anterior-down or right-to-left: the direction flips that axis)."""
+        (a scan stored anterior-down or right-to-left: the direction flips that axis). Worked out
+        once per drawn result (``show`` / ``show_compare`` clear ``_signs``), not once per map."""
+        if axis in self._signs:
+            return self._signs[axis]
         e = np.zeros(3)
         e[axis] = 1.0
         d = np.asarray(self.target_layer.data_to_world(e), float) - np.asarray(self.target_layer.data_to_world(np.zeros(3)), float)
-        return 1 if d[axis] >= 0 else -1
+        self._signs[axis] = 1 if d[axis] >= 0 else -1
+        return self._signs[axis]
 
     def _label_anchor(self, start, shape) -> np.ndarray:
         """The voxel of a map at the top-left of the screen (smallest world y and x)."""
@@ -231,6 +270,7 @@ class MapLayers:
         """Draw ``result`` (a QueryResult) under ``state``'s view settings. The compare strip is
         drawn when ``result.compare`` is filled (else it stays as it was until ``show_compare``)."""
         L = self.layers
+        self._signs = {}
         lim = self.limits(state)
         disp = result.display
         self._place(L["fused"], disp.get("fused", result.fused), result.offset, lim)
@@ -243,15 +283,15 @@ class MapLayers:
             self.show_compare(result, state)
         else:
             self._relabel(result)
-        set_points(L["match"], [result.target_zyx])
+        set_points(L["match"], [result.target_zyx], self._refresh)
         set_points(L["query"], [result.request.query_zyx])
         hi = np.asarray(result.offset) + np.asarray(result.fused.shape)
         set_vectors(L["aids"], np.concatenate([crosshair(result.target_zyx, np.shape(self.target_layer.data)[-3:]),
-                                               box_outline(result.target_zyx, result.offset, hi)]))
+                                               box_outline(result.target_zyx, result.offset, hi)]), self._refresh)
         set_vectors(L["cross_s"], crosshair(result.request.query_zyx, np.shape(self.source_layer.data)[-3:]))
         truth = result.truth
         if truth is not None and state.show_truth:
-            set_points(L["truth"], [truth.target_zyx])
+            set_points(L["truth"], [truth.target_zyx], self._refresh)
             set_visible(L["truth"], True)
         else:
             set_visible(L["truth"], False)
@@ -259,6 +299,7 @@ class MapLayers:
     def show_compare(self, result, state) -> None:
         """Draw the timestep compare strip of ``result`` below its fused map (hidden when empty)."""
         ts = sorted(result.compare)
+        self._signs = {}
         self.compare_names = ts
         self._compare_pos = self._strip(self.layers["compare"], [result.display.get(f"t={t}", result.compare[t])
                                                                  for t in ts], result.offset, 1, bool(ts),
@@ -285,7 +326,7 @@ class MapLayers:
         if lab.data.shape == pos.shape and list(lab.features["label"]) == labels:
             if not np.array_equal(lab.data, pos):
                 lab.data[...] = pos  # same labels: move them in place
-                lab.refresh()
+                self._refresh(lab)
         else:
             lab.data = pos
             lab.features = {"label": np.asarray(labels, dtype=object)}
