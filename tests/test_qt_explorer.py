@@ -139,6 +139,42 @@ def test_per_level_view_and_follow_off(explorer, qtbot):
     assert tuple(w.target_view.viewer.dims.point) == before
 
 
+def _drawn_map_slice(layer, viewer):
+    """The 2D slice napari draws for map ``layer`` at ``viewer``'s z, and the data it must show."""
+    zi = int(round(float(layer.world_to_data(viewer.dims.point)[0])))
+    return np.asarray(layer._slice.image.raw), layer.data[zi]
+
+
+def test_drawn_slice_shows_the_new_map_whether_or_not_the_view_moves(explorer, qtbot):
+    """The apply step skips a map's own redraw when the followed slice re-slices it anyway: in
+    both cases what is drawn (the sliced view, not only ``.data``) is the new map and match."""
+    viewer, w, src, tgt, ref = explorer
+    tv = w.target_view.viewer
+    fused, match = w.map_layers.layers["fused"], w.map_layers.layers["match"]
+    moved = 0
+    for vox in [(10, 12, 11), (3, 20, 5), (16, 4, 18)]:  # following: the slice moves to each match
+        before = tuple(tv.dims.point)
+        _move(qtbot, viewer, w, src, vox)
+        moved += tuple(tv.dims.point) != before
+        drawn, expect = _drawn_map_slice(fused, tv)
+        np.testing.assert_allclose(drawn, expect, atol=1e-6)
+        np.testing.assert_allclose(match._view_data, [np.asarray(w.result.target_zyx)[1:]], atol=1e-9)
+    assert moved >= 1  # the re-sliced path ran at least once
+    w.state.following = False  # the slice stays: the maps redraw themselves
+    vox = (5, 5, 5)
+    m = ref.match(vox, 4)
+    set_point = list(tv.dims.point)
+    set_point[0] = float(tgt.data_to_world(np.asarray(m.target_zyx, float))[0])
+    tv.dims.point = tuple(set_point)
+    before = tuple(tv.dims.point)
+    _move(qtbot, viewer, w, src, vox)
+    assert tuple(tv.dims.point) == before
+    drawn, expect = _drawn_map_slice(fused, tv)
+    np.testing.assert_allclose(drawn, expect, atol=1e-6)
+    np.testing.assert_allclose(drawn, ref.similarity(vox, 4).fused[m.target_zyx[0] - w.result.offset[0]], atol=1e-6)
+    np.testing.assert_allclose(match._view_data, [np.asarray(m.target_zyx, float)[1:]], atol=1e-9)
+
+
 def test_stale_events_are_dropped(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
     # many events while the worker is busy: only the latest is computed next
