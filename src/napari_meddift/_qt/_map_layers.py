@@ -39,10 +39,9 @@ def _refresh_now(layer) -> None:
     layer.refresh()
 
 
-def set_points(layer, pts, refresh=_refresh_now) -> None:
-    """Move the points of a Points layer in place when their count is unchanged
-    (``refresh(layer)`` redraws it after an in-place change)."""
-    new = np.asarray(pts, float).reshape(-1, 3)
+def _move_in_place(layer, new: np.ndarray, refresh) -> None:
+    """Write ``new`` into ``layer.data`` in place when the shape is unchanged (setting ``.data``
+    rebuilds colours and extents: several times slower); ``refresh(layer)`` redraws it then."""
     data = layer.data
     if data.shape == new.shape:
         if not np.array_equal(data, new):
@@ -50,19 +49,16 @@ def set_points(layer, pts, refresh=_refresh_now) -> None:
             refresh(layer)
     else:
         layer.data = new
+
+
+def set_points(layer, pts, refresh=_refresh_now) -> None:
+    """Move the points (N, 3) of a Points layer, in place when their count is unchanged."""
+    _move_in_place(layer, np.asarray(pts, float).reshape(-1, 3), refresh)
 
 
 def set_vectors(layer, vecs, refresh=_refresh_now) -> None:
-    """Move the vectors of a Vectors layer in place when their count is unchanged (setting
-    ``.data`` rebuilds colours and extents: several times slower)."""
-    new = np.asarray(vecs, float)
-    data = layer.data
-    if data.shape == new.shape:
-        if not np.array_equal(data, new):
-            data[...] = new
-            refresh(layer)
-    else:
-        layer.data = new
+    """Move the vectors (N, 2, 3) of a Vectors layer, in place when their count is unchanged."""
+    _move_in_place(layer, np.asarray(vecs, float), refresh)
 
 
 def crosshair(point, shape) -> np.ndarray:
