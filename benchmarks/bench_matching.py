@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from dense_reference import dense_level  # noqa: E402
 from maisi_sizes import MAISI_LEVELS  # noqa: E402
+from napari_meddift._global_search import GlobalSearch  # noqa: E402
 from napari_meddift.matching import Matcher  # noqa: E402
 
 SIZES = {name: (c, n, n, n) for name, (c, n) in MAISI_LEVELS.items()}  # (C, z, y, x)
@@ -77,6 +78,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device of the matcher (cpu, cuda)")
     ap.add_argument("--only-global", action="store_true", help="time global keypoints only (no doc update)")
     ap.add_argument("--batch", type=int, default=None, help="Matcher.global_batch (default: 16 CPU, 64 GPU)")
+    ap.add_argument("--threads", type=int, default=None, help="Matcher.global_threads (default: one per core)")
+    ap.add_argument("--kernel", choices=["fused", "tensor"], default="fused",
+                    help="GlobalSearch.cpu_kernel on the CPU: the numba kernel or the tensor slabs")
     args = ap.parse_args()
     if args.only_global:
         only_global(args)
@@ -192,7 +196,8 @@ def global_rows(m: Matcher, args) -> list[tuple[str, str, str, str]]:
     per-point whole-map search (--dense-keypoints of the same points, extrapolated to as many)."""
     ng = args.global_keypoints
     pts = points(ng, IMAGE, 3)
-    m.global_search, m.global_batch = "stream", args.batch
+    m.global_search, m.global_batch, m.global_threads = "stream", args.batch, args.threads
+    GlobalSearch.cpu_kernel = args.kernel
     t_g, fast = timed(lambda: m.match_points(pts, None))
     rows = [(f"{ng} global keypoints with forward-backward, batch path", f"{t_g:.1f} s ({t_g / 60:.2f} min)",
              "", f"{1e3 * t_g / (2 * ng):.1f} ms per global query; {int(fast.consistent.sum())} consistent")]
@@ -219,7 +224,8 @@ def only_global(args) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor()}), "
-          f"setup + norm maps {time.perf_counter() - t0:.1f} s, load {load_avg()}")
+          f"setup + norm maps {time.perf_counter() - t0:.1f} s, load {load_avg()}, kernel {args.kernel}, "
+          f"threads {args.threads or torch.get_num_threads()}, batch {args.batch or 'default'}")
     for a, b, c, d in global_rows(m, args):
         print(f"{a}: {b} {c} {d}")
     if dev.type == "cuda":

@@ -275,7 +275,16 @@ def test_from_stores_duck_type(pair):
 
 # ---- batch global search (slab-streamed, "stream") ---------------------------------------
 
+from napari_meddift import _global_kernel  # noqa: E402
 from napari_meddift._global_search import GlobalSearch  # noqa: E402
+
+
+@pytest.fixture(params=["fused", "tensor"])
+def cpu_kernel(request, monkeypatch):
+    """Both CPU paths of the batch search: the fused numba kernel (default) and the tensor slabs
+    (the path a GPU takes)."""
+    monkeypatch.setattr(GlobalSearch, "cpu_kernel", request.param)
+    return request.param
 
 
 def _smooth_levels(native, seed, sigma=1.5):
@@ -309,7 +318,7 @@ def _same_match(a: MatchTable, b: MatchTable, fused_of=None):
 
 
 @pytest.mark.parametrize("block", [2, 3, 4])
-def test_batch_global_equals_dense_reference(pair, dense, monkeypatch, block):
+def test_batch_global_equals_dense_reference(pair, dense, monkeypatch, block, cpu_kernel):
     """Argmax, score and ambiguity (exclusion 1 and 3) against the dense reference's whole maps."""
     monkeypatch.setattr(GlobalSearch, "block", block)
     m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
@@ -330,7 +339,7 @@ def test_batch_global_equals_dense_reference(pair, dense, monkeypatch, block):
 
 
 @pytest.mark.parametrize("smooth", [False, True])
-def test_batch_global_equals_old_search_randomized(monkeypatch, smooth):
+def test_batch_global_equals_old_search_randomized(monkeypatch, smooth, cpu_kernel):
     """Random points, odd shapes, weights, forward-backward: the batch path equals the per-point
     whole-map search point for point, with several batch and block sizes."""
     make = _smooth_levels if smooth else _levels
@@ -350,7 +359,7 @@ def test_batch_global_equals_old_search_randomized(monkeypatch, smooth):
         np.testing.assert_array_equal(got.consistent, want.consistent)
 
 
-def test_batch_global_on_tiny_volume():
+def test_batch_global_on_tiny_volume(cpu_kernel):
     """No voxel outside the exclusion cube: no rival, nan ambiguity, as the whole-map search."""
     native = {"a": (4, 2, 3, 2)}
     shape = (3, 3, 2)
@@ -362,7 +371,7 @@ def test_batch_global_on_tiny_volume():
     _same_match(got, m.match_points(pts, None, exclusion=2))
 
 
-def test_batch_global_ties_take_first_voxel():
+def test_batch_global_ties_take_first_voxel(cpu_kernel):
     """Every target voxel holds the same feature (image = native grid, so no interpolation
     rounding): all scores tie exactly and the first voxel in C order wins, as in np.argmax."""
     shape = (7, 9, 8)
@@ -376,6 +385,25 @@ def test_batch_global_ties_take_first_voxel():
     want = m.match_points(pts, None, check_consistency=False)
     np.testing.assert_array_equal(want.target_zyx, got.target_zyx)
     _close(got.score, want.score, 1e-6)
+
+
+def test_fused_kernel_runs_by_default_on_the_cpu(pair, monkeypatch):
+    """numba is a dependency: the CPU batch search goes through the fused kernel, once per batch,
+    on every thread it is given, and falls back to the tensor path only where asked."""
+    assert _global_kernel.available()
+    calls = []
+    search = _global_kernel.FusedPlanes.search
+    monkeypatch.setattr(_global_kernel.FusedPlanes, "search",
+                        lambda self, q, excl, threads: calls.append(threads) or search(self, q, excl, threads))
+    m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    m.global_batch, m.global_threads = 4, 2
+    pts = np.array(_corner_points(SRC_SHAPE))
+    got = m.match_points(pts, None)
+    assert calls == [2] * (2 * -(-len(pts) // 4))  # forward and backward batches
+    monkeypatch.setattr(GlobalSearch, "cpu_kernel", "tensor")
+    calls.clear()
+    _same_match(got, m.match_points(pts, None))
+    assert calls == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

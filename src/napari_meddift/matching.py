@@ -54,6 +54,10 @@ _HALF_DELTAS = [
 
 
 
+#: torch's intra-op pool size at import (one per core unless the user set it)
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
 @contextmanager
 def _torch_threads(n: int | None):
     """Run a block with n intra-op threads (None: leave as is), restoring the setting after.
@@ -431,6 +435,9 @@ class Matcher:
         #: points per batch of the "stream" search (None: 16 on the CPU, 64 on a GPU); memory
         #: grows ~29 MB per point at MAISI's sizes for a 192x192x208 target
         self.global_batch: int | None = None
+        #: CPU threads of the "stream" search (None: torch's default, one per core). Unlike a
+        #: windowed query it is a few large passes per batch, which every core shortens.
+        self.global_threads: int | None = None
 
     @classmethod
     def _from_sides(cls, src: _Side, tgt: _Side, levels, weights) -> "Matcher":
@@ -522,6 +529,7 @@ class Matcher:
             self._backward.levels, self._backward.weights = list(self.levels), dict(self.weights)
         self._backward.cpu_threads = self.cpu_threads
         self._backward.global_search, self._backward.global_batch = self.global_search, self.global_batch
+        self._backward.global_threads = self.global_threads
         return self._backward
 
     # ---- geometry -----------------------------------------------------------------
@@ -659,8 +667,10 @@ class Matcher:
         score = np.zeros(n, np.float32)
         amb = np.full(n, np.nan, np.float32)
         bsz = self.global_batch or (16 if self.device.type == "cpu" else 64)
-        with self._compute():
+        threads = self.global_threads or _DEFAULT_THREADS
+        with self._compute(threads):
             search = GlobalSearch({k: self._tgt.level(k) for k in self.levels}, self.weights, self._tgt.shape)
+            search.threads = threads
             for s in range(0, n, bsz):
                 e = min(n, s + bsz)
                 loc, sc, rv = search.stream(self._queries(pts[s:e]), exclusion)
@@ -672,9 +682,9 @@ class Matcher:
         return tgt, score, amb
 
     @contextmanager
-    def _compute(self):
-        """no_grad, and on the CPU the ``cpu_threads`` setting."""
-        threads = self.cpu_threads if self.device.type == "cpu" else None
+    def _compute(self, threads: int | None = None):
+        """no_grad, and on the CPU ``threads`` (default: the ``cpu_threads`` setting)."""
+        threads = (threads or self.cpu_threads) if self.device.type == "cpu" else None
         with torch.no_grad(), _torch_threads(threads):
             yield
 
