@@ -183,7 +183,8 @@ def main() -> None:
     header = (
         f"Measured {stamp} with `nice python benchmarks/bench_matching.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on a {os.cpu_count()}-core CPU "
         f"({cpu}), torch {torch.__version__}. The matcher runs on 1 intra-op thread (`Matcher.cpu_threads`, "
-        f"its default); the dense reference on torch's default ({torch.get_num_threads()}). Load average "
+        f"its default) except the batch global search (`Matcher.global_threads`, default {torch.get_num_threads()}, "
+        f"the fused CPU kernel); the dense reference on torch's default ({torch.get_num_threads()}). Load average "
         f"before/after: {load0} and {load1}: other jobs shared the two cores, so the figures are "
         f"pessimistic and noisy. Descriptors are random, so few matches are consistent."
     )

@@ -54,10 +54,6 @@ _HALF_DELTAS = [
 
 
 
-#: torch's intra-op pool size at import (one per core unless the user set it)
-_DEFAULT_THREADS = torch.get_num_threads()
-
-
 @contextmanager
 def _torch_threads(n: int | None):
     """Run a block with n intra-op threads (None: leave as is), restoring the setting after.
@@ -435,8 +431,8 @@ class Matcher:
         #: points per batch of the "stream" search (None: 16 on the CPU, 64 on a GPU); memory
         #: grows ~29 MB per point at MAISI's sizes for a 192x192x208 target
         self.global_batch: int | None = None
-        #: CPU threads of the "stream" search (None: torch's default, one per core). Unlike a
-        #: windowed query it is a few large passes per batch, which every core shortens.
+        #: CPU threads of the "stream" search (None: torch's current setting, by default one per
+        #: core). Unlike a windowed query it is a few large passes per batch, which cores shorten.
         self.global_threads: int | None = None
 
     @classmethod
@@ -667,7 +663,7 @@ class Matcher:
         score = np.zeros(n, np.float32)
         amb = np.full(n, np.nan, np.float32)
         bsz = self.global_batch or (16 if self.device.type == "cpu" else 64)
-        threads = self.global_threads or _DEFAULT_THREADS
+        threads = self.global_threads or torch.get_num_threads()  # the process' setting
         with self._compute(threads):
             search = GlobalSearch({k: self._tgt.level(k) for k in self.levels}, self.weights, self._tgt.shape)
             search.threads = threads

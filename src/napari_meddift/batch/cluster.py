@@ -48,9 +48,9 @@ def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
 
 
 def thread_env(threads: int) -> dict[str, str]:
-    """Environment that caps OpenMP, MKL and OpenBLAS pools (read once, at process start)."""
+    """Environment that caps OpenMP, MKL, OpenBLAS and numba pools (read once, at process start)."""
     t = str(int(threads))
-    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, THREADS_ENV: t}
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "NUMBA_NUM_THREADS": t, THREADS_ENV: t}
 
 
 def default_workers(device: str = "auto", gpus: Sequence[str] | None = None) -> int:
