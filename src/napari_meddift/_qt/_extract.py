@@ -1,14 +1,14 @@
 """Extract descriptors (magicgui): image layers + backbone + settings -> cached descriptor stores.
 
-The work runs off the GUI thread (superqt's ``create_worker``, a QThreadPool worker); the core's
+The work runs off the GUI thread on a napari worker (the shared ``TaskPanel``: progress in the
+dock and napari's activity dock, Cancel, one red line per problem); the core's
 ``extract_to_store`` does everything (reuse of an identical store, atomic write). Cancel makes
 the progress callback raise :class:`~napari_meddift.errors.CancelledError` inside the core,
-which then leaves no store behind. Problems the user can fix appear in the widget's red label.
+which then leaves no store behind.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -19,18 +19,15 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
-    ProgressBar,
-    PushButton,
     Slider,
     SpinBox,
 )
-from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..backbones import backbone_levels
 from ..errors import CancelledError, MedDiftError, is_out_of_memory, out_of_memory_message
 from ..backbones.extraction import cached_store_path
 from ._layers import STORE_KEY, layer_to_volume
-from ._controls import ERROR_STYLE
+from ._task_panel import TaskPanel
 
 __all__ = ["ExtractWidget"]
 
@@ -50,12 +47,6 @@ def _noise_text(t: int, variant: str = "ddpm") -> str:
         return f"t={int(t)}: signal sqrt(alpha_bar) {ab ** 0.5:.3f}, noise std {std:.3f} (alpha_bar {ab:.3f})"
     except Exception as exc:  # pragma: no cover - noise module missing
         return f"t={int(t)} ({exc})"
-
-
-class _Relay(QObject):
-    """Carries progress from the worker thread to the GUI thread (queued connection)."""
-
-    progress = Signal(int, int, str)
 
 
 class ExtractWidget(Container):
@@ -94,20 +85,16 @@ class ExtractWidget(Container):
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.cache_dir = FileEdit(label="Cache folder", mode="d", value=str(default_cache_dir()))
         self.open_explorer = CheckBox(text="open both in the explorer when done", value=True)
-        self.run_button = PushButton(text="Extract")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
-        self.message = Label(value="")
-        self.error = Label(value="")
-        self.error.native.setStyleSheet(ERROR_STYLE)
-        self.error.native.setWordWrap(True)
-        self.message.native.setWordWrap(True)
+        self.panel = TaskPanel("Extracting descriptors", "Extract", cancel_note="no store was written",
+                               watch_stall=True)
+        p = self.panel
+        self.run_button, self.cancel_button, self.progress, self.message, self.error = p.widgets
         self.noise_label.native.setWordWrap(True)
         self.extend([
             self.source, self.target, self.backbone, self.random_weights, self.weights,
             self.region, self.variant, self.latent, self.timestep,
             self.noise_label, self.levels_box, self.samples, self.seed, self.device, self.cache_dir,
-            self.open_explorer, self.run_button, self.cancel_button, self.progress, self.message, self.error,
+            self.open_explorer, *self.panel.widgets,
         ])
         self._level_widgets: dict[str, tuple[CheckBox, FloatSpinBox]] = {}
         self._rebuild_levels()
@@ -116,18 +103,7 @@ class ExtractWidget(Container):
         self._show_maisi_options(self.backbone.value == "maisi")
         self.backbone.changed.connect(self._on_backbone)
         self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
-        self._relay = _Relay()
-        self._relay.progress.connect(self._on_progress)
-        self._cancel = threading.Event()
-        self._worker = None
-        self.running = False
         self.last_result: dict | None = None
-        self.max_stall_ms = 0.0
-        self._stall_timer = QTimer()
-        self._stall_timer.setInterval(10)
-        self._stall_timer.timeout.connect(self._tick)
-        self._last_tick = 0.0
         self.viewer.layers.events.inserted.connect(self._reset_choices)
         self.viewer.layers.events.removed.connect(self._reset_choices)
         self._reset_choices()
@@ -228,42 +204,46 @@ class ExtractWidget(Container):
         layers = [self.viewer.layers[n] for n in names]
         return [(ly, layer_to_volume(ly)) for ly in layers]
 
-    def start(self, *_):
-        """Extract (or reuse) the store of the source and, if chosen, the target."""
-        from superqt.utils import create_worker
+    @property
+    def running(self) -> bool:
+        return self.panel.running
 
+    @property
+    def max_stall_ms(self) -> float:
+        """Longest GUI event-loop stall during the last extraction (ms)."""
+        return self.panel.max_stall_ms
+
+    def start(self, *_):
+        """Extract (or reuse) the store of the source and, if chosen, the target; the LongTask,
+        or None when the inputs are wrong (the red line says why) or a job is running."""
         if self.running:
             return None
-        self.error.value = ""
         try:
             jobs = self._jobs()
             settings = self.settings()
             cache = Path(self.cache_dir.value).expanduser()
         except MedDiftError as exc:
-            self.error.value = str(exc)
+            self.panel.refuse(str(exc))
             return None
-        self._cancel.clear()
         levels, weights = self.chosen_levels(), self.level_weights()
 
-        def work():
+        def work(progress):
+            from ..backbones.extraction import extract_to_store
+
             t0 = time.perf_counter()
             try:
-                self._relay.progress.emit(0, 1, f"loading the {self.backbone.value} backbone...")
+                progress(0, 1, f"loading the {self.backbone.value} backbone...")
                 backbone = self.make_backbone()
                 out = []
                 for i, (layer, volume) in enumerate(jobs):
                     path = cached_store_path(volume, backbone, settings, cache)
                     prefix = f"[{i + 1}/{len(jobs)}] {layer.name}: "
 
-                    def progress(done, total, message, _p=prefix):
-                        if self._cancel.is_set():
-                            raise CancelledError("extraction cancelled; no store was written")
-                        self._relay.progress.emit(int(done), int(max(total, 1)), _p + str(message))
+                    def step(done, total, message, _p=prefix):
+                        progress(done, max(total, 1), _p + str(message))
 
-                    progress(0, 1, "starting")
-                    from ..backbones.extraction import extract_to_store
-
-                    store, reused = extract_to_store(volume, backbone, settings, path, progress=progress)
+                    step(0, 1, "starting")
+                    store, reused = extract_to_store(volume, backbone, settings, path, progress=step)
                     out.append((layer, store, reused))
                 return {"stores": out, "seconds": time.perf_counter() - t0}
             except (MedDiftError, CancelledError):
@@ -273,47 +253,11 @@ class ExtractWidget(Container):
                     raise MedDiftError(out_of_memory_message(exc, "extracting")) from exc
                 raise
 
-        # superqt's worker: errors go to our label only (napari's would also pop a traceback)
-        worker = create_worker(work, _start_thread=False, _connect={
-            "returned": lambda res: self._done(res, levels, weights),
-            "errored": self._failed,
-            "finished": self._finished,
-        })
-        self._worker = worker
-        self.running = True
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.progress.value = 0
-        self.message.value = "starting..."
-        self.max_stall_ms = 0.0
-        self._last_tick = time.perf_counter()
-        self._stall_timer.start()
-        from napari.utils import progress as napari_progress
-
-        self._bar = napari_progress(total=0, desc="Extracting descriptors")  # napari's activity dock
-        worker.start()
-        return worker
+        return self.panel.start(work, lambda res: self._done(res, levels, weights))
 
     def cancel(self, *_):
         """Stop at the next progress step; the core leaves no store behind."""
-        if self.running:
-            self._cancel.set()
-            self.message.value = "cancelling..."
-
-    def _tick(self):
-        now = time.perf_counter()
-        self.max_stall_ms = max(self.max_stall_ms, (now - self._last_tick) * 1e3 - self._stall_timer.interval())
-        self._last_tick = now
-
-    def _on_progress(self, done, total, message):
-        self.progress.max = max(1, int(total))
-        self.progress.value = min(int(done), int(total))
-        self.message.value = message
-        bar = getattr(self, "_bar", None)
-        if bar is not None and self.running:
-            bar.total = max(1, int(total))
-            bar.n = min(int(done), int(total))
-            bar.set_description(f"Extracting descriptors: {message}")
+        self.panel.cancel()
 
     def _done(self, res, levels, weights):
         lines = []
@@ -323,9 +267,8 @@ class ExtractWidget(Container):
                 layer.metadata["meddift_levels"] = list(levels)
                 layer.metadata["meddift_weights"] = dict(weights)
             lines.append(f"{layer.name}: {'reused existing store' if reused else 'extracted'} -> {store.path}")
-        self.progress.value = self.progress.max
         self.last_result = res
-        self.message.value = "\n".join(lines) + f"\n({res['seconds']:.1f} s; GUI stall at most {self.max_stall_ms:.0f} ms)"
+        self.panel.done("\n".join(lines) + f"\n({res['seconds']:.1f} s; GUI stall at most {self.max_stall_ms:.0f} ms)")
         if self.open_explorer.value and len(res["stores"]) == 2:
             self._open_in_explorer(res["stores"], levels, weights)
 
@@ -342,27 +285,3 @@ class ExtractWidget(Container):
             explorer.set_levels(levels, weights)
         except MedDiftError as exc:
             self.error.value = str(exc)
-
-    def _failed(self, exc):
-        from ._tasks import notify_error
-
-        notify_error(exc)
-        if isinstance(exc, CancelledError):
-            self.message.value = str(exc)
-            self.progress.value = 0
-        elif isinstance(exc, MedDiftError):
-            self.error.value = str(exc)
-            self.message.value = ""
-        else:
-            self.error.value = f"{type(exc).__name__}: {exc}"
-            self.message.value = ""
-
-    def _finished(self):
-        self._stall_timer.stop()
-        self.running = False
-        bar, self._bar = getattr(self, "_bar", None), None
-        if bar is not None:
-            bar.close()
-        self._worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False

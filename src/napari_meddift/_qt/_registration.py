@@ -1,24 +1,23 @@
 """Registration dock (magicgui): a dense field from two layers' descriptor stores, shown in napari.
 
-Thin: the core's :func:`napari_meddift.registration.register_stores` does the work in napari's
-``thread_worker`` (off the GUI thread) with napari's ``progress`` bar; Cancel makes the progress
-callback raise CancelledError inside the core. Results appear as layers on the source grid: the
+Thin: the core's :func:`napari_meddift.registration.register_stores` does the work on a napari
+worker (off the GUI thread) through the shared ``TaskPanel`` (progress in the dock and napari's
+activity dock, Cancel, one red line per problem); Cancel makes the progress callback raise
+CancelledError inside the core. Results appear as layers on the source grid: the
 warped target, a difference or checkerboard view against the source, the deformation grid (a
 regular grid in the target, pulled back through the field) and the Jacobian-determinant map.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
-from qtpy.QtCore import QObject, Signal
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 
-from ..errors import CancelledError, MedDiftError
-from ._controls import ERROR_STYLE
+from ..errors import MedDiftError
 from ._layers import geometry_kwargs, layer_store_path, layer_to_volume
+from ._task_panel import TaskPanel
 
 __all__ = ["FIELD_KEY", "RegistrationWidget", "checkerboard", "grid_image"]
 
@@ -41,10 +40,6 @@ def grid_image(shape, every: int = 6) -> np.ndarray:
     return img
 
 
-class _Relay(QObject):
-    progress = Signal(int, int, str)
-
-
 class RegistrationWidget(Container):
     """The "Registration" dock widget."""
 
@@ -63,25 +58,12 @@ class RegistrationWidget(Container):
         self.inverse = CheckBox(text="inverse consistent", value=False)
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.view = ComboBox(label="Compare as", choices=list(VIEWS), value="difference")
-        self.run_button = PushButton(text="Register")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="Progress", min=0, max=100, value=0)
-        self.message = Label(value="")
-        self.error = Label(value="")
-        self.error.native.setStyleSheet(ERROR_STYLE)
-        self.error.native.setWordWrap(True)
-        self.message.native.setWordWrap(True)
+        self.panel = TaskPanel("registration", "Register")
+        self.run_button, self.cancel_button, self.progress, self.message, self.error = self.panel.widgets
         self.extend([self.source, self.target, self.grid_spacing, self.search_radius, self.search_step,
-                     self.smoothness, self.iterations, self.inverse, self.device, self.view, self.run_button,
-                     self.cancel_button, self.progress, self.message, self.error])
+                     self.smoothness, self.iterations, self.inverse, self.device, self.view, *self.panel.widgets])
         self.run_button.changed.connect(self.start)
-        self.cancel_button.changed.connect(self.cancel)
         self.view.changed.connect(lambda *_: self._show_compare())
-        self._relay = _Relay()
-        self._relay.progress.connect(self._on_progress)
-        self._cancel = threading.Event()
-        self._napari_progress = None
-        self.running = False
         self.last_result = None  # RegistrationResult of the last run
         self._warped = None
         self._source_volume = None
@@ -131,16 +113,16 @@ class RegistrationWidget(Container):
 
     # ------------------------------------------------------------------ run
 
-    def start(self, *_):
-        """Register in a napari thread_worker; returns the worker (None when inputs are wrong)."""
-        from napari.qt.threading import thread_worker
-        from napari.utils import progress as napari_progress
+    @property
+    def running(self) -> bool:
+        return self.panel.running
 
+    def start(self, *_):
+        """Register on a napari worker; returns the LongTask (None when inputs are wrong)."""
         from ..registration import check_stores, register_stores
 
         if self.running:
             return None
-        self.error.value = ""
         try:
             layers, (src, tgt) = self._inputs()
             check_stores(src, tgt)
@@ -151,17 +133,10 @@ class RegistrationWidget(Container):
                 raise MedDiftError(f"layer '{layers[1].name}' is not the image its store was made from "
                                    f"({moving.shape} vs {tuple(tgt.image_shape)})")
         except MedDiftError as exc:
-            self.error.value = str(exc)
+            self.panel.refuse(str(exc))
             return None
-        self._cancel.clear()
 
-        def progress(done, total, message):
-            if self._cancel.is_set():
-                raise CancelledError("registration cancelled")
-            self._relay.progress.emit(int(done), int(max(1, total)), str(message))
-
-        @thread_worker(connect={"returned": self._done, "errored": self._failed, "finished": self._finished})
-        def work():
+        def work(progress):
             t0 = time.perf_counter()
             res = register_stores(src, tgt, settings, progress=progress)
             progress(1, 1, "warping the target")
@@ -170,29 +145,10 @@ class RegistrationWidget(Container):
                                   default_value=0.0)
             return {"result": res, "warped": warped, "grid": grid, "seconds": time.perf_counter() - t0}
 
-        self.running = True
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.progress.value = 0
-        self.message.value = "starting..."
-        self._napari_progress = napari_progress(total=100, desc="registration")
-        worker = work()
-        self._worker = worker
-        return worker
+        return self.panel.start(work, self._done)
 
     def cancel(self, *_):
-        if self.running:
-            self._cancel.set()
-            self.message.value = "cancelling..."
-
-    def _on_progress(self, done, total, message):
-        self.progress.max = max(1, int(total))
-        self.progress.value = min(int(done), int(total))
-        self.message.value = message
-        if self._napari_progress is not None:
-            self._napari_progress.total = max(1, int(total))
-            self._napari_progress.n = min(int(done), int(total))
-            self._napari_progress.set_description(f"registration: {message}")
+        self.panel.cancel()
 
     # ------------------------------------------------------------------ results
 
@@ -237,27 +193,7 @@ class RegistrationWidget(Container):
         self._layer("deformation grid", out["grid"].array, colormap="yellow", blending="additive", opacity=0.6,
                     contrast_limits=(0.0, 1.0))
         self._layer("jacobian", res.field.jacobian(), colormap="PiYG", contrast_limits=(0.0, 2.0), visible=False)
-        self.progress.value = self.progress.max
-        self.message.value = f"{res.jacobian.line()} ({out['seconds']:.1f} s)"
-
-    def _failed(self, exc):
-        if isinstance(exc, CancelledError):
-            self.message.value = str(exc)
-            self.progress.value = 0
-        elif isinstance(exc, MedDiftError):
-            self.error.value = str(exc)
-            self.message.value = ""
-        else:
-            self.error.value = f"{type(exc).__name__}: {exc}"
-            self.message.value = ""
-
-    def _finished(self):
-        if self._napari_progress is not None:
-            self._napari_progress.close()
-            self._napari_progress = None
-        self.running = False
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        self.panel.done(f"{res.jacobian.line()} ({out['seconds']:.1f} s)")
 
     @property
     def field(self):
