@@ -16,7 +16,7 @@ For B queries at once (``GlobalSearch.stream``):
    touches, evaluated again voxel by voxel (``evaluate``).
 
 Steps 2-4 are the tensor path, which any device runs (a GPU always). On the CPU the same sum
-and reductions run by default in one fused pass per batch (``_global_kernel``, numba): the maps
+and reductions run by default in one fused pass per batch (``global_kernel``, numba): the maps
 are formed row by row in cache instead of in slabs in memory, about 4x faster on two cores
 (``GlobalSearch.cpu_kernel``).
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _global_kernel
+from . import global_kernel as _global_kernel
 
 
 class BlockTables:
@@ -100,7 +100,7 @@ class GlobalSearch:
     #: block edge in voxels (block maxima for the rival)
     block = 4
     #: how the whole maps are summed and reduced on the CPU: "fused" (the numba kernel of
-    #: ``_global_kernel``, one pass in cache) or "tensor" (slabs of eager tensor operations, the
+    #: ``global_kernel``, one pass in cache) or "tensor" (slabs of eager tensor operations, the
     #: path a GPU always takes). Both give the same matches up to float32 rounding.
     cpu_kernel = "fused"
 
@@ -156,7 +156,7 @@ class GlobalSearch:
     def stream(self, q: dict[str, torch.Tensor], exclusion: int, slab: int = 8):
         """Whole-map search of a batch without holding its maps: (loc (B, 3), score, rival).
 
-        On the CPU the fused kernel (``_global_kernel``) does it all in one pass per batch. The
+        On the CPU the fused kernel (``global_kernel``) does it all in one pass per batch. The
         tensor path (any device): per level the node dots are interpolated in x and y once (node
         planes, B x nz x Y x X); then slab by slab of output planes the levels' z stage, norm and
         weight are summed into one slab, whose max (first in C order) and per-block maxima are

@@ -1,6 +1,6 @@
 """Fused CPU kernel of the batch global search (numba): whole fused maps reduced plane by plane.
 
-The fused similarity of unit query ``b`` at voxel ``(z, y, x)`` (``_global_search``) is
+The fused similarity of unit query ``b`` at voxel ``(z, y, x)`` (``global_search``) is
 
     S_b(z, y, x) = sum_l  w_l * inv_l(z, y, x) * trilinear(P_l[b])(z, y, x)
 
@@ -26,7 +26,7 @@ import threading
 import numpy as np
 import torch
 
-try:  # numba is a dependency; without it the tensor path (``_global_search``) runs alone
+try:  # numba is a dependency; without it the tensor path (``global_search``) runs alone
     import numba
 except ImportError:  # pragma: no cover - exercised only where numba cannot be installed
     numba = None
