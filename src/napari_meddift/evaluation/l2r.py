@@ -1,22 +1,10 @@
 """Learn2Reg LungCT evaluation harness: descriptor stores, matching, TRE per case and overall.
 
-Layout (as the challenge distributes it; ``root`` is the unpacked LungCT folder)::
-
-    root/LungCT_VAL_evaluation_config.json   eval_pairs: fixed/moving image paths
-    root/imagesTr/LungCT_0001_0000.nii.gz     fixed  = inspiration (_0000)
-    root/imagesTr/LungCT_0001_0001.nii.gz     moving = expiration  (_0001)
-    root/landmarksTr/LungCT_0001_0000.csv     manual landmarks, x,y,z 0-based voxel indices
-    root/keypointsTr/LungCT_0001_0000.csv     corrField keypoints, same convention
-    root/masksTr/LungCT_0001_0000.nii.gz      lung mask of the fixed image
-
-Images are 192 x 192 x 208 (x, y, z) at 1.75 x 1.25 x 1.75 mm. The config, landmarks,
-keypoints and masks may live in a second folder (``labels_root``); every file is looked up in
-``root`` first, then there.
-
 For each pair the harness extracts a descriptor store per image (reused when it exists),
 matches the fixed landmarks (and the fixed keypoints inside the fixed mask) into the moving
 image and reports TRE = ||(predicted - true) * spacing|| in mm against the moving points:
-per case and pooled over all cases, next to the identity (no registration) TRE.
+per case and pooled over all cases, next to the identity (no registration) TRE. The data layout
+and its checks are in ``l2r_cases``, the result types and table in ``l2r_results``.
 """
 
 from __future__ import annotations
@@ -24,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -32,217 +19,14 @@ import numpy as np
 
 from ..errors import MedDiftError
 from ..io.cache import safe_filename
-from .l2r_config import l2r_case_id, read_l2r_config
+# the case layout and the results live apart; their names stay importable from here
+from .l2r_cases import CONFIG_NAME, L2R_SOURCE, L2RCase, check_files, l2r_cases  # noqa: F401
+from .l2r_results import L2RCaseResult, L2RResult, _pm, format_l2r_table  # noqa: F401
 
 if TYPE_CHECKING:
     from ..backbones.base import Backbone
 
-CONFIG_NAME = "LungCT_VAL_evaluation_config.json"
-L2R_SOURCE = (
-    "the Learn2Reg challenge, task LungCT (https://learn2reg.grand-challenge.org, Datasets; "
-    "Hering et al., IEEE TMI 2022): download the LungCT data set and unpack it so that "
-    "ROOT/imagesTr holds LungCT_XXXX_0000.nii.gz (inspiration) and LungCT_XXXX_0001.nii.gz (expiration)"
-)
 IDENTITY = "identity"
-
-
-# ------------------------------------------------------------------------------ layout
-
-
-@dataclass
-class L2RCase:
-    """One fixed/moving pair and its annotation files (paths may not exist yet)."""
-
-    case_id: str  # "0001"
-    fixed_image: Path
-    moving_image: Path
-    fixed_landmarks: Path
-    moving_landmarks: Path
-    fixed_keypoints: Path
-    moving_keypoints: Path
-    fixed_mask: Path
-
-    @property
-    def number(self) -> int:
-        return int(self.case_id)
-
-
-def _find_config(root: Path, labels_root: Path | None) -> Path:
-    for folder in (root, labels_root):
-        if folder is None:
-            continue
-        p = folder / CONFIG_NAME
-        if p.is_file():
-            return p
-        found = sorted(folder.glob("*_evaluation_config.json"))
-        if found:
-            return found[0]
-    where = " or ".join(str(f) for f in (root, labels_root) if f is not None)
-    raise MedDiftError(
-        f"no Learn2Reg evaluation config ({CONFIG_NAME}) in {where}; it comes with the LungCT data of {L2R_SOURCE}"
-    )
-
-
-def _pick(rel: str, root: Path, labels_root: Path | None) -> Path:
-    """``rel`` under root if it exists there, else under labels_root (else the root path)."""
-    p = root / rel
-    if p.exists() or labels_root is None:
-        return p
-    q = labels_root / rel
-    return q if q.exists() else p
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def l2r_cases(
-    root: str | os.PathLike,
-    labels_root: str | os.PathLike | None = None,
-    cases: Sequence[int | str] | None = None,
-) -> tuple[dict, list[L2RCase]]:
-    """The evaluation config and its pairs, with every file path resolved.
-
-    Args:
-        root: the unpacked Learn2Reg LungCT folder (imagesTr/, landmarksTr/, ...).
-        labels_root: a second folder for the config and annotations, if not in ``root``.
-        cases: only these cases: numbers (``3``) or ids (``"0003"``); None for all.
-
-    Returns:
-        ``(config, cases)``: the config dict and one :class:`L2RCase` per pair, in config order.
-
-    Raises:
-        MedDiftError: no such folder, no config, a malformed image name, or unknown cases.
-    """
-
-    root = Path(root).expanduser()
-    labels_root = Path(labels_root).expanduser() if labels_root is not None else None
-    if not root.is_dir():
-        raise MedDiftError(f"{root}: no such folder; give the unpacked Learn2Reg LungCT folder as --root")
-    cfg = read_l2r_config(_find_config(root, labels_root))
-    out = []
-    for pair in cfg["eval_pairs"]:
-        f_rel, m_rel = Path(pair["fixed"]).as_posix(), Path(pair["moving"]).as_posix()  # drops "./"
-        cid = l2r_case_id(f_rel)
-        fs, ms = _stem(f_rel), _stem(m_rel)
-        out.append(
-            L2RCase(
-                case_id=cid,
-                fixed_image=root / f_rel,
-                moving_image=root / m_rel,
-                fixed_landmarks=_pick(f"landmarksTr/{fs}.csv", root, labels_root),
-                moving_landmarks=_pick(f"landmarksTr/{ms}.csv", root, labels_root),
-                fixed_keypoints=_pick(f"keypointsTr/{fs}.csv", root, labels_root),
-                moving_keypoints=_pick(f"keypointsTr/{ms}.csv", root, labels_root),
-                fixed_mask=_pick(f"masksTr/{fs}.nii.gz", root, labels_root),
-            )
-        )
-    if cases is not None:
-        want = {f"{int(c):04d}" for c in cases}
-        have = {c.case_id for c in out}
-        unknown = sorted(want - have)
-        if unknown:
-            raise MedDiftError(
-                f"case(s) {', '.join(unknown)} are not in the evaluation config; it has {', '.join(sorted(have))}"
-            )
-        out = [c for c in out if c.case_id in want]
-    return cfg, out
-
-
-def check_files(root: str | os.PathLike, cases: Sequence[L2RCase], keypoints: bool = True) -> None:
-    """Check that every file the protocol reads is there, before any long work.
-
-    Args:
-        root: the Learn2Reg folder (named in the message).
-        cases: the pairs from :func:`l2r_cases`.
-        keypoints: also require keypoints and lung masks.
-
-    Raises:
-        MedDiftError: naming every missing image and annotation file, and where they come from.
-    """
-    root = Path(root).expanduser()
-    missing_images: list[str] = []
-    missing_labels: list[str] = []
-    for c in cases:
-        for p in (c.fixed_image, c.moving_image):
-            if not p.is_file():
-                missing_images.append(str(p))
-        label_files = [c.fixed_landmarks, c.moving_landmarks]
-        if keypoints:
-            label_files += [c.fixed_keypoints, c.moving_keypoints, c.fixed_mask]
-        for p in label_files:
-            if not p.is_file():
-                missing_labels.append(str(p))
-    parts = []
-    if missing_images:
-        parts.append(
-            f"{len(missing_images)} Learn2Reg LungCT image file(s) missing: " + ", ".join(missing_images)
-            + f". The images are not shipped with napari-meddift; they come from {L2R_SOURCE.replace('ROOT', str(root))}"
-        )
-    if missing_labels:
-        parts.append(
-            f"{len(missing_labels)} annotation file(s) missing: " + ", ".join(missing_labels)
-            + " (landmarksTr/keypointsTr/masksTr come with the same data set; pass --labels DIR if they live elsewhere)"
-        )
-    if parts:
-        raise MedDiftError("; ".join(parts))
-
-
-# ------------------------------------------------------------------------------ running
-
-
-@dataclass
-class L2RCaseResult:
-    case_id: str
-    spacing_zyx: tuple[float, float, float]
-    landmarks: dict  # summarize() of predicted TRE
-    landmarks_initial: dict  # identity TRE
-    keypoints: dict | None = None
-    keypoints_initial: dict | None = None
-    extract_seconds: float = 0.0
-    match_seconds: float = 0.0
-    landmark_tre: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    landmark_tre_initial: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
-    keypoint_tre: np.ndarray | None = field(default=None, repr=False)
-    keypoint_tre_initial: np.ndarray | None = field(default=None, repr=False)
-
-
-@dataclass
-class L2RResult:
-    method: str
-    cases: list[L2RCaseResult]
-    overall: dict
-    overall_initial: dict
-    overall_keypoints: dict | None
-    overall_keypoints_initial: dict | None
-    table: str
-    out_dir: Path | None = None
-
-    def to_dict(self) -> dict:
-        def case(c: L2RCaseResult) -> dict:
-            return {
-                "case": c.case_id,
-                "spacing_zyx": list(c.spacing_zyx),
-                "landmarks": c.landmarks,
-                "landmarks_initial": c.landmarks_initial,
-                "keypoints": c.keypoints,
-                "keypoints_initial": c.keypoints_initial,
-                "extract_seconds": c.extract_seconds,
-                "match_seconds": c.match_seconds,
-            }
-
-        return {
-            "method": self.method,
-            "cases": [case(c) for c in self.cases],
-            "overall": self.overall,
-            "overall_initial": self.overall_initial,
-            "overall_keypoints": self.overall_keypoints,
-            "overall_keypoints_initial": self.overall_keypoints_initial,
-        }
 
 
 def _image_spacing_shape(path: Path) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
@@ -257,46 +41,6 @@ def _image_spacing_shape(path: Path) -> tuple[tuple[float, float, float], tuple[
         raise MedDiftError(f"{path}: cannot be read as an image; replace it with the Learn2Reg file") from None
     return tuple(float(s) for s in reader.GetSpacing()[::-1]), tuple(int(s) for s in reader.GetSize()[::-1])  # type: ignore[return-value]
 
-
-def _pm(s: dict | None) -> str:
-    if not s or not s.get("n"):
-        return "-"
-    return f"{s['mean']:.2f} ± {s['std']:.2f}"
-
-
-def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall=None, overall_initial=None,
-                     overall_kp=None, overall_kp_initial=None) -> str:
-    """A Markdown table of the results: identity and predicted TRE per case and pooled.
-
-    Args:
-        result_cases: per-case results.
-        method: the method's label in the column names.
-        overall, overall_initial: pooled landmark summaries (predicted, identity); a pooled row is
-            added when there is more than one case.
-        overall_kp, overall_kp_initial: the same for keypoints.
-
-    Returns:
-        The table (mean ± std, median and p95 in mm), ending in a newline.
-    """
-    kp = any(c.keypoints is not None for c in result_cases)
-    head = "| case | landmarks | initial TRE (mm) | " + f"{method} TRE (mm) | median (mm) | p95 (mm) |"
-    sep = "|---|---:|---:|---:|---:|---:|"
-    if kp:
-        head += " keypoints | initial kp TRE (mm) | " + f"{method} kp TRE (mm) |"
-        sep += "---:|---:|---:|"
-    lines = [head, sep]
-
-    def row(name, lm, lm0, k, k0):
-        line = f"| {name} | {lm['n']} | {_pm(lm0)} | {_pm(lm)} | {lm['median']:.2f} | {lm['p95']:.2f} |"
-        if kp:
-            line += f" {k['n'] if k else 0} | {_pm(k0)} | {_pm(k)} |"
-        return line
-
-    for c in result_cases:
-        lines.append(row(c.case_id, c.landmarks, c.landmarks_initial, c.keypoints, c.keypoints_initial))
-    if overall is not None and len(result_cases) > 1:
-        lines.append(row("**all**", overall, overall_initial, overall_kp, overall_kp_initial))
-    return "\n".join(lines) + "\n"
 
 
 def method_name(bb, radius: int | None) -> str:
