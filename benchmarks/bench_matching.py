@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from dense_reference import dense_level  # noqa: E402
 from maisi_sizes import MAISI_LEVELS  # noqa: E402
-from napari_meddift._global_search import GlobalSearch  # noqa: E402
+from napari_meddift.matching.global_search import GlobalSearch  # noqa: E402
 from napari_meddift.matching import Matcher  # noqa: E402
 
 SIZES = {name: (c, n, n, n) for name, (c, n) in MAISI_LEVELS.items()}  # (C, z, y, x)

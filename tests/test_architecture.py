@@ -19,7 +19,7 @@ ROOT = "napari_meddift"
 #: top-level units of the package, by layer (a unit is a subpackage or a top-level module).
 #: Packages other work adds later already have their place: registration/ and explorer/ are core,
 #: batch/ is a harness.
-CORE = {"__init__", "errors", "progress", "io", "backbones", "matching", "_global_search", "_global_kernel", "registration", "explorer", "pca", "store"}
+CORE = {"__init__", "errors", "progress", "io", "backbones", "matching", "registration", "explorer", "pca", "store"}
 HARNESSES = {"evaluation", "synthetic", "training", "batch"}
 CLI = {"cli"}
 WIDGETS = {"_qt"}
