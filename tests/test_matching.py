@@ -275,8 +275,8 @@ def test_from_stores_duck_type(pair):
 
 # ---- batch global search (slab-streamed, "stream") ---------------------------------------
 
-from napari_meddift import _global_kernel  # noqa: E402
-from napari_meddift._global_search import GlobalSearch  # noqa: E402
+from napari_meddift.matching import global_kernel as _global_kernel  # noqa: E402
+from napari_meddift.matching.global_search import GlobalSearch  # noqa: E402
 
 
 @pytest.fixture(params=["fused", "tensor"])
@@ -336,6 +336,37 @@ def test_batch_global_equals_dense_reference(pair, dense, monkeypatch, block, cp
             rest = fused.copy()
             rest[tuple(slice(max(0, j - excl), j + excl + 1) for j in idx)] = -np.inf
             _close(table.ambiguity[i], rest.max() / fused.max(), 1e-5)
+
+
+@pytest.mark.parametrize("block", [3, 4])
+def test_batch_global_rival_when_the_last_slab_ends_inside_a_block_row(pair, monkeypatch, block, cpu_kernel):
+    """Target depth 13: with blocks of 4 the tensor path's last slab (planes 8-12) spans two block
+    rows (blocks of 3: slabs of 6, the last one a single plane). Every block maximum must be the
+    map's, so the ambiguity is the dense reference's."""
+    monkeypatch.setattr(GlobalSearch, "block", block)
+    tgt, src = pair  # the 13-deep source volume becomes the target
+    dense = DenseMatcher(tgt, src, TGT_SHAPE, SRC_SHAPE)
+    m = Matcher(tgt, src, TGT_SHAPE, SRC_SHAPE)
+    pts = np.array(_corner_points(TGT_SHAPE))
+    table = m.match_points(pts, None, check_consistency=False, exclusion=1)
+    for i, p in enumerate(pts):
+        _, fused, _ = dense.similarity(tuple(p), None)
+        idx = tuple(table.target_zyx[i])
+        _close(fused[idx], fused.max(), 1e-6)
+        rest = fused.copy()
+        rest[tuple(slice(max(0, j - 1), j + 2) for j in idx)] = -np.inf
+        _close(table.ambiguity[i], rest.max() / fused[idx], 1e-5)
+    if cpu_kernel == "tensor":  # every block maximum, not only those the rival happened to use
+        search = GlobalSearch({k: m._tgt.level(k) for k in m.levels}, m.weights, m._tgt.shape)
+        with torch.no_grad():
+            _, _, bmax = search._maps_tensor(search.node_dots(m._queries(pts[:2])), 8)
+        for i in range(2):
+            fused = dense.similarity(tuple(pts[i]), None)[1]
+            pad = [(0, -s % block) for s in fused.shape]
+            f = np.pad(fused, pad, constant_values=-np.inf)
+            nb = [s // block for s in f.shape]
+            want = f.reshape(nb[0], block, nb[1], block, nb[2], block).max(axis=(1, 3, 5))
+            _close(bmax[i].numpy(), want, 1e-5)
 
 
 @pytest.mark.parametrize("smooth", [False, True])

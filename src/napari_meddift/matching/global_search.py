@@ -207,10 +207,10 @@ class GlobalSearch:
             best = torch.where(better, v, best)
             best_idx = torch.where(better, i + o0 * yx, best_idx)
             zs = -(-(o1 - o0) // bs)
-            if zs * bs == o1 - o0:
-                zmax = acc.reshape(bsz, zs, bs, ydim, xdim).amax(2)
-            else:
-                zmax = acc.reshape(bsz, o1 - o0, ydim, xdim).amax(1, keepdim=True)
+            rows = acc.reshape(bsz, o1 - o0, ydim, xdim)
+            if zs * bs != o1 - o0:  # the last slab may end inside a block row: pad it with -inf
+                rows = F.pad(rows, (0, 0, 0, 0, 0, zs * bs - (o1 - o0)), value=-math.inf)
+            zmax = rows.reshape(bsz, zs, bs, ydim, xdim).amax(2)
             pooled = F.max_pool2d(zmax, bs, ceil_mode=True)
             bmax[:, o0 // bs : o0 // bs + pooled.shape[1]] = pooled
         loc = torch.stack([best_idx // yx, (best_idx // xdim) % ydim, best_idx % xdim], 1)
