@@ -14,8 +14,10 @@ Every bs planes are reduced at once to the running first maximum (C order) and t
 costs about ten passes over memory per level; here it is one read of the ``inv_l`` planes,
 shared by all the queries of a batch.
 
-Work is split over block rows of z (``numba.prange``), each task holding its own first maximum;
-the tasks are merged in z order, so ties go to the first voxel in C order as in ``np.argmax``.
+Work is split over slabs of z (``numba.prange``; tasks of about 12 planes, whole block rows),
+each task holding its own first maximum per query; the tasks are merged in z order, so ties go
+to the first voxel in C order as in ``np.argmax``. The rival (:func:`rivals`) takes the block
+maxima clear of the exclusion cube and evaluates the voxels of the blocks it touches exactly.
 Values agree with the tensor path to float32 rounding (the taps are summed in another order).
 """
 
