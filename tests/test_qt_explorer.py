@@ -175,6 +175,32 @@ def test_drawn_slice_shows_the_new_map_whether_or_not_the_view_moves(explorer, q
     np.testing.assert_allclose(match._view_data, [np.asarray(m.target_zyx, float)[1:]], atol=1e-9)
 
 
+def test_moved_maps_update_the_viewer_ranges_and_their_drawn_place(explorer, qtbot):
+    """The maps move with ``translate`` while the viewer's dims ranges are recomputed once per
+    result: afterwards the ranges are the union of every layer's extent (computed here from the
+    layers) and each map's canvas node sits where the layer says."""
+    viewer, w, src, tgt, ref = explorer
+    tv = w.target_view.viewer
+    w.controls.per_level.value = True  # the strip sticks out of the image: the x range changes
+    visuals = w.target_view.qt_viewer.canvas.layer_to_visual
+    ranges, buffers = set(), set()
+    for vox in [(10, 12, 11), (5, 16, 6), (14, 5, 15), (8, 9, 13)]:  # whole windows: maps move in place
+        _move(qtbot, viewer, w, src, vox)
+        buffers.add(id(w.map_layers.layers["levels"].data))
+        lo = np.nanmin([layer.extent.world[0] for layer in tv.layers], axis=0)  # empty layers: nan
+        hi = np.nanmax([layer.extent.world[1] for layer in tv.layers], axis=0)
+        np.testing.assert_allclose([r.start for r in tv.dims.range], lo, atol=1e-9)
+        np.testing.assert_allclose([r.stop for r in tv.dims.range], hi, atol=1e-9)
+        ranges.add(tuple(round(float(r.stop), 6) for r in tv.dims.range))
+        for key in ("fused", "levels"):
+            node = visuals[w.map_layers.layers[key]]
+            drawn = np.array(node.node.transform.matrix, copy=True)
+            node._on_matrix_change()  # what napari computes from the layer's transform now
+            np.testing.assert_allclose(drawn, node.node.transform.matrix, atol=1e-9)
+    assert len(ranges) > 1  # the ranges did change with the moves...
+    assert len(buffers) == 1  # ...of a strip moved in place (no new data, which resets the ranges itself)
+
+
 def test_stale_events_are_dropped(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
     # many events while the worker is busy: only the latest is computed next

@@ -106,6 +106,7 @@ class MapLayers:
         self._inner: dict[str, list[int]] = {}  # strip key -> start of each map inside the strip array
         self._signs: dict[int, int] = {}  # axis -> screen sign, for the result being drawn
         self._pending: list | None = None  # target layers changed in place, not yet redrawn (deferred)
+        self._moved: bool | None = None  # inside :meth:`_moves`: whether a map layer was moved
         self._build()
 
     # ------------------------------------------------------------------ creation
@@ -183,6 +184,44 @@ class MapLayers:
                 if noted == point:
                     layer.refresh()
 
+    @contextlib.contextmanager
+    def _moves(self):
+        """Move maps (``translate``) inside; the target viewer's dims ranges are recomputed once
+        at the end instead of once per moved layer (each recomputation walks every layer's
+        extent and re-validates the dims: a few ms each on a small CPU)."""
+        outer = self._moved is None
+        if outer:
+            self._moved = False
+        try:
+            yield
+        finally:
+            if outer:
+                moved, self._moved = self._moved, None
+                if moved:
+                    self._sync_ranges()
+
+    def _sync_ranges(self) -> None:
+        """What the viewer does on a layer's ``translate`` event, once: its dims take the new
+        extent of all layers (skipped when the ranges are unchanged, the only thing a move changes)."""
+        viewer = self.target_viewer
+        try:
+            same = tuple(map(tuple, viewer.layers._ranges)) == tuple(map(tuple, viewer.dims.range))
+        except Exception:  # pragma: no cover - napari without these internals: recompute
+            same = False
+        if not same:
+            viewer._on_layers_change()
+
+    def _set_translate(self, layer, translate) -> None:
+        """Move ``layer`` without redrawing it (the caller redraws it once with its new data)."""
+        sync = getattr(self.target_viewer, "_on_layers_change", None)
+        with no_refresh(layer):
+            if self._moved is not None and callable(sync):
+                with layer.events.translate.blocker(sync):  # only the viewer's ranges wait; vispy moves
+                    layer.translate = translate
+                self._moved = True
+            else:
+                layer.translate = translate
+
     def limits(self, state) -> tuple[float, float]:
         return display_limits(state.display_mode, MAP_RANGES.get(state.color_range, (-1.0, 1.0)))
 
@@ -200,13 +239,11 @@ class MapLayers:
         moved = not np.allclose(layer.translate, translate)
         if isinstance(old, np.ndarray) and old.shape == data.shape and old.dtype == data.dtype:
             if moved:
-                with no_refresh(layer):
-                    layer.translate = translate
+                self._set_translate(layer, translate)
             old[...] = data
             self._refresh(layer)
         else:
-            with no_refresh(layer):
-                layer.translate = translate
+            self._set_translate(layer, translate)
             layer.data = np.array(data, dtype=np.float32, copy=True)  # a buffer we own and update in place
         if tuple(layer.contrast_limits) != lim:
             layer.contrast_limits = lim
@@ -269,22 +306,22 @@ class MapLayers:
         self._signs = {}
         lim = self.limits(state)
         disp = result.display
-        self._place(L["fused"], disp.get("fused", result.fused), result.offset, lim)
-        set_visible(L["fused"], True)
-        names = [n for n in level_names if n in result.per_level]
-        self.strip_names = names
-        self._level_pos = self._strip(L["levels"], [disp.get(n, result.per_level[n]) for n in names], result.offset,
-                                      2, bool(state.per_level), lim, "levels")
-        if result.compare or not result.request.compare:
-            self.show_compare(result, state)
-        else:
-            self._relabel(result)
+        with self._moves():
+            self._place(L["fused"], disp.get("fused", result.fused), result.offset, lim)
+            set_visible(L["fused"], True)
+            names = [n for n in level_names if n in result.per_level]
+            self.strip_names = names
+            self._level_pos = self._strip(L["levels"], [disp.get(n, result.per_level[n]) for n in names],
+                                          result.offset, 2, bool(state.per_level), lim, "levels")
+            if result.compare or not result.request.compare:
+                self.show_compare(result, state)
+            else:
+                self._relabel(result)
         set_points(L["match"], [result.target_zyx], self._refresh)
-        set_points(L["query"], [result.request.query_zyx])
+        self.show_query(result.request.query_zyx)
         hi = np.asarray(result.offset) + np.asarray(result.fused.shape)
         set_vectors(L["aids"], np.concatenate([crosshair(result.target_zyx, np.shape(self.target_layer.data)[-3:]),
                                                box_outline(result.target_zyx, result.offset, hi)]), self._refresh)
-        set_vectors(L["cross_s"], crosshair(result.request.query_zyx, np.shape(self.source_layer.data)[-3:]))
         truth = result.truth
         if truth is not None and state.show_truth:
             set_points(L["truth"], [truth.target_zyx], self._refresh)
@@ -292,14 +329,21 @@ class MapLayers:
         else:
             set_visible(L["truth"], False)
 
+    def show_query(self, query_zyx) -> None:
+        """The query marker and crosshair in the source viewer at source voxel ``query_zyx``
+        (nothing is redrawn when they are there already)."""
+        set_points(self.layers["query"], [query_zyx])
+        set_vectors(self.layers["cross_s"], crosshair(query_zyx, np.shape(self.source_layer.data)[-3:]))
+
     def show_compare(self, result, state) -> None:
         """Draw the timestep compare strip of ``result`` below its fused map (hidden when empty)."""
         ts = sorted(result.compare)
         self._signs = {}
         self.compare_names = ts
-        self._compare_pos = self._strip(self.layers["compare"], [result.display.get(f"t={t}", result.compare[t])
-                                                                 for t in ts], result.offset, 1, bool(ts),
-                                        self.limits(state), "compare")
+        with self._moves():
+            self._compare_pos = self._strip(self.layers["compare"], [result.display.get(f"t={t}", result.compare[t])
+                                                                     for t in ts], result.offset, 1, bool(ts),
+                                            self.limits(state), "compare")
         self._relabel(result)
 
     def _relabel(self, result) -> None:
