@@ -201,15 +201,19 @@ class MapLayers:
                     self._sync_ranges()
 
     def _sync_ranges(self) -> None:
-        """What the viewer does on a layer's ``translate`` event, once: its dims take the new
-        extent of all layers (skipped when the ranges are unchanged, the only thing a move changes)."""
+        """What the viewer does on a layer's ``translate`` event, once: its dims ranges take the new
+        extent of all layers. A move changes nothing else the viewer derives from its layers
+        (number of dims, units, axis labels), so only ``dims.range`` is set, and only when it changed."""
         viewer = self.target_viewer
         try:
-            same = tuple(map(tuple, viewer.layers._ranges)) == tuple(map(tuple, viewer.dims.range))
-        except Exception:  # pragma: no cover - napari without these internals: recompute
-            same = False
-        if not same:
+            ranges = viewer.layers._ranges
+        except AttributeError:  # pragma: no cover - napari without this internal: the full update
             viewer._on_layers_change()
+            return
+        if len(ranges) != viewer.dims.ndim:  # pragma: no cover - not from a move
+            viewer._on_layers_change()
+        elif tuple(map(tuple, ranges)) != tuple(map(tuple, viewer.dims.range)):
+            viewer.dims.range = ranges
 
     def _set_translate(self, layer, translate) -> None:
         """Move ``layer`` without redrawing it (the caller redraws it once with its new data)."""
