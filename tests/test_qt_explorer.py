@@ -201,6 +201,29 @@ def test_moved_maps_update_the_viewer_ranges_and_their_drawn_place(explorer, qtb
     assert len(buffers) == 1  # ...of a strip moved in place (no new data, which resets the ranges itself)
 
 
+def test_set_slice_reslices_once_and_moves_the_slider(explorer, qtbot, monkeypatch):
+    """Moving the target's slice re-slices its layers in one pass (napari would walk them twice),
+    draws the new plane and still moves the z slider."""
+    from napari_meddift._qt._target_view import set_slice
+
+    viewer, w, src, tgt, ref = explorer
+    tv = w.target_view.viewer
+    image = tv.layers[tgt.name]
+    passes = []
+    real = tv._layer_slicer.submit
+    monkeypatch.setattr(tv._layer_slicer, "submit", lambda *a, **k: (passes.append(1), real(*a, **k))[1])
+    slider = w.target_view.qt_viewer.dims.slider_widgets[0].slider
+    for z in (3, 17, 9):
+        passes.clear()
+        set_slice(tv, tgt.data_to_world(np.array([z, 5.0, 5.0])))
+        assert len(passes) == 1
+        assert tv.dims.current_step[0] == z and slider.value() == z
+        np.testing.assert_array_equal(np.asarray(image._slice.image.raw), tgt.data[z])
+    passes.clear()
+    set_slice(tv, tgt.data_to_world(np.array([9, 1.0, 1.0])))  # same slice: nothing to do
+    assert passes == []
+
+
 def test_stale_events_are_dropped(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
     # many events while the worker is busy: only the latest is computed next

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
@@ -45,7 +46,13 @@ def set_slice(viewer, world) -> None:
             point[ax] = world[ax]
             changed = True
     if changed:
-        dims.point = tuple(point)
+        # napari re-slices every layer on the ``point`` event and again on ``current_step``
+        # (a workaround of its own; the second pass finds nothing changed but still walks every
+        # layer): the viewer's own ``current_step`` update waits, other listeners (sliders) do not
+        update = getattr(viewer, "_update_layers", None)
+        blocker = dims.events.current_step.blocker(update) if callable(update) else contextlib.nullcontext()
+        with blocker:
+            dims.point = tuple(point)
 
 
 class CloseWatcher(QObject):
