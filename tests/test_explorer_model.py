@@ -76,6 +76,12 @@ def test_display_modes():
 def test_compute_matches_the_core_and_state_changes_ask_for_a_rerun():
     s = _session(radius=4)
     ref = Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
+    # windows read full-image norm maps, built in the background at connect (the reference
+    # computes each window's norms from its own nodes: the maps below must agree)
+    engine = s.engines[20]
+    assert engine.warmed.wait(60) and engine.matcher.cache_norms
+    assert all(side.level(n).inv_norm_full is not None for side in (engine.matcher._tgt, engine.matcher._src)
+               for n in ("up0", "up1", "up2"))
     reruns = []
     s.events.rerun.connect(lambda: reruns.append(1))
     res = s.compute(s.request((10, 12, 11)))

@@ -88,6 +88,26 @@ def test_similarity_with_cached_norms_equals_dense(pair, dense):
         _close(res.fused, dense.similarity(p, 4)[1])
 
 
+def test_cache_norms_windows_read_the_full_maps(pair, dense):
+    """``cache_norms``: the first window builds both sides' maps (or ``warm_norms`` does), and
+    windows and consistency checks then agree with the dense reference and the uncached matcher."""
+    m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    m.cache_norms = True
+    assert m._tgt.level("a").inv_norm_full is None
+    plain = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    for p in _corner_points(SRC_SHAPE):
+        _close(m.similarity(p, 3).fused, dense.similarity(p, 3)[1])
+        a, b = m.match(p, 3), plain.match(p, 3)
+        assert (a.target_zyx, a.fb_distance) == (b.target_zyx, b.fb_distance)
+        _close(a.score, b.score, 1e-6)
+    assert all(m._tgt.level(n).inv_norm_full is not None for n in m.levels)
+    assert all(plain._tgt.level(n).inv_norm_full is None for n in plain.levels)
+    fresh = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    fresh.warm_norms(["a"])
+    assert fresh._tgt.level("a").inv_norm_full is not None and fresh._src.level("a").inv_norm_full is not None
+    assert fresh._tgt.level("b").inv_norm_full is None
+
+
 def test_window_centre_mapping(pair):
     m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
     res = m.similarity((12, 0, 8), 2)

@@ -83,6 +83,11 @@ class Matcher:
         #: CPU threads of the "stream" search (None: torch's current setting, by default one per
         #: core). Unlike a windowed query it is a few large passes per batch, which cores shorten.
         self.global_threads: int | None = None
+        #: windowed queries read each side's full-image 1/||f|| maps (built once, on the first
+        #: query: ~4 bytes per voxel and level) instead of computing norms from the window's own
+        #: nodes. Same values to float32 rounding; for interactive use, where thousands of
+        #: windows follow (the explorer turns it on). Batches decide by their size either way.
+        self.cache_norms = False
 
     @classmethod
     def _from_sides(cls, src: _Side, tgt: _Side, levels, weights) -> "Matcher":
@@ -174,7 +179,7 @@ class Matcher:
             self._backward.levels, self._backward.weights = list(self.levels), dict(self.weights)
         self._backward.cpu_threads = self.cpu_threads
         self._backward.global_search, self._backward.global_batch = self.global_search, self.global_batch
-        self._backward.global_threads = self.global_threads
+        self._backward.global_threads, self._backward.cache_norms = self.global_threads, self.cache_norms
         return self._backward
 
     # ---- geometry -----------------------------------------------------------------
@@ -302,6 +307,14 @@ class Matcher:
                     progress(done0 + e, total, "matching points (global)")
         return tgt, score, amb
 
+    def warm_norms(self, levels: Sequence[str] | None = None) -> None:
+        """Build the full-image 1/||f|| maps of both sides now (target first), for ``levels``
+        (default: every level both sides hold), so that ``cache_norms`` queries never wait."""
+        with self._compute():
+            for side in (self._tgt, self._src):
+                for name in self.available_levels if levels is None else levels:
+                    side.level(name).full_inv_norm()
+
     @contextmanager
     def _compute(self, threads: int | None = None):
         """no_grad, and on the CPU ``threads`` (default: the ``cpu_threads`` setting)."""
@@ -323,7 +336,8 @@ class Matcher:
         center = self._centers(pts)[0]
         box = self._box(center, radius)
         with self._compute():
-            fused, per = self._fused(self._queries(pts), box, use_cache=radius is None, keep_levels=per_level)
+            fused, per = self._fused(self._queries(pts), box, use_cache=radius is None or self.cache_norms,
+                                     keep_levels=per_level)
         return SimilarityResult(
             box=tuple(slice(a, b) for a, b in box),  # type: ignore[arg-type]
             fused=fused[0].cpu().numpy().astype(np.float32, copy=False),
@@ -341,10 +355,11 @@ class Matcher:
     ) -> Match:
         """Best target voxel for one source voxel, with ambiguity and forward-backward consistency."""
         pts = self._check_points(voxel_zyx, self._src.shape)[:1]
-        tgt, score, amb = self._match_many(pts, radius, exclusion, None, 0, 1, use_cache=radius is None)
+        cached = radius is None or self.cache_norms
+        tgt, score, amb = self._match_many(pts, radius, exclusion, None, 0, 1, use_cache=cached)
         fb, ok = math.nan, None
         if check_consistency:
-            back, _, _ = self.backward._match_many(tgt, radius, exclusion, None, 0, 1, use_cache=radius is None)
+            back, _, _ = self.backward._match_many(tgt, radius, exclusion, None, 0, 1, use_cache=cached)
             fb = float(np.linalg.norm((back[0] - pts[0]).astype(np.float64)))
             ok = bool(fb <= fb_threshold)
         return Match(
