@@ -175,6 +175,24 @@ def test_drawn_slice_shows_the_new_map_whether_or_not_the_view_moves(explorer, q
     np.testing.assert_allclose(match._view_data, [np.asarray(m.target_zyx, float)[1:]], atol=1e-9)
 
 
+def test_target_canvas_layers_compute_no_thumbnails(explorer, qtbot):
+    """The target canvas shows no layer list, so after their first slice its layers skip
+    napari's thumbnail on every refresh and re-slice; layers of the main viewer keep theirs."""
+    viewer, w, src, tgt, ref = explorer
+    tv = w.target_view.viewer
+    rng = np.random.default_rng(1)
+    geo = {"scale": tuple(src.scale), "translate": tuple(src.translate)}  # inside the current slices
+    thumbs = {}
+    for name, v in (("target canvas", tv), ("main viewer", viewer)):
+        layer = v.add_image(rng.random(SHAPE, dtype=np.float32), name=name, **geo)
+        before = layer.thumbnail.copy()
+        layer.data = rng.random(SHAPE, dtype=np.float32) ** 4  # another picture
+        layer.refresh()
+        thumbs[name] = np.array_equal(before, layer.thumbnail)
+    assert thumbs == {"target canvas": True, "main viewer": False}
+    _move(qtbot, viewer, w, src, (10, 12, 11))  # the live path still draws (other tests check what)
+
+
 def test_moved_maps_update_the_viewer_ranges_and_their_drawn_place(explorer, qtbot):
     """The maps move with ``translate`` while the viewer's dims ranges are recomputed once per
     result: afterwards the ranges are the union of every layer's extent (computed here from the

@@ -20,6 +20,7 @@ class TargetView(QWidget):
 
         super().__init__(parent)
         self.viewer = ViewerModel(title=title)
+        self.viewer.layers.events.inserted.connect(_skip_thumbnails)
         self.qt_viewer = QtViewer(self.viewer)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -31,6 +32,18 @@ class TargetView(QWidget):
             self.qt_viewer.deleteLater()
             self.qt_viewer = None
         self.viewer.layers.clear()
+
+
+def _no_thumbnail(*_args, **_kwargs) -> None:
+    return None
+
+
+def _skip_thumbnails(event) -> None:
+    """This canvas has no layer list, so its layers' thumbnails are never seen; napari would
+    recompute one (downsample, colour map) on every refresh and re-slice of the live path."""
+    layer = getattr(event, "value", None)
+    if layer is not None and callable(getattr(layer, "_update_thumbnail", None)):
+        layer._update_thumbnail = _no_thumbnail
 
 
 def set_slice(viewer, world) -> None:

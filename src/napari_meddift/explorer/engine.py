@@ -65,23 +65,23 @@ class QueryResult:
 class ExplorerEngine:
     """Runs requests against one matcher; thread-safe (one lock around the matcher)."""
 
-    def __init__(self, matcher, warm: bool = True):
+    def __init__(self, matcher):
         self.matcher = matcher
         # every mouse move is a window: read full-image norm maps, built once, instead of a Gram
-        # pass over each window's nodes (3-6x the search); ``warm`` builds them now in a
-        # background thread, which the first query waits for (the engine's lock)
+        # pass over each window's nodes (3-6x the search). ``warm`` builds them ahead of the first
+        # query (the session does it in the background); a query that comes first waits for it
+        # (the engine's lock) or builds what it needs
         matcher.cache_norms = True
         self._lock = threading.Lock()
         self.warmed = threading.Event()
-        if warm:
-            threading.Thread(target=self._warm, name="meddift-norm-maps", daemon=True).start()
-        else:
-            self.warmed.set()
 
-    def _warm(self) -> None:
+    def warm(self, source: bool = True) -> None:
+        """Build the matcher's norm maps now: the target's (the live map), then with ``source``
+        the source's (the consistency check). Sets ``warmed`` even when it fails (queries then
+        build what they need)."""
         try:
             with self._lock:
-                self.matcher.warm_norms()
+                self.matcher.warm_norms(source=source)
         except Exception:  # pragma: no cover - the first query builds what it needs and reports
             pass
         finally:

@@ -17,6 +17,8 @@ request), then show the result. ``events`` (a psygnal ``SignalGroup``): ``connec
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from typing import Callable, Sequence
 
@@ -40,6 +42,32 @@ class SessionEvents(SignalGroup):
     timesteps_changed = Signal()
 
 
+class _Warmer:
+    """One background thread that warms engines (their norm maps) in the order given, so a pair
+    with several timesteps takes one core for a few seconds, not one per timestep."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, engine: ExplorerEngine, source: bool = True) -> None:
+        with self._lock:
+            self._jobs.put((engine, source))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="meddift-norm-maps", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._jobs.empty():
+                    self._thread = None
+                    return
+                engine, source = self._jobs.get()
+            engine.warm(source)
+
+
 class ExplorerSession:
     """One source/target pair being explored (see the module docstring)."""
 
@@ -55,6 +83,7 @@ class ExplorerSession:
         self.landmarks: LandmarkSet | None = None
         self.last_query: tuple[int, int, int] | None = None
         self.state.events.connect(self._on_state)
+        self._warmer = _Warmer()
 
     # ------------------------------------------------------------------ pair and timesteps
 
@@ -70,6 +99,7 @@ class ExplorerSession:
             ts = stores[0].attrs.get("timestep") if hasattr(stores[0], "attrs") else None
             timestep = int(ts) if ts is not None else None
         self.engines = {timestep: ExplorerEngine(matcher)}
+        self._warmer.submit(self.engines[timestep])
         self.connected_timestep = timestep
         self.stores = stores
         self.source_spacing = tuple(float(s) for s in source_spacing)
@@ -102,6 +132,7 @@ class ExplorerSession:
             raise MedDiftError(f"the timestep {timestep} stores are for other images (shapes {matcher.source_shape}, "
                                f"{matcher.target_shape}); extract them from this pair")
         self.engines[int(timestep)] = ExplorerEngine(matcher)
+        self._warmer.submit(self.engines[int(timestep)], source=False)  # compare strips: windows only
         self.events.timesteps_changed.emit()
 
     @property

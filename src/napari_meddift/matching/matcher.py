@@ -307,11 +307,12 @@ class Matcher:
                     progress(done0 + e, total, "matching points (global)")
         return tgt, score, amb
 
-    def warm_norms(self, levels: Sequence[str] | None = None) -> None:
-        """Build the full-image 1/||f|| maps of both sides now (target first), for ``levels``
-        (default: every level both sides hold), so that ``cache_norms`` queries never wait."""
+    def warm_norms(self, levels: Sequence[str] | None = None, source: bool = True) -> None:
+        """Build the full-image 1/||f|| maps now, for ``levels`` (default: every level both sides
+        hold): the target's (windows), then with ``source`` the source's (consistency checks), so
+        that ``cache_norms`` queries need not build them."""
         with self._compute():
-            for side in (self._tgt, self._src):
+            for side in (self._tgt, self._src) if source else (self._tgt,):
                 for name in self.available_levels if levels is None else levels:
                     side.level(name).full_inv_norm()
 
