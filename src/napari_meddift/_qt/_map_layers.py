@@ -322,22 +322,17 @@ class MapLayers:
             else:
                 self._relabel(result)
         set_points(L["match"], [result.target_zyx], self._refresh)
-        self.show_query(result.request.query_zyx)
+        set_points(L["query"], [result.request.query_zyx])
         hi = np.asarray(result.offset) + np.asarray(result.fused.shape)
         set_vectors(L["aids"], np.concatenate([crosshair(result.target_zyx, np.shape(self.target_layer.data)[-3:]),
                                                box_outline(result.target_zyx, result.offset, hi)]), self._refresh)
+        set_vectors(L["cross_s"], crosshair(result.request.query_zyx, np.shape(self.source_layer.data)[-3:]))
         truth = result.truth
         if truth is not None and state.show_truth:
             set_points(L["truth"], [truth.target_zyx], self._refresh)
             set_visible(L["truth"], True)
         else:
             set_visible(L["truth"], False)
-
-    def show_query(self, query_zyx) -> None:
-        """The query marker and crosshair in the source viewer at source voxel ``query_zyx``
-        (nothing is redrawn when they are there already)."""
-        set_points(self.layers["query"], [query_zyx])
-        set_vectors(self.layers["cross_s"], crosshair(query_zyx, np.shape(self.source_layer.data)[-3:]))
 
     def show_compare(self, result, state) -> None:
         """Draw the timestep compare strip of ``result`` below its fused map (hidden when empty)."""

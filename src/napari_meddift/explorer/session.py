@@ -17,9 +17,9 @@ request), then show the result. ``events`` (a psygnal ``SignalGroup``): ``connec
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
+from collections import deque
 from typing import Callable, Sequence
 
 import numpy as np
@@ -47,13 +47,13 @@ class _Warmer:
     with several timesteps takes one core for a few seconds, not one per timestep."""
 
     def __init__(self):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._jobs: deque[tuple[ExplorerEngine, bool]] = deque()
+        self._lock = threading.Lock()  # guards _jobs and _thread
         self._thread: threading.Thread | None = None
 
     def submit(self, engine: ExplorerEngine, source: bool = True) -> None:
         with self._lock:
-            self._jobs.put((engine, source))
+            self._jobs.append((engine, source))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="meddift-norm-maps", daemon=True)
                 self._thread.start()
@@ -61,10 +61,10 @@ class _Warmer:
     def _run(self) -> None:
         while True:
             with self._lock:
-                if self._jobs.empty():
+                if not self._jobs:
                     self._thread = None
                     return
-                engine, source = self._jobs.get()
+                engine, source = self._jobs.popleft()
             engine.warm(source)
 
 

@@ -111,8 +111,8 @@ class GlobalSearch:
         self.w = {n: weights[n] / total for n in levels if weights[n] > 0}
         self.shape = tuple(int(s) for s in image_shape)
         self.bs = bs
-        self.tabs = {n: _tables(levels[n], bs) for n in self.w}
-        self.nb = next(iter(self.tabs.values())).nb
+        self.nb = tuple(-(-s // bs) for s in self.shape)  # blocks per axis
+        self._tabs: dict[str, BlockTables] | None = None
         self.dev = next(iter(levels.values())).f.device
         self.o = torch.arange(bs, device=self.dev)
         self.shape_t = torch.as_tensor(self.shape, device=self.dev)
@@ -127,6 +127,14 @@ class GlobalSearch:
         if self._fused is None:
             self._fused = _global_kernel.FusedPlanes(self.levels, self.w, self.shape, self.bs)
         return self._fused
+
+    @property
+    def tabs(self) -> dict[str, BlockTables]:
+        """Per-level block tables of the tensor path's rival (built on first use and cached on the
+        levels: the fused kernel never needs them, nor their blocked copy of 1/||f||)."""
+        if self._tabs is None:
+            self._tabs = {n: _tables(self.levels[n], self.bs) for n in self.w}
+        return self._tabs
 
     def node_dots(self, q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """P_l (B, nodes) = q_l . F_l[n] over each level's padded node grid (one GEMM per level)."""
