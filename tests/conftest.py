@@ -10,6 +10,7 @@ instead when ``CI=true`` (CI must run everything).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,26 @@ def shared_data() -> Path:
 def small_data() -> Path:
     """``tests/data``: small real files kept in the repository (see tests/data/README.md)."""
     return SMALL_DATA
+
+
+#: the one skip reason of every GUI test where Qt has no display to draw on
+NO_DISPLAY = ("needs a display for Qt and napari: run the tests under Xvfb, as the README's command "
+              "does (xvfb-run -a -s \"-screen 0 1280x1024x24\" python3 -m pytest -q)")
+
+
+def has_display() -> bool:
+    """Whether Qt can open windows: an X or Wayland display, or a Qt platform chosen explicitly."""
+    if sys.platform in ("win32", "darwin"):  # their Qt platforms need no display server
+        return True
+    return any(os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without a display Qt aborts the whole run when a GUI test makes its first window: skip the
+    ``gui`` tests instead, with one reason (under ``CI=true`` they run, and fail loudly)."""
+    if has_display() or on_ci():
+        return
+    skip = pytest.mark.skip(reason=NO_DISPLAY)
+    for item in items:
+        if item.get_closest_marker("gui") is not None:
+            item.add_marker(skip)
