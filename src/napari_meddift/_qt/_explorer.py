@@ -25,13 +25,12 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
 from ..explorer import ExplorerSession, format_status, pick_along_ray, suggest_map_range
-from ._controls import error_label
+from ._controls import StatusText, error_label
 from ._landmark_layers import LandmarkLayers
 from ._layers import STORE_KEY, voxel_to_world, world_to_voxel
 from ._map_layers import MapLayers
@@ -122,12 +121,7 @@ class ExplorerWidget(QWidget):
         self.controls.connect_button.changed.connect(lambda *_: self.work.connect_from_controls())
         self.controls.extract_timesteps.changed.connect(lambda *_: self.extract_timesteps())
         self.controls.cancel_timesteps.changed.connect(lambda *_: self.task and self.task.cancel())
-        self.status_label = QLabel("Connect a pair, then move the mouse over the source image.")
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        font = QFont("monospace")
-        font.setStyleHint(QFont.StyleHint.TypeWriter)
-        self.status_label.setFont(font)
+        self.status_label = StatusText("Connect a pair, then move the mouse over the source image.", lines=5)
         self.error_label = error_label()
         lay = QVBoxLayout(self)
         lay.addWidget(self.controls.native)
