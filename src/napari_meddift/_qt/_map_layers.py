@@ -106,7 +106,7 @@ class MapLayers:
         self._inner: dict[str, list[int]] = {}  # strip key -> start of each map inside the strip array
         self._signs: dict[int, int] = {}  # axis -> screen sign, for the result being drawn
         self._pending: list | None = None  # target layers changed in place, not yet redrawn (deferred)
-        self._moved: bool | None = None  # inside :meth:`_moves`: whether a map layer was moved
+        self._moved: list | None = None  # inside :meth:`_moves`: the map layers moved so far
         self._build()
 
     # ------------------------------------------------------------------ creation
@@ -186,34 +186,48 @@ class MapLayers:
 
     @contextlib.contextmanager
     def _moves(self):
-        """Move maps (``translate``) inside; the target viewer's dims ranges are recomputed once
-        at the end instead of once per moved layer (each recomputation walks every layer's
-        extent and re-validates the dims: a few ms each on a small CPU)."""
+        """Move maps (``translate``) inside; the target viewer's dims ranges are checked once at
+        the end instead of recomputed once per moved layer (each recomputation walks every
+        layer's extent and re-validates the dims: a few ms each on a small CPU)."""
         outer = self._moved is None
         if outer:
-            self._moved = False
+            self._moved = []
         try:
             yield
         finally:
             if outer:
                 moved, self._moved = self._moved, None
                 if moved:
-                    self._sync_ranges()
+                    self._sync_ranges(moved)
 
-    def _sync_ranges(self) -> None:
-        """What the viewer does on a layer's ``translate`` event, once: its dims ranges take the new
-        extent of all layers. A move changes nothing else the viewer derives from its layers
-        (number of dims, units, axis labels), so only ``dims.range`` is set, and only when it changed."""
+    def _sync_ranges(self, moved) -> None:
+        """What the viewer does on a layer's ``translate`` event, when it matters: the dims
+        ranges take the new extent of all layers once a ``moved`` layer reaches outside them. A
+        map moving inside the ranges leaves them as they are (a strip that moved back in leaves
+        the ranges a little wider than the layers until the next growth: nothing is sliced or
+        drawn differently for it). A move changes nothing else the viewer derives from its
+        layers (number of dims, units, axis labels), so only ``dims.range`` is set."""
         viewer = self.target_viewer
+        dims = viewer.dims
+        lo = np.array([r.start for r in dims.range], float)
+        hi = np.array([r.stop for r in dims.range], float)
+        inside = True
+        for layer in moved:
+            ext = np.asarray(layer.extent.world, float)
+            if ext.shape[1] != lo.size or (ext[0] < lo - 1e-9).any() or (ext[1] > hi + 1e-9).any():
+                inside = False
+                break
+        if inside:
+            return
         try:
             ranges = viewer.layers._ranges
         except AttributeError:  # pragma: no cover - napari without this internal: the full update
             viewer._on_layers_change()
             return
-        if len(ranges) != viewer.dims.ndim:  # pragma: no cover - not from a move
+        if len(ranges) != dims.ndim:  # pragma: no cover - not from a move
             viewer._on_layers_change()
-        elif tuple(map(tuple, ranges)) != tuple(map(tuple, viewer.dims.range)):
-            viewer.dims.range = ranges
+        elif tuple(map(tuple, ranges)) != tuple(map(tuple, dims.range)):
+            dims.range = ranges
 
     def _set_translate(self, layer, translate) -> None:
         """Move ``layer`` without redrawing it (the caller redraws it once with its new data)."""
@@ -222,7 +236,7 @@ class MapLayers:
             if self._moved is not None and callable(sync):
                 with layer.events.translate.blocker(sync):  # only the viewer's ranges wait; vispy moves
                     layer.translate = translate
-                self._moved = True
+                self._moved.append(layer)
             else:
                 layer.translate = translate
 
