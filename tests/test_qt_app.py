@@ -55,7 +55,7 @@ def test_launch_explorer_shows_a_first_match(app):
     layer = viewer.layers["inhale"]
     assert tuple(layer.scale) == SPACING and tuple(layer.translate) == ORIGIN
     assert ex.target_view.viewer.layers["exhale"].data is viewer.layers["exhale"].data
-    assert ex.map_layers.layers["fused"].visible
+    assert ex.map_layers.layers["maps"].visible
 
 
 def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
@@ -80,9 +80,7 @@ def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
     z_world = viewer.layers["inhale"].data_to_world(pts[worst])[0]
     assert viewer.dims.point[0] == pytest.approx(z_world)
     # ... and the target to the landmark's true point, marked there
-    truth = ex.target_view.viewer.layers["truth"]
-    assert truth.visible
-    np.testing.assert_allclose(truth.data, [pts[worst] + [1, 0, -1]])
+    np.testing.assert_allclose(ex.map_layers.marker("truth"), pts[worst] + [1, 0, -1])
     z_t = viewer.layers["exhale"].data_to_world(pts[worst] + [1, 0, -1])[0]
     assert ex.target_view.viewer.dims.point[0] == pytest.approx(z_t)
     # every landmark in both viewers, coloured by its error

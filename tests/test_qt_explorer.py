@@ -65,7 +65,7 @@ def _move(qtbot, viewer, w, src, vox):
 
 def test_mouse_move_updates_match_and_map_like_the_core(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
-    fused = w.map_layers.layers["fused"]
+    fused = w.map_layers.layers["maps"]  # per-level maps off: the fused map alone
     n_layers_target = len(w.target_view.viewer.layers)
     n_layers_main = len(viewer.layers)
     for vox in [(10, 12, 11), (3, 20, 5)]:
@@ -80,7 +80,8 @@ def test_mouse_move_updates_match_and_map_like_the_core(explorer, qtbot):
         assert tuple(fused.contrast_limits) == (-1.0, 1.0)
         assert tuple(w.result.target_zyx) == tuple(m.target_zyx)
         assert w.result.score == pytest.approx(m.score, abs=1e-6)
-        np.testing.assert_array_equal(w.map_layers.layers["match"].data, [m.target_zyx])
+        np.testing.assert_array_equal(w.map_layers.marker("match"), m.target_zyx)
+        assert w.map_layers.marker("truth") is None  # no truth for this pair
         np.testing.assert_array_equal(w.map_layers.layers["query"].data, [vox])
         # the target viewer followed the match: its slice is the match's z
         tz = tgt.data_to_world(np.asarray(m.target_zyx, float))[0]
@@ -98,18 +99,18 @@ def test_level_toggle_and_radius_update_the_map(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
     vox = (8, 9, 10)
     _move(qtbot, viewer, w, src, vox)
-    before = w.map_layers.layers["fused"].data.copy()
+    before = w.map_layers.fused_map().copy()
     rows = {r.level: r for r in w.controls.levels}
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         rows["up0"].check.value = False
     ref.set_levels(["up1", "up2"])
-    np.testing.assert_allclose(w.map_layers.layers["fused"].data, ref.similarity(vox, 4).fused, atol=1e-6)
-    assert not np.allclose(before, w.map_layers.layers["fused"].data)
+    np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, 4).fused, atol=1e-6)
+    assert not np.allclose(before, w.map_layers.fused_map())
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.state.radius = 2  # a script sets the state: the control follows
     assert w.controls.radius.value == 2
-    assert w.map_layers.layers["fused"].data.shape == ref.similarity(vox, 2).fused.shape
-    np.testing.assert_allclose(w.map_layers.layers["fused"].data, ref.similarity(vox, 2).fused, atol=1e-6)
+    assert w.map_layers.fused_map().shape == ref.similarity(vox, 2).fused.shape
+    np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, 2).fused, atol=1e-6)
     # the last level cannot be switched off
     rows["up1"].check.value = False
     rows["up2"].check.value = False
@@ -123,15 +124,18 @@ def test_per_level_view_and_follow_off(explorer, qtbot):
     vox = (12, 6, 7)
     _move(qtbot, viewer, w, src, vox)
     sim = ref.similarity(vox, 4, per_level=True)
-    strip = w.map_layers.layers["levels"]
-    assert strip.visible and strip.translate[2] > w.map_layers.layers["fused"].translate[2]  # beside the fused map
+    maps = w.map_layers.layers["maps"]
+    # the fused map at its window, the per-level maps to its right (x grows to the right here)
+    np.testing.assert_allclose(maps.data_to_world(np.zeros(3)), tgt.data_to_world(np.asarray(sim.offset, float)))
+    assert maps.visible and maps.data.shape[2] == 4 * sim.fused.shape[2] + 3 * 2
+    np.testing.assert_allclose(w.map_layers.fused_map(), sim.fused, atol=1e-6)
     for name in ("up0", "up1", "up2"):
         np.testing.assert_allclose(w.per_level_map(name), sim.per_level[name], atol=1e-6)
+    assert w.map_layers.map_labels == ["fused", "up0", "up1", "up2"]
     w.controls.color_range.value = "[0.5, 1]"  # another fixed range, applied to every map
-    assert tuple(w.map_layers.layers["fused"].contrast_limits) == (0.5, 1.0)
-    assert tuple(w.map_layers.layers["levels"].contrast_limits) == (0.5, 1.0)
+    assert tuple(maps.contrast_limits) == (0.5, 1.0)
     w.controls.per_level.value = False
-    assert not w.map_layers.layers["levels"].visible
+    assert maps.data.shape == sim.fused.shape and w.map_layers.map_labels == []
     w.state.following = False
     assert w.controls.following.value is False
     before = tuple(w.target_view.viewer.dims.point)
@@ -150,7 +154,7 @@ def test_drawn_slice_shows_the_new_map_whether_or_not_the_view_moves(explorer, q
     both cases what is drawn (the sliced view, not only ``.data``) is the new map and match."""
     viewer, w, src, tgt, ref = explorer
     tv = w.target_view.viewer
-    fused, match = w.map_layers.layers["fused"], w.map_layers.layers["match"]
+    fused, match = w.map_layers.layers["maps"], w.map_layers.layers["markers"]  # the match: row 0
     moved = 0
     for vox in [(10, 12, 11), (3, 20, 5), (16, 4, 18)]:  # following: the slice moves to each match
         before = tuple(tv.dims.point)
@@ -244,7 +248,7 @@ def test_moved_maps_update_the_viewer_ranges_and_their_drawn_place(explorer, qtb
     seen_hi = np.array([r.stop for r in tv.dims.range])
     for vox in [(10, 12, 11), (5, 16, 6), (14, 5, 15), (8, 9, 13)]:  # whole windows: maps move in place
         _move(qtbot, viewer, w, src, vox)
-        buffers.add(id(w.map_layers.layers["levels"].data))
+        buffers.add(id(w.map_layers.layers["maps"].data))
         lo = np.nanmin([layer.extent.world[0] for layer in tv.layers], axis=0)  # empty layers: nan
         hi = np.nanmax([layer.extent.world[1] for layer in tv.layers], axis=0)
         seen_lo, seen_hi = np.minimum(seen_lo, lo), np.maximum(seen_hi, hi)
@@ -253,7 +257,7 @@ def test_moved_maps_update_the_viewer_ranges_and_their_drawn_place(explorer, qtb
         assert np.all(start <= lo + 1e-9) and np.all(stop >= hi - 1e-9)  # every layer inside...
         assert np.all(start >= seen_lo - 1e-9) and np.all(stop <= seen_hi + 1e-9)  # ...and no wider than they went
         ranges.add(tuple(round(float(r.stop), 6) for r in tv.dims.range))
-        for key in ("fused", "levels"):
+        for key in ("maps",):
             node = visuals[w.map_layers.layers[key]]
             drawn = np.array(node.node.transform.matrix, copy=True)
             node._on_matrix_change()  # what napari computes from the layer's transform now

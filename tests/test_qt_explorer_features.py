@@ -50,15 +50,17 @@ def test_truth_point_and_error_live(explorer, qtbot):
     pts = np.array([[10.0, 12.0, 11.0], [4.0, 5.0, 6.0]])
     w.set_landmarks(pts, pts + [1.0, 0.0, -1.0])
     res = _query(qtbot, w, (10, 12, 11))
-    truth = w.map_layers.layers["truth"]
-    assert truth.visible
-    np.testing.assert_allclose(truth.data, [[11.0, 12.0, 10.0]])
+    np.testing.assert_allclose(w.map_layers.marker("truth"), [11.0, 12.0, 10.0])
+    mk = w.map_layers.layers["markers"]  # one points layer: the match a yellow disc, the truth a green ring
+    assert [str(v) for v in mk.symbol[:2]] == ["disc", "ring"]
+    np.testing.assert_allclose(mk.face_color[:2], [[1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
     err = np.linalg.norm((np.subtract(res.target_zyx, [11, 12, 10])) * SPACING)
     assert res.error_mm == pytest.approx(err)
     text = w.status_label.text()
     assert f"error {err:.1f} mm" in text and "nearest landmark #0, 0.0 mm away" in text
     w.state.show_truth = False
-    assert not truth.visible and w.controls.show_truth.value is False
+    assert w.map_layers.marker("truth") is None and w.controls.show_truth.value is False
+    np.testing.assert_array_equal(w.map_layers.marker("match"), res.target_zyx)
 
 
 def test_landmarks_coloured_by_error_filter_and_click(explorer, qtbot):
@@ -109,7 +111,7 @@ def test_timestep_slider_and_compare_strip(explorer, qtbot):
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         c.timestep.value = 1  # the slider: t=100, a search on cached descriptors
     assert w.result.request.timestep == 100 and c.timestep_label.value == "t = 100"
-    np.testing.assert_allclose(w.map_layers.layers["fused"].data,
+    np.testing.assert_allclose(w.map_layers.fused_map(),
                                Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((8, 9, 10), 4).fused, atol=1e-6)
     with qtbot.waitSignal(w.compare_applied, timeout=10000):  # drawn right after the main map
         c.compare.value = True
@@ -117,17 +119,17 @@ def test_timestep_slider_and_compare_strip(explorer, qtbot):
     assert strip.visible
     np.testing.assert_allclose(w.timestep_map(20), Matcher(_levels(0), _levels(1), SHAPE, SHAPE).similarity(
         (8, 9, 10), 4).fused, atol=1e-6)
-    np.testing.assert_allclose(w.timestep_map(100), w.map_layers.layers["fused"].data, atol=1e-6)
+    np.testing.assert_allclose(w.timestep_map(100), w.map_layers.fused_map(), atol=1e-6)
     # below the fused map in the target (y grows downwards on screen)
-    assert strip.data_to_world(np.zeros(3))[1] > w.map_layers.layers["fused"].data_to_world(np.zeros(3))[1]
+    assert strip.data_to_world(np.zeros(3))[1] > w.map_layers.layers["maps"].data_to_world(np.zeros(3))[1]
     # labels name every map; the slider's timestep is the one shown
-    assert list(w.map_layers.layers["labels"].features["label"]) == ["fused", "t=20", "t=100 (shown)"]
+    assert w.map_layers.map_labels == ["fused", "t=20", "t=100 (shown)"]
 
 
 def test_display_modes_and_limits(explorer, qtbot):
     viewer, w, src, tgt = explorer
     res = _query(qtbot, w, (8, 9, 10))
-    fused = w.map_layers.layers["fused"]
+    fused = w.map_layers.layers["maps"]  # per-level maps off: the fused map alone
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.controls.display_mode.value = DISPLAY_MODES[2]
     assert tuple(fused.contrast_limits) == (0.0, 1.0)
@@ -243,16 +245,23 @@ def test_maps_and_markers_follow_the_scan_direction(make_napari_viewer, qtbot):
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.show_query((10, 12, 11))
     res, L = w.result, w.map_layers.layers
-    for k in ((0, 0, 0), (2, 1, 3)):
-        np.testing.assert_allclose(L["fused"].data_to_world(np.array(k, float)),
+    for k in ((0, 0, 0), (2, 1, 3)):  # per-level maps off: the maps layer is the fused map
+        np.testing.assert_allclose(L["maps"].data_to_world(np.array(k, float)),
                                    tgt.data_to_world(np.add(res.offset, k).astype(float)), atol=1e-6)
-    np.testing.assert_allclose(L["match"].data_to_world(L["match"].data[0]), tgt.data_to_world(np.array(res.target_zyx, float)))
-    np.testing.assert_allclose(L["truth"].data_to_world(L["truth"].data[0]), tgt.data_to_world(np.array([11.0, 13.0, 10.0])))
-    # the per-level strip lies to the right on screen (world x larger), also with a flipped y axis
+    mk = L["markers"]
+    np.testing.assert_allclose(mk.data_to_world(w.map_layers.marker("match")),
+                               tgt.data_to_world(np.array(res.target_zyx, float)))
+    np.testing.assert_allclose(mk.data_to_world(w.map_layers.marker("truth")), tgt.data_to_world(np.array([11.0, 13.0, 10.0])))
+    # the per-level maps lie to the right on screen (world x larger), also with a flipped y axis
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.state.per_level = True
         w.rerun()
-    fused_x = L["fused"].data_to_world(np.array(L["fused"].data.shape, float) - 1)[2]
-    assert L["levels"].data_to_world(np.zeros(3))[2] > fused_x
+    maps, fused = L["maps"], w.result.fused
+    start = np.rint(maps.world_to_data(tgt.data_to_world(np.asarray(res.offset, float)))).astype(int)
+    fz, fy, fx = fused.shape
+    np.testing.assert_allclose(maps.data[start[0]:start[0] + fz, start[1]:start[1] + fy, start[2]:start[2] + fx],
+                               fused, atol=1e-6)  # the fused map still sits at its window
+    fused_x = tgt.data_to_world(np.add(res.offset, fused.shape).astype(float) - 1)[2]
+    assert maps.extent.world[1][2] > fused_x + 3 * fx * SPACING[2]  # three level maps to its right
     np.testing.assert_allclose(w.per_level_map("up1"), w.result.per_level["up1"], atol=1e-6)
     w.close_explorer()

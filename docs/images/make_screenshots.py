@@ -120,7 +120,7 @@ def main(argv=None):
     settle(app, ex)
     tv = ex.target_view.viewer
     cam = tv.camera.center, tv.camera.zoom
-    _frame(ex, ["fused", "levels"])
+    _frame(ex, ["maps"])
     shot(app, ex, viewer, out / "explorer_per_level.png")
     ex.state.display_mode = DISPLAY_MODES[2]
     shot(app, ex, viewer, out / "explorer_per_level_rank.png")
@@ -131,7 +131,7 @@ def main(argv=None):
     ex.state.compare_timesteps = True
     ex.rerun()
     settle(app, ex)
-    _frame(ex, ["fused", "compare"])
+    _frame(ex, ["maps", "compare"])
     shot(app, ex, viewer, out / "explorer_timesteps.png")
     ex.state.compare_timesteps = False
     ex.state.timestep = 20

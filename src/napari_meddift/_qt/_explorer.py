@@ -404,7 +404,7 @@ class ExplorerWidget(QWidget):
 
     def per_level_map(self, name: str) -> np.ndarray:
         """The shown map of level ``name`` (cut from the per-level strip)."""
-        return self.map_layers.strip_map("levels", self.map_layers.strip_names.index(name))
+        return self.map_layers.strip_map("maps", 1 + self.map_layers.strip_names.index(name))
 
     def timestep_map(self, t: int) -> np.ndarray:
         """The shown map of timestep ``t`` (cut from the compare strip)."""

@@ -1,11 +1,20 @@
 """The layers a result is drawn into: maps, strips, markers, crosshairs and the search window.
 
 Created once per connected pair and then updated *in place* on every result (new layers or new
-arrays per mouse event would cost napari a full re-layout). In the target viewer: the target
-image, the fused similarity map (at its window), the per-level strip to its right, the
-timestep compare strip below it, their labels, the search-window outline, the match and the true
-point, and crosshairs through the match. In the source viewer: the query and crosshairs.
-All derived layers share the target (or source) layer's geometry, so they sit in world mm.
+arrays per mouse event would cost napari a full re-layout). In the target viewer:
+
+* the target image;
+* ``maps``: the fused similarity map at its window, with the per-level maps to its right on
+  screen when asked (one image layer: napari slices and draws each layer on every move of the
+  slice, so the live path keeps the layer count low);
+* ``compare``: the timestep compare strip below the fused map (its own layer: it is drawn a step
+  later than the main map);
+* ``markers``: the match (yellow disc), the true point (green ring) and the maps' labels, rows of
+  one points layer;
+* ``aids``: crosshairs through the match and the search window's outline.
+
+In the source viewer: the query and crosshairs. All derived layers share the target (or source)
+layer's geometry, so they sit in world mm.
 """
 
 from __future__ import annotations
@@ -22,6 +31,13 @@ __all__ = ["MapLayers", "SIM_COLORMAP", "same_geometry", "box_translate"]
 SIM_COLORMAP = "coolwarm"
 #: voxels between the maps of a strip
 STRIP_GAP = 2
+#: rows of the markers layer before the map labels
+MATCH_ROW, TRUTH_ROW = 0, 1
+_MARKER_STYLE = {  # symbol, size (vox), face colour, border colour
+    "match": ("disc", 3.0, (1.0, 1.0, 0.0, 1.0), (0.0, 0.0, 0.0, 1.0)),
+    "truth": ("ring", 4.0, (0.0, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, 1.0)),
+    "label": ("disc", 0.01, (0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)),
+}
 
 
 def set_visible(layer, value: bool) -> None:
@@ -101,9 +117,10 @@ class MapLayers:
         self.source_viewer, self.target_viewer = source_viewer, target_viewer
         self.source_layer, self.target_layer = source_layer, target_layer
         self.layers: dict[str, object] = {}
-        self.strip_names: list[str] = []  # per-level strip order
+        self.strip_names: list[str] = []  # per-level maps beside the fused one, in order
         self.compare_names: list[int] = []  # compare strip order (timesteps)
         self._inner: dict[str, list[int]] = {}  # strip key -> start of each map inside the strip array
+        self._map_shape: tuple[int, ...] = (0, 0, 0)  # (z, y, x) of the maps being shown
         self._signs: dict[int, int] = {}  # axis -> screen sign, for the result being drawn
         self._pending: list | None = None  # target layers changed in place, not yet redrawn (deferred)
         self._moved: list | None = None  # inside :meth:`_moves`: the map layers moved so far
@@ -120,21 +137,21 @@ class MapLayers:
                      contrast_limits=tuple(tgt.contrast_limits), **geo)
         empty = np.zeros((1, 1, 1), np.float32)
         L = self.layers
-        for key, name, opacity in (("fused", "similarity (fused)", 0.75), ("levels", "similarity per level", 0.9),
+        for key, name, opacity in (("maps", "similarity (fused, per level)", 0.75),
                                    ("compare", "similarity per timestep", 0.9)):
             L[key] = tv.add_image(empty, name=name, colormap=SIM_COLORMAP, opacity=opacity, visible=False,
                                   contrast_limits=(-1.0, 1.0), **geo)
-        L["labels"] = tv.add_points(
-            np.zeros((0, 3)), name="map labels", size=0.01, features={"label": np.array([], dtype=object)},
-            text={"string": "{label}", "color": "white", "size": 10, "anchor": "lower_left"}, visible=False, **geo)
         # crosshair (3 lines, yellow) and search window (12 edges, white) in one layer: one refresh
         colors = np.array([[1.0, 1.0, 0.0, 0.6]] * 3 + [[1.0, 1.0, 1.0, 0.9]] * 12)
         L["aids"] = tv.add_vectors(np.zeros((15, 2, 3)), name="crosshair and search window", edge_color=colors,
                                    edge_width=0.3, vector_style="line", **geo)
-        L["truth"] = tv.add_points(np.zeros((0, 3)), name="truth", size=4, symbol="ring", face_color="lime",
-                                   border_color="lime", visible=False, **geo)
-        L["match"] = tv.add_points(np.zeros((0, 3)), name="match", size=3, symbol="disc", face_color="yellow",
-                                   border_color="black", **geo)
+        rows = ["match", "truth"]
+        L["markers"] = tv.add_points(
+            np.zeros((len(rows), 3)), name="match, truth and labels", features={"label": ["", ""]},
+            symbol=[_MARKER_STYLE[r][0] for r in rows], size=[_MARKER_STYLE[r][1] for r in rows],
+            face_color=[_MARKER_STYLE[r][2] for r in rows], border_color=[_MARKER_STYLE[r][3] for r in rows],
+            text={"string": "{label}", "color": "white", "size": 10, "anchor": "lower_left"},
+            shown=np.zeros(len(rows), bool), **geo)
         # the source viewer: query marker and crosshair (reuse ours from an earlier connection)
         sv = self.source_viewer
         for key, name, make in (
@@ -245,7 +262,7 @@ class MapLayers:
 
     def apply_limits(self, state) -> None:
         lim = self.limits(state)
-        for key in ("fused", "levels", "compare"):
+        for key in ("maps", "compare"):
             layer = self.layers.get(key)
             if layer is not None and tuple(layer.contrast_limits) != lim:
                 layer.contrast_limits = lim
@@ -286,9 +303,10 @@ class MapLayers:
                 p[axis] += shape[axis] - 1
         return p
 
-    def _strip(self, layer, maps, offset, shift_axis: int, show: bool, lim, key: str) -> list:
-        """Maps side by side, the first one map after ``offset`` along ``shift_axis`` in the
-        screen's direction (right for x, down for y); returns their label positions."""
+    def _strip(self, layer, maps, offset, shift_axis: int, show: bool, lim, key: str, lead: int = 1) -> list:
+        """Maps side by side along ``shift_axis`` in the screen's direction (right for x, down for
+        y), map ``k`` at ``k + lead`` map widths from ``offset`` (``lead=0``: the first one at
+        ``offset``); returns their label positions."""
         if not show or not maps:
             set_visible(layer, False)
             return []
@@ -296,16 +314,17 @@ class MapLayers:
         w = shape[shift_axis]
         n = len(maps)
         sign = self._screen_sign(shift_axis)
-        starts = [int(offset[shift_axis]) + sign * (k + 1) * (w + STRIP_GAP) for k in range(n)]
+        starts = [int(offset[shift_axis]) + sign * (k + lead) * (w + STRIP_GAP) for k in range(n)]
         first = min(starts)
         full = list(shape)
         full[shift_axis] = n * (w + STRIP_GAP) - STRIP_GAP
-        strip = np.full(full, np.nan, np.float32)  # NaN: the gaps stay empty
+        strip = np.full(full, np.nan, np.float32) if n > 1 else None  # NaN: the gaps stay empty
         inner, pos = [], []
         for m, st in zip(maps, starts):
-            sl = [slice(None)] * 3
-            sl[shift_axis] = slice(st - first, st - first + w)
-            strip[tuple(sl)] = m
+            if strip is not None:
+                sl = [slice(None)] * 3
+                sl[shift_axis] = slice(st - first, st - first + w)
+                strip[tuple(sl)] = m
             inner.append(st - first)
             p = np.asarray(offset, float).copy()
             p[shift_axis] = st
@@ -313,7 +332,7 @@ class MapLayers:
         self._inner[key] = inner
         origin = np.asarray(offset, float).copy()
         origin[shift_axis] = first
-        self._place(layer, strip, origin, lim)
+        self._place(layer, strip if strip is not None else maps[0], origin, lim)
         set_visible(layer, True)
         return pos
 
@@ -324,29 +343,22 @@ class MapLayers:
         self._signs = {}
         lim = self.limits(state)
         disp = result.display
+        names = [n for n in level_names if n in result.per_level] if state.per_level else []
+        self.strip_names = names
+        self._map_shape = tuple(np.shape(result.fused))
         with self._moves():
-            self._place(L["fused"], disp.get("fused", result.fused), result.offset, lim)
-            set_visible(L["fused"], True)
-            names = [n for n in level_names if n in result.per_level]
-            self.strip_names = names
-            self._level_pos = self._strip(L["levels"], [disp.get(n, result.per_level[n]) for n in names],
-                                          result.offset, 2, bool(state.per_level), lim, "levels")
+            maps = [disp.get("fused", result.fused)] + [disp.get(n, result.per_level[n]) for n in names]
+            pos = self._strip(L["maps"], maps, result.offset, 2, True, lim, "maps", lead=0)
+            self._level_pos = pos[1:]
             if result.compare or not result.request.compare:
                 self.show_compare(result, state)
             else:
-                self._relabel(result)
-        set_points(L["match"], [result.target_zyx], self._refresh)
+                self._draw_markers(result, state)
         set_points(L["query"], [result.request.query_zyx])
         hi = np.asarray(result.offset) + np.asarray(result.fused.shape)
         set_vectors(L["aids"], np.concatenate([crosshair(result.target_zyx, np.shape(self.target_layer.data)[-3:]),
                                                box_outline(result.target_zyx, result.offset, hi)]), self._refresh)
         set_vectors(L["cross_s"], crosshair(result.request.query_zyx, np.shape(self.source_layer.data)[-3:]))
-        truth = result.truth
-        if truth is not None and state.show_truth:
-            set_points(L["truth"], [truth.target_zyx], self._refresh)
-            set_visible(L["truth"], True)
-        else:
-            set_visible(L["truth"], False)
 
     def show_compare(self, result, state) -> None:
         """Draw the timestep compare strip of ``result`` below its fused map (hidden when empty)."""
@@ -357,9 +369,11 @@ class MapLayers:
             self._compare_pos = self._strip(self.layers["compare"], [result.display.get(f"t={t}", result.compare[t])
                                                                      for t in ts], result.offset, 1, bool(ts),
                                             self.limits(state), "compare")
-        self._relabel(result)
+        self._draw_markers(result, state)
 
-    def _relabel(self, result) -> None:
+    def _draw_markers(self, result, state) -> None:
+        """The match, the true point (when shown) and a label at each map, in one points layer:
+        moved in place while the labels stay the same (one redraw), rebuilt when they change."""
         labels, pos = ["fused"], [self._label_anchor(result.offset, result.fused.shape)]
         for n, p in zip(self.strip_names, getattr(self, "_level_pos", [])):
             labels.append(n if n in result.request.levels else f"{n} (off)")
@@ -367,34 +381,61 @@ class MapLayers:
         for t, p in zip(self.compare_names, getattr(self, "_compare_pos", [])):
             labels.append(f"t={t}" + (" (shown)" if t == result.request.timestep else ""))
             pos.append(p)
-        self._labels(labels, pos, result.target_zyx[0], show=len(labels) > 1)
-
-    def _labels(self, labels, pos, z, show: bool) -> None:
-        lab = self.layers["labels"]
-        if not show:
-            set_visible(lab, False)
-            return
-        pos = np.stack(pos)
-        pos[:, 0] = z
-        if lab.data.shape == pos.shape and list(lab.features["label"]) == labels:
-            if not np.array_equal(lab.data, pos):
-                lab.data[...] = pos  # same labels: move them in place
-                self._refresh(lab)
+        truth = result.truth if state.show_truth else None
+        rows = np.empty((2 + len(labels), 3))
+        rows[MATCH_ROW] = result.target_zyx
+        rows[TRUTH_ROW] = truth.target_zyx if truth is not None else result.target_zyx
+        rows[2:] = np.stack(pos)
+        rows[2:, 0] = result.target_zyx[0]  # the labels sit on the match's slice
+        shown = np.array([True, truth is not None] + [len(labels) > 1] * len(labels))
+        names = ["", ""] + labels
+        layer = self.layers["markers"]
+        if layer.data.shape == rows.shape and list(layer.features["label"]) == names:
+            if not (np.array_equal(layer.data, rows) and np.array_equal(layer.shown, shown)):
+                layer.data[...] = rows  # same rows: move them in place
+                layer.shown[...] = shown
+                self._refresh(layer)
         else:
-            lab.data = pos
-            lab.features = {"label": np.asarray(labels, dtype=object)}
-            lab.refresh()
-        set_visible(lab, True)
+            kinds = ["match", "truth"] + ["label"] * len(labels)
+            layer.data = rows  # re-sliced now: the text of the new features is drawn for these rows
+            layer.features = {"label": np.asarray(names, dtype=object)}
+            with no_refresh(layer):
+                layer.symbol = [_MARKER_STYLE[k][0] for k in kinds]
+                layer.size = np.array([_MARKER_STYLE[k][1] for k in kinds])
+                layer.face_color = np.array([_MARKER_STYLE[k][2] for k in kinds])
+                layer.border_color = np.array([_MARKER_STYLE[k][3] for k in kinds])
+                layer.shown = shown
+            layer.refresh()
+        set_visible(layer, True)
+
+    def marker(self, row: str) -> np.ndarray | None:
+        """The drawn ``'match'`` or ``'truth'`` point (z, y, x voxels), None when not shown."""
+        i = {"match": MATCH_ROW, "truth": TRUTH_ROW}[row]
+        layer = self.layers["markers"]
+        if len(layer.data) <= i or not layer.shown[i] or not layer.visible:
+            return None
+        return np.asarray(layer.data[i], float)
+
+    @property
+    def map_labels(self) -> list[str]:
+        """The labels drawn at the maps (fused, per level, per timestep), in order."""
+        layer = self.layers["markers"]
+        return [str(v) for v, on in zip(layer.features["label"][2:], layer.shown[2:]) if on]
 
     def strip_map(self, key: str, index: int) -> np.ndarray:
-        """Map ``index`` cut from strip ``key`` ('levels' or 'compare'), as shown."""
-        fused = self.layers["fused"].data
-        axis = 2 if key == "levels" else 1
-        w = fused.shape[axis]
+        """Map ``index`` cut from strip ``key``, as shown: 'maps' (0 the fused map, then the
+        per-level maps) or 'compare' (one per timestep)."""
+        layer = self.layers[key]
+        axis = 2 if key == "maps" else 1
         st = self._inner[key][index]
+        w = self._map_shape[axis]
         sl = [slice(None)] * 3
         sl[axis] = slice(st, st + w)
-        return self.layers[key].data[tuple(sl)]
+        return layer.data[tuple(sl)]
+
+    def fused_map(self) -> np.ndarray:
+        """The fused map as shown (cut from the ``maps`` layer)."""
+        return self.strip_map("maps", 0)
 
     def remove_source_markers(self) -> None:
         for key in ("query", "cross_s"):
