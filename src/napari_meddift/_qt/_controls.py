@@ -26,7 +26,7 @@ class StatusText(QPlainTextEdit):
     A word-wrapped QLabel asks its parents for a new layout at every ``setText``: the dock, then
     the main window, re-lay out and repaint whole (under software OpenGL the window is composed
     again each time, several ms of CPU taken from the search). This box has a fixed height of
-    ``lines`` lines, so a new text only repaints the box itself.
+    ``lines`` lines (wrapped lines included; more scroll), so a new text only repaints the box itself.
     """
 
     def __init__(self, text: str = "", lines: int = 4, parent: QWidget | None = None):
@@ -34,7 +34,7 @@ class StatusText(QPlainTextEdit):
         self.setReadOnly(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # a narrow dock: scroll, not cut
         self.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.viewport().setAutoFillBackground(False)
         self.setStyleSheet("QPlainTextEdit { background: transparent; }")

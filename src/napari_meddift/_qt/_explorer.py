@@ -121,7 +121,7 @@ class ExplorerWidget(QWidget):
         self.controls.connect_button.changed.connect(lambda *_: self.work.connect_from_controls())
         self.controls.extract_timesteps.changed.connect(lambda *_: self.extract_timesteps())
         self.controls.cancel_timesteps.changed.connect(lambda *_: self.task and self.task.cancel())
-        self.status_label = StatusText("Connect a pair, then move the mouse over the source image.", lines=5)
+        self.status_label = StatusText("Connect a pair, then move the mouse over the source image.", lines=8)
         self.error_label = error_label()
         lay = QVBoxLayout(self)
         lay.addWidget(self.controls.native)
