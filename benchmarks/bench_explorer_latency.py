@@ -23,6 +23,7 @@ landmarks, timesteps from ``--timesteps``, extracted into the cache first).
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import sys
@@ -201,28 +202,30 @@ def run(args) -> dict:
             _process_until(app, lambda: len(ex.compare_latencies_ms) >= len(single) or ex._cmp_worker.idle)
         _settle(app)  # ...and its status repaint, which would otherwise overlap the next search
 
-    # (b) bursts: an event every 5 ms for 2 s; latency of each *displayed* result from its own event
+    # (b) bursts: an event every 5 ms for 2 s; latency of each *displayed* result from its own event.
+    # napari throttles mouse moves: a callback may run a few events later, with the latest
+    # position, so the event a request comes from is the last one sent before its callback ran
+    # (``request.t_event``), whatever voxel the pointer was over when it was sent
     burst_lat, sent, shown = [], 0, 0
     for _ in range(args.burst):
-        sends = {}
+        sends = []
         n0 = len(applied)
         end = time.perf_counter() + 2.0
         while time.perf_counter() < end:
             x, y = random_pixel()
             ts = time.perf_counter()
+            sends.append(ts)
             move(x, y)
             sent += 1
-            if ex.session.last_query is not None:
-                sends.setdefault(ex.session.last_query, ts)
             t_next = ts + 0.005
             while time.perf_counter() < t_next:
                 app.processEvents()
         _process_until(app, lambda: ex._worker.idle)
         app.processEvents()
         for t_applied, r in applied[n0:]:
-            q = r.request.query_zyx
-            if q in sends:
-                burst_lat.append((t_applied - sends[q]) * 1e3)
+            k = bisect.bisect_right(sends, r.request.t_event)
+            if r.request.tag == "mouse" and k > 0:
+                burst_lat.append((t_applied - sends[k - 1]) * 1e3)
                 shown += 1
     compute = [r.compute_ms for _, r in applied]
     stages = {k: pct([t[k] for t in list(ex.timings)[: len(single)] if t[k] == t[k]])
