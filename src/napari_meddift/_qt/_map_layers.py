@@ -120,7 +120,7 @@ class MapLayers:
         self.strip_names: list[str] = []  # per-level maps beside the fused one, in order
         self.compare_names: list[int] = []  # compare strip order (timesteps)
         self._inner: dict[str, list[int]] = {}  # strip key -> start of each map inside the strip array
-        self._map_shape: tuple[int, ...] = (0, 0, 0)  # (z, y, x) of the maps being shown
+        self._width: dict[str, int] = {}  # strip key -> width of each of its maps along the strip
         self._signs: dict[int, int] = {}  # axis -> screen sign, for the result being drawn
         self._pending: list | None = None  # target layers changed in place, not yet redrawn (deferred)
         self._moved: list | None = None  # inside :meth:`_moves`: the map layers moved so far
@@ -330,6 +330,7 @@ class MapLayers:
             p[shift_axis] = st
             pos.append(self._label_anchor(p, shape))
         self._inner[key] = inner
+        self._width[key] = w
         origin = np.asarray(offset, float).copy()
         origin[shift_axis] = first
         self._place(layer, strip if strip is not None else maps[0], origin, lim)
@@ -345,7 +346,6 @@ class MapLayers:
         disp = result.display
         names = [n for n in level_names if n in result.per_level] if state.per_level else []
         self.strip_names = names
-        self._map_shape = tuple(np.shape(result.fused))
         with self._moves():
             maps = [disp.get("fused", result.fused)] + [disp.get(n, result.per_level[n]) for n in names]
             pos = self._strip(L["maps"], maps, result.offset, 2, True, lim, "maps", lead=0)
@@ -428,7 +428,7 @@ class MapLayers:
         layer = self.layers[key]
         axis = 2 if key == "maps" else 1
         st = self._inner[key][index]
-        w = self._map_shape[axis]
+        w = self._width[key]
         sl = [slice(None)] * 3
         sl[axis] = slice(st, st + w)
         return layer.data[tuple(sl)]
