@@ -6,7 +6,8 @@ The dock widget only wires things together; each concern lives in its own file:
   timesteps) and the compute step;
 * ``_explorer_controls.py``: magicgui controls bound to the state;
 * ``_target_view.py``: the docked second canvas; ``_map_layers.py``: maps, strips, markers,
-  crosshairs, search window; ``_landmark_layers.py``: every landmark coloured by error;
+  crosshairs, search window (``_in_place.py``: in-place layer updates); ``_landmark_layers.py``:
+  every landmark coloured by error;
 * ``_worker.py``: the mouse path's one-slot worker (stale positions are dropped, never queued);
   ``_explorer_work.py`` / ``_tasks.py``: long work (loading stores, timestep extraction, matching
   all landmarks) on napari workers with progress in the activity dock.
