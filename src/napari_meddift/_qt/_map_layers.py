@@ -41,6 +41,13 @@ _MARKER_STYLE = {  # symbol, size (vox), face colour, border colour
 }
 
 
+def _marker_style(kinds) -> dict:
+    """Per-point napari Points properties for marker rows of the given kinds."""
+    symbol, size, face, border = zip(*(_MARKER_STYLE[k] for k in kinds))
+    return {"symbol": list(symbol), "size": np.array(size), "face_color": np.array(face),
+            "border_color": np.array(border)}
+
+
 class MapLayers:
     """Owns and updates the explorer's layers (see the module docstring)."""
 
@@ -76,13 +83,11 @@ class MapLayers:
         colors = np.array([[1.0, 1.0, 0.0, 0.6]] * 3 + [[1.0, 1.0, 1.0, 0.9]] * 12)
         L["aids"] = tv.add_vectors(np.zeros((15, 2, 3)), name="crosshair and search window", edge_color=colors,
                                    edge_width=0.3, vector_style="line", **geo)
-        rows = ["match", "truth"]
         L["markers"] = tv.add_points(
-            np.zeros((len(rows), 3)), name="match, truth and labels", features={"label": ["", ""]},
-            symbol=[_MARKER_STYLE[r][0] for r in rows], size=[_MARKER_STYLE[r][1] for r in rows],
-            face_color=[_MARKER_STYLE[r][2] for r in rows], border_color=[_MARKER_STYLE[r][3] for r in rows],
+            np.zeros((2, 3)), name="match, truth and labels", features={"label": ["", ""]},
+            **_marker_style(["match", "truth"]),
             text={"string": "{label}", "color": "white", "size": 10, "anchor": "lower_left"},
-            shown=np.zeros(len(rows), bool), **geo)
+            shown=np.zeros(2, bool), **geo)
         # the source viewer: query marker and crosshair (reuse ours from an earlier connection)
         sv = self.source_viewer
         for key, name, make in (
@@ -331,10 +336,8 @@ class MapLayers:
             layer.data = rows  # re-sliced now: the text of the new features is drawn for these rows
             layer.features = {"label": np.asarray(names, dtype=object)}
             with no_refresh(layer):
-                layer.symbol = [_MARKER_STYLE[k][0] for k in kinds]
-                layer.size = np.array([_MARKER_STYLE[k][1] for k in kinds])
-                layer.face_color = np.array([_MARKER_STYLE[k][2] for k in kinds])
-                layer.border_color = np.array([_MARKER_STYLE[k][3] for k in kinds])
+                for prop, value in _marker_style(kinds).items():
+                    setattr(layer, prop, value)
                 layer.shown = shown
             layer.refresh()
         set_visible(layer, True)
