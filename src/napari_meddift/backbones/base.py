@@ -18,7 +18,7 @@ from ..io.volume import Volume
 from ..progress import ProgressCallback
 from .preprocessing import PreprocessSettings
 
-__all__ = ["Backbone", "ExtractionSettings", "ProgressCallback", "resolve_device", "resolve_dtype"]
+__all__ = ["Backbone", "ExtractionSettings", "ProgressCallback", "parse_spacing", "resolve_device", "resolve_dtype"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class ExtractionSettings:
         samples: noise draws averaged, at least 1.
         device: ``auto`` | ``cpu`` | ``cuda`` (not part of the cache key).
         dtype: ``auto`` (float32 on CPU, float16 on CUDA) | ``float32`` | ``float16`` | ``bfloat16``.
+        spacing: the grid the backbone runs on: None, the backbone's own (``Backbone.grid_spacing``);
+            ``"native"``, the scan's own grid; or isotropic millimetres (see :func:`parse_spacing`).
+            The scan is resampled to that grid over its own field of view; the store records the grid
+            (``extraction_grid``) and positions stay in the scan's own voxels.
     """
 
     timestep: int = 20
@@ -41,11 +45,43 @@ class ExtractionSettings:
     samples: int = 1
     device: str = "auto"
     dtype: str = "auto"
+    spacing: float | str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spacing", parse_spacing(self.spacing))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["levels"] = list(self.levels) if self.levels is not None else None
         return d
+
+
+#: the spacings ``--spacing`` accepts, in mm (finer than 0.1 mm is no CT; coarser than 20 mm no anatomy)
+SPACING_RANGE = (0.1, 20.0)
+
+
+def parse_spacing(value: float | str | None) -> float | str | None:
+    """``None`` (the backbone's own grid), ``"native"`` (the scan's grid) or millimetres in SPACING_RANGE.
+
+    Accepts ``"2.5"``, ``"2.5mm"``, ``2.5`` and ``"native"``; anything else is a MedDiftError naming
+    the choices.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "native":
+            return "native"
+        text = text[:-2].strip() if text.endswith("mm") else text
+        try:
+            value = float(text)
+        except ValueError:
+            raise MedDiftError(f"--spacing must be millimetres (e.g. 2.5 or 2.5mm) or 'native', got {value!r}") from None
+    lo, hi = SPACING_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= float(value) <= hi):
+        raise MedDiftError(f"--spacing must be between {lo:g} and {hi:g} mm, or 'native' (the scan's own grid); "
+                           f"got {value!r}")
+    return float(value)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -81,6 +117,9 @@ class Backbone(Protocol):
         name: registry name (``maisi``, ``mini``, ...).
         level_names: every level it can give, in fusion order.
         default_levels: the levels extracted when the settings name none.
+        grid_spacing: the isotropic voxel spacing (mm) the backbone wants its input at (mini: the
+            spacing it was trained at), or None to run on the scan's own grid (MAISI, which resizes
+            and conditions on spacing itself; MIND-SSC). Extraction resamples the scan to it.
         preprocessing: the HU window and network-shape rule it applies by default, or None for a
             backbone that takes no preprocessing settings (``extract`` then refuses them).
         weights_hash: identity of the weights (sha256 of the checkpoint files' bytes, or
@@ -94,6 +133,7 @@ class Backbone(Protocol):
     level_names: tuple[str, ...]
     default_levels: tuple[str, ...]
     preprocessing: PreprocessSettings | None
+    grid_spacing: float | None
 
     @property
     def weights_hash(self) -> str: ...

@@ -60,6 +60,10 @@ def check_request(
     return levels
 
 
+class _AllCaptured(Exception):
+    """Raised by the last level's hook: the forward pass stops once every level is captured."""
+
+
 def capture_levels(
     run: Callable[[torch.Tensor, torch.Tensor], Any],
     modules: Mapping[str, torch.nn.Module],
@@ -89,7 +93,9 @@ def capture_levels(
 
     Returns:
         {level: tensor (C, a', b', c') float32} on ``x0``'s device: the mean over the samples of
-        the batch's first item. Hooks are removed even when ``progress`` raises.
+        the batch's first item. The forward pass stops as soon as the last requested level is
+        captured (the decoder blocks after it and the output head never run). Hooks are removed
+        even when ``progress`` raises.
     """
     samples = int(settings.samples)
     total = done + samples if total is None else total
@@ -105,6 +111,8 @@ def capture_levels(
     def hook_for(name: str):
         def hook(_module, _inputs, output):
             captured[name] = output.detach()
+            if len(captured) == len(levels):
+                raise _AllCaptured  # the rest of the network would only cost time and memory
 
         return hook
 
@@ -115,8 +123,11 @@ def capture_levels(
             with torch.inference_mode():
                 xt = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=timesteps)
                 captured.clear()
-                with autocast:
-                    run(xt, timesteps)
+                try:
+                    with autocast:
+                        run(xt, timesteps)
+                except _AllCaptured:
+                    pass
                 for name in levels:
                     f = captured[name][0].float()
                     sums[name] = f if name not in sums else sums[name] + f

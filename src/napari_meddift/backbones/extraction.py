@@ -1,4 +1,9 @@
-"""Volume + backbone + settings -> descriptor store, reusing a store that already holds the answer."""
+"""Volume + backbone + settings -> descriptor store, reusing a store that already holds the answer.
+
+The backbone runs on its own grid (:func:`extraction_grid`: mini at the spacing it was trained at,
+MAISI and MIND-SSC on the scan's grid); the store records that grid and where each level's nodes
+sit (docs/store-format.md), and keeps positions in the scan's own voxels.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import numpy as np
 
 from ..errors import MedDiftError
 from ..io.cache import safe_filename
+from ..io.geometry import Grid
 from ..io.store import (
     DescriptorStore,
     ReplacedMeanwhile,
@@ -52,14 +58,38 @@ def _preprocessing_dict(backbone: Backbone, preprocessing: Any = None) -> dict:
     return prep.to_dict() if hasattr(prep, "to_dict") else (dict(prep) if prep else {})
 
 
+def extraction_grid(volume: Volume, backbone: Backbone, spacing: float | str | None = None) -> Grid:
+    """The grid ``backbone`` runs on for ``volume``: the scan's field of view at the backbone's spacing.
+
+    Args:
+        volume: the scan.
+        backbone: its ``grid_spacing`` (mm, or None for the scan's own grid) is the default.
+        spacing: ``ExtractionSettings.spacing``: None (the backbone's), ``"native"`` or mm.
+
+    Returns:
+        :meth:`Grid.at_spacing` of the scan's grid, or the scan's own grid when that is what the
+        request comes to (a 2.5 mm scan for mini, ``native``, MAISI).
+    """
+    own = Grid.of(volume)
+    wanted = getattr(backbone, "grid_spacing", None) if spacing is None else spacing
+    if wanted is None or wanted == "native":
+        return own
+    grid = own.at_spacing(float(wanted))
+    return own if grid.same_as(own) else grid
+
+
 def _store_key(
     volume: Volume, backbone: Backbone, settings: ExtractionSettings, preprocessing: PreprocessSettings | None = None
 ) -> str:
     prep = _preprocessing_dict(backbone, preprocessing)
+    keyed: dict[str, Any] = settings.to_dict()
+    # the grid it resolves to is the identity, not how it was asked for (default, 2.5, 2.5mm)
+    keyed.pop("spacing", None)
+    keyed["extraction_grid"] = extraction_grid(volume, backbone, settings.spacing).to_dict()
+    # a backbone's config (e.g. MAISI's variant, body region, latent choice) changes its features
     config = _backbone_config(backbone)
-    # a backbone's config (e.g. MAISI's variant, body region, latent choice) changes its features:
-    # it joins the settings in the key; backbones without one keep their earlier keys
-    keyed: Any = dict(settings.to_dict(), backbone_config=config) if config else settings
+    if config:
+        keyed["backbone_config"] = config
     return cache_key(volume, backbone.name, backbone.weights_hash, keyed, prep)
 
 
@@ -132,9 +162,11 @@ def extract_to_store(
     check_store_destination(path)
     from .base import resolve_device
     from .memory import check_memory
+    from .preprocessing import resample_volume
 
-    check_memory(backbone.name, volume.shape, resolve_device(settings.device).type,
-                 getattr(backbone, "preprocessing", None), settings.samples)
+    grid = extraction_grid(volume, backbone, settings.spacing)
+    check_memory(backbone.name, grid.shape, resolve_device(settings.device).type,
+                 getattr(backbone, "preprocessing", None), settings.samples, image_shape=volume.shape)
     token = store_token(path)  # what is there now: a store written meanwhile is not overwritten
     last_total = [1]
 
@@ -143,10 +175,17 @@ def extract_to_store(
         if progress is not None:
             progress(done, total, message)
 
+    image_grid = Grid.of(volume)
+    seen = volume
+    if not grid.same_as(image_grid):
+        if progress is not None:
+            progress(0, 1, "resampling to " + "x".join(f"{s:.2f}" for s in grid.spacing) + " mm")
+        seen = resample_volume(volume, grid)
     if preprocessing is not None:
-        levels = backbone.extract(volume, settings, progress=relay, preprocessing=preprocessing)
+        levels = backbone.extract(seen, settings, progress=relay, preprocessing=preprocessing)
     else:
-        levels = backbone.extract(volume, settings, progress=relay)
+        levels = backbone.extract(seen, settings, progress=relay)
+    del seen
     order = [n for n in backbone.level_names if n in levels] + [n for n in levels if n not in backbone.level_names]
     levels = {n: levels[n] for n in order}
     if progress is not None:
@@ -157,6 +196,9 @@ def extract_to_store(
         "spacing": [float(s) for s in volume.spacing],
         "origin": [float(s) for s in volume.origin],
         "direction": np.asarray(volume.direction, dtype=float).reshape(3, 3).tolist(),
+        "extraction_grid": grid.to_dict(),
+        # every level spans the extraction grid, which spans the scan: its nodes in the scan's space
+        "level_geometry": {n: image_grid.spanning(tuple(lv.shape[1:])).to_dict() for n, lv in levels.items()},
         "source": volume.name or "",
         "backbone": backbone.name,
         "weights_hash": backbone.weights_hash,

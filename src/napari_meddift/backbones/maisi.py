@@ -202,6 +202,8 @@ class MaisiBackbone:
     """
 
     name = "maisi"
+    #: MAISI runs on the scan's own grid: it resizes to its network shape and conditions on spacing
+    grid_spacing = None
     level_names: tuple[str, ...] = ("up0", "up1", "up2", "up3")  # + "mid" with include_mid
     default_levels: tuple[str, ...] = ("up0", "up1", "up2", "up3")
 

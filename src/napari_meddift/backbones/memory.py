@@ -1,7 +1,8 @@
 """Peak memory of one extraction, estimated before it runs, and the memory there is to run it.
 
 ``peak bytes = base + bytes_per_voxel * N`` where N is the number of voxels the network sees
-(the scan resized to the backbone's network shape; the scan itself for MIND-SSC). The
+(the scan on its extraction grid, resized to the backbone's network shape; the extraction grid
+itself for MIND-SSC), plus the scan itself and its resampling copies. The
 coefficients were measured with ``benchmarks/bench_memory.py`` (fresh process per run,
 ``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on CUDA); docs/reliability.md lists
 the runs. A margin of 15% is added on top.
@@ -64,12 +65,22 @@ class MemoryCheck:
         return self.available is None or self.estimate <= self.available
 
 
-def estimate_peak_bytes(backbone: str, image_shape, device: str = "cpu", preprocessing=None, samples: int = 1) -> int:
-    """Estimated peak memory (bytes) of extracting one scan; ``samples`` adds little (sums are reused)."""
+def estimate_peak_bytes(backbone: str, grid_shape, device: str = "cpu", preprocessing=None, samples: int = 1,
+                        image_shape=None) -> int:
+    """Estimated peak memory (bytes) of extracting one scan; ``samples`` adds little (sums are reused).
+
+    Args:
+        backbone: registry name.
+        grid_shape: the extraction grid (z, y, x) the backbone runs on.
+        device: ``cpu`` or ``cuda``.
+        preprocessing: the backbone's network-shape rule, if any.
+        samples: noise samples (not counted: sums are reused).
+        image_shape: the scan's own grid when it differs (it is read, and copied once to resample).
+    """
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     base, per_voxel = COEFFICIENTS.get((backbone, dev), COEFFICIENTS[("mini", dev)])
-    n = network_voxels(backbone, image_shape, preprocessing)
-    scan = 4 * 3 * int(math.prod(int(s) for s in image_shape))  # the scan and its copies on the CPU
+    n = network_voxels(backbone, grid_shape, preprocessing)
+    scan = 4 * 3 * int(math.prod(int(s) for s in image_shape or grid_shape))  # the scan and its copies on the CPU
     return int(MARGIN * (base + per_voxel * n) + (scan if dev == "cpu" else 0))
 
 
@@ -127,14 +138,18 @@ def available_bytes(device: str = "cpu") -> int | None:
     return min(limits) if limits else None
 
 
-def check_memory(backbone: str, image_shape, device: str = "cpu", preprocessing=None, samples: int = 1) -> MemoryCheck:
-    """Estimate against availability; MedDiftError with the ways out when it cannot fit."""
+def check_memory(backbone: str, grid_shape, device: str = "cpu", preprocessing=None, samples: int = 1,
+                 image_shape=None) -> MemoryCheck:
+    """Estimate against availability; MedDiftError with the ways out when it cannot fit.
+
+    ``grid_shape`` is the extraction grid the backbone runs on (after its own resampling),
+    ``image_shape`` the scan's own grid when it differs."""
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    check = MemoryCheck(backbone, dev, estimate_peak_bytes(backbone, image_shape, dev, preprocessing, samples),
-                        available_bytes(dev))
+    check = MemoryCheck(backbone, dev, estimate_peak_bytes(backbone, grid_shape, dev, preprocessing, samples,
+                                                           image_shape), available_bytes(dev))
     if not check.fits:
-        shape = "x".join(str(int(n)) for n in image_shape)
-        ways = "crop the scan to the region of interest, resample it to coarser voxels"
+        shape = "x".join(str(int(n)) for n in grid_shape)
+        ways = "crop the scan to the region of interest, extract on coarser voxels (--spacing MM, e.g. --spacing 3)"
         if dev == "cpu":
             ways += ", run on a GPU with --device cuda"
         if backbone != "mini":

@@ -92,6 +92,8 @@ class MindSscBackbone:
     at image resolution. Deterministic; timestep, seed and samples in the settings are ignored."""
 
     name = "mind-ssc"
+    #: a hand-crafted descriptor works on any grid: the scan's own
+    grid_spacing = None
     level_names: tuple[str, ...] = ("mind",)
     default_levels: tuple[str, ...] = ("mind",)
     #: runs on the image's own grid with the fixed HU window: takes no preprocessing settings

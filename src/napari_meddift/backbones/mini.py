@@ -9,8 +9,10 @@ default channels (16, 32, 64) the levels are ``up0``: 64 channels at 1/2 of the 
 up_block_0 is likewise one upsampling above its bottleneck).
 
 The network was trained at one isotropic voxel spacing (stored in the weights' JSON, 2.5 mm for
-the shipped ``mini_v1``). ``extract`` does NOT resample: it runs on the volume's own voxel grid,
-so volumes far from the training spacing give poorer descriptors (see docs/model-card.md).
+the shipped ``mini_v1``): that is its ``grid_spacing``, and extraction resamples every scan to it
+over the scan's own field of view (``backbones/extraction.py``), so a 0.6 mm scan is seen at the
+scale the network learned, at a fraction of the cost. ``--spacing native`` runs on the scan's own
+grid instead (see docs/model-card.md).
 
 Weights are stored as a float16 state dict (``mini_v1.pt``) with a JSON beside it
 (``mini_v1.json``) that holds the architecture, the training spacing and the file's sha256,
@@ -49,6 +51,9 @@ MINI_ARCH: dict[str, Any] = {
     "num_head_channels": 32,
     "use_flash_attention": True,
 }
+
+#: The spacing mini_v1 was trained at; random-weight controls run on the same grid as trained weights.
+TRAINING_SPACING_MM = 2.5
 
 #: Network input sizes are multiples of this (MAISI-like "nearest multiple, at least one").
 SIZE_MULTIPLE = 16
@@ -125,6 +130,8 @@ class MiniBackbone:
             p.requires_grad_(False)
         self.input_scaling = self.metadata.get("input_scaling", "minus1_1")
         self.training_spacing = self.metadata.get("spacing_mm")
+        #: the grid extraction resamples to (a random-weight control: that of the shipped weights)
+        self.grid_spacing = float(self.training_spacing or TRAINING_SPACING_MM)
         self._scheduler = make_scheduler()
         #: what extract does before the UNet (recorded in stores through extraction.py); ties
         #: round up as in training

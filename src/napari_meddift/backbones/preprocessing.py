@@ -186,27 +186,62 @@ def prepare(volume, s: PreprocessSettings | None = None) -> Prepared:
     return Prepared(t[None, None], axes, net_spacing, tuple(int(n) for n in arr.shape))  # type: ignore[arg-type]
 
 
-def resample_isotropic(path, spacing: float, antialias: bool = True):
-    """Read a CT with SimpleITK and resample it to isotropic ``spacing`` mm (linear, air outside).
-
-    With ``antialias`` a Gaussian (FWHM^2 = target^2 - source^2 along axes that coarsen) comes
-    first, so thin vessels do not alias. Returns a SimpleITK image (float32 HU)."""
+def _antialias(image, target_spacing_xyz):
+    """Gaussian pre-filter for downsampling: FWHM^2 = target^2 - source^2 along axes that coarsen."""
     import SimpleITK as sitk
     from scipy import ndimage as ndi
 
-    img = sitk.ReadImage(str(path), sitk.sitkFloat32)
-    sp_xyz = np.array(img.GetSpacing(), dtype=float)
+    sp_xyz = np.array(image.GetSpacing(), dtype=float)
+    sig_mm = np.sqrt(np.maximum(np.asarray(target_spacing_xyz, dtype=float) ** 2 - sp_xyz**2, 0.0)) / 2.3548
+    if not np.any(sig_mm > 0):
+        return image
+    smooth = sitk.GetImageFromArray(ndi.gaussian_filter(sitk.GetArrayFromImage(image), (sig_mm / sp_xyz)[::-1]))
+    smooth.CopyInformation(image)
+    return smooth
+
+
+def _resample_sitk(image, size_xyz, spacing_xyz, origin_xyz, direction, antialias: bool):
+    import SimpleITK as sitk
+
     if antialias:
-        sig_mm = np.sqrt(np.maximum(spacing**2 - sp_xyz**2, 0.0)) / 2.3548
-        smooth = sitk.GetImageFromArray(ndi.gaussian_filter(sitk.GetArrayFromImage(img), (sig_mm / sp_xyz)[::-1]))
-        smooth.CopyInformation(img)
-        img = smooth
-    size = [max(1, int(round(n * s / spacing))) for n, s in zip(img.GetSize(), sp_xyz)]
+        image = _antialias(image, spacing_xyz)
     res = sitk.ResampleImageFilter()
-    res.SetOutputSpacing([float(spacing)] * 3)
-    res.SetSize(size)
-    res.SetOutputOrigin(img.GetOrigin())
-    res.SetOutputDirection(img.GetDirection())
+    res.SetOutputSpacing([float(s) for s in spacing_xyz])
+    res.SetSize([int(n) for n in size_xyz])
+    res.SetOutputOrigin([float(o) for o in origin_xyz])
+    res.SetOutputDirection([float(v) for v in direction])
     res.SetInterpolator(sitk.sitkLinear)
-    res.SetDefaultPixelValue(-1000.0)
-    return res.Execute(img)
+    res.SetDefaultPixelValue(-1000.0)  # air outside the scan
+    return res.Execute(image)
+
+
+def resample_isotropic(path, spacing: float, antialias: bool = True):
+    """Read a CT with SimpleITK and resample it to isotropic ``spacing`` mm (linear, air outside).
+
+    The grid keeps the origin (first voxel centre) and direction; each axis gets round(n * s / spacing)
+    voxels of exactly ``spacing``. With ``antialias`` a Gaussian (FWHM^2 = target^2 - source^2 along
+    axes that coarsen) comes first, so thin vessels do not alias. Returns a SimpleITK image (float32 HU).
+    Used to build the demo pair and mini's training data; extraction uses :func:`resample_volume`."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    size = [max(1, int(round(n * s / spacing))) for n, s in zip(img.GetSize(), img.GetSpacing())]
+    return _resample_sitk(img, size, [float(spacing)] * 3, img.GetOrigin(), img.GetDirection(), antialias)
+
+
+def resample_volume(volume, grid, antialias: bool = True):
+    """``volume`` resampled onto ``grid`` (a :class:`~napari_meddift.io.geometry.Grid`) in physical space.
+
+    Linear interpolation in HU, air (-1000 HU) outside the scan; with ``antialias`` a Gaussian
+    pre-filter along the axes that coarsen (as :func:`resample_isotropic`). The result is a
+    :class:`~napari_meddift.io.volume.Volume` with the grid's geometry and the volume's name.
+    """
+    import SimpleITK as sitk
+
+    from ..io.volume import Volume, volume_to_sitk
+
+    image = _resample_sitk(volume_to_sitk(volume), grid.shape[::-1], grid.spacing[::-1], grid.origin[::-1],
+                           grid.direction, antialias)
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image), dtype=np.float32)
+    return Volume(array, tuple(grid.spacing), tuple(grid.origin), np.asarray(grid.direction).reshape(3, 3),
+                  volume.name)

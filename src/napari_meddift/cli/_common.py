@@ -114,6 +114,14 @@ def add_backbone_arguments(p: argparse.ArgumentParser, backbone_help: str, times
     p.add_argument("--seed", type=int, default=0)
 
 
+def add_spacing_argument(p: argparse.ArgumentParser) -> None:
+    """``--spacing MM|native``: the grid the backbone runs on (default: the backbone's own)."""
+    p.add_argument("--spacing", default=None, metavar="MM|native",
+                   help="voxel spacing the backbone runs at, in mm (e.g. 2.5 or 2.5mm), or 'native' for the "
+                        "scan's own grid; default: the backbone's own (mini: the 2.5 mm it was trained at; "
+                        "MAISI and MIND-SSC: native). Positions stay in the scan's own voxels")
+
+
 def add_maisi_arguments(p: argparse.ArgumentParser) -> None:
     """--region, --variant, --latent: what only MAISI takes (see :func:`maisi_options`)."""
     p.add_argument("--region", choices=["head", "chest", "abdomen", "lower"],

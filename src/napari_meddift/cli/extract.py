@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ._common import (
@@ -10,6 +11,7 @@ from ._common import (
     add_device_argument,
     add_levels_argument,
     add_maisi_arguments,
+    add_spacing_argument,
     check_range,
     maisi_options,
     tqdm_progress,
@@ -29,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            timestep_help="diffusion timestep of the added noise (0-999 of the backbone's scheduler)")
     add_levels_argument(p, "levels to keep: indices (0,1,2,3) or names; default all")
     p.add_argument("--samples", type=int, default=1, help="noise samples averaged")
+    add_spacing_argument(p)
     add_device_argument(p)
     add_maisi_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="re-extract even if the store matches")
@@ -36,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..backbones import backbone_levels, get_backbone
-    from ..backbones.base import ExtractionSettings, resolve_device
-    from ..backbones.extraction import extract_to_store
+    from ..backbones.base import ExtractionSettings, parse_spacing, resolve_device
+    from ..backbones.extraction import extract_to_store, extraction_grid
     from ..backbones.levels import resolve_levels
     from ..backbones.memory import check_memory
     from ..io.store import check_store_destination
@@ -48,21 +51,29 @@ def run(args: argparse.Namespace) -> int:
     check_range(args.timestep, "--timestep", 0, 999)
     level_names, _ = backbone_levels(args.backbone)
     levels = resolve_levels(args.levels, level_names)
+    spacing = parse_spacing(args.spacing)
     device = resolve_device(args.device)
     check_store_destination(args.output)
 
     volume = read_volume(args.image)
-    check_memory(args.backbone.lower(), volume.shape, device.type, samples=args.samples)
     backbone = get_backbone(
         args.backbone, weights=args.weights, random_weights=args.random_weights, **maisi_options(args)
     )
+    grid = extraction_grid(volume, backbone, spacing)
+    check_memory(backbone.name, grid.shape, device.type, getattr(backbone, "preprocessing", None),
+                 samples=args.samples, image_shape=volume.shape)
     settings = ExtractionSettings(
         timestep=args.timestep,
         levels=levels,
         seed=args.seed,
         samples=args.samples,
         device=args.device,
+        spacing=spacing,
     )
+    if grid.shape != volume.shape:  # before the long work: what it will run on
+        print(f"meddift: {backbone.name} runs on the scan resampled to {'x'.join(map(str, grid.shape))} voxels of "
+              f"{'x'.join(f'{s:.2f}' for s in grid.spacing)} mm (the scan: {'x'.join(map(str, volume.shape))} of "
+              f"{'x'.join(f'{s:.2f}' for s in volume.spacing)} mm; --spacing native keeps its grid)", file=sys.stderr)
     store, reused = extract_to_store(
         volume, backbone, settings, args.output, progress=tqdm_progress(f"extract {Path(args.image).name}"),
         overwrite=args.overwrite,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, tqdm_progress
+from ._common import (
+    add_backbone_arguments,
+    add_device_argument,
+    add_levels_argument,
+    add_spacing_argument,
+    tqdm_progress,
+)
 
 NAME = "extract-many"
 HELP = "extract descriptor stores for many scans on a Dask cluster (local or --scheduler ADDRESS)"
@@ -29,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            timestep_help="diffusion timestep of the added noise (0-999)")
     add_levels_argument(p, "levels to keep: indices (0,1,2,3) or names; default all")
     p.add_argument("--samples", type=int, default=1, help="noise samples averaged")
+    add_spacing_argument(p)
     add_device_argument(p)
     p.add_argument("--overwrite", action="store_true", help="re-extract even where a store matches")
 
@@ -45,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         samples=args.samples,
         device=args.device,
+        spacing=args.spacing,
     )
     report = extract_many(
         args.images, args.output, args.backbone, settings, weights=args.weights, random_weights=args.random_weights,

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import STORE_FORMAT_VERSION, __version__
 from ..errors import MedDiftError
+from .geometry import Grid
 from .integrity import level_digest, missing_chunk_files, verify_level
 from .locking import StoreLock, recover, sibling_path, siblings
 from .paths import check_can_create_in, nearest_existing
@@ -201,6 +202,22 @@ class DescriptorStore:
         return tuple(self.attrs["levels"])
 
     @property
+    def image_grid(self) -> Grid:
+        """The scan's own grid: positions in matching, registration and evaluation are its voxels."""
+        return _image_grid(self.attrs)
+
+    @property
+    def extraction_grid(self) -> Grid:
+        """The grid the backbone ran on (the scan resampled to the backbone's spacing, or its own grid)."""
+        return Grid.from_dict(self.attrs["extraction_grid"])
+
+    def level_grid(self, name: str) -> Grid:
+        """Where the nodes of level ``name`` sit in physical space (they span the scan's field of view)."""
+        if name not in self.level_names:
+            raise MedDiftError(f"store {self.path} has no level {name!r}; it has {', '.join(self.level_names)}")
+        return Grid.from_dict(self.attrs["level_geometry"][name])
+
+    @property
     def cache_key(self) -> str | None:
         return self.attrs.get("cache_key")
 
@@ -291,9 +308,12 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
         raise MedDiftError(f"{path} is a zarr group but not a napari-meddift descriptor store")
     version = attrs.get("format_version")
     if version != STORE_FORMAT_VERSION:
+        older = isinstance(version, int) and version < STORE_FORMAT_VERSION
         raise MedDiftError(
             f"{path} has descriptor store format version {version}; this napari-meddift "
-            f"({__version__}) reads version {STORE_FORMAT_VERSION}: extract the descriptors again"
+            f"({__version__}) reads version {STORE_FORMAT_VERSION}"
+            + (" (stores now record where each level sits in the scan)" if older else "")
+            + ": run `meddift extract` on the scan again to redo it"
         )
     if attrs.get("complete") is not True:
         raise MedDiftError(f"{path} is an incomplete descriptor store (an interrupted write); extract again")
@@ -331,7 +351,40 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
         raise _damaged(path, f"level array(s) {', '.join(missing)} missing")
     if incomplete:
         raise _damaged(path, "; ".join(incomplete))
+    try:
+        check_level_geometry(attrs, {n: tuple(group[f"levels/{n}"].shape) for n in levels})
+    except MedDiftError as exc:
+        raise _damaged(path, str(exc)) from None
     return DescriptorStore(path, group)
+
+
+def _image_grid(attrs: Mapping[str, Any]) -> Grid:
+    return Grid(tuple(attrs["image_shape"]), tuple(attrs["spacing"]), tuple(attrs.get("origin", (0.0, 0.0, 0.0))),
+                tuple(np.asarray(attrs.get("direction", np.eye(3).tolist()), dtype=float).reshape(-1)))
+
+
+def check_level_geometry(attrs: Mapping[str, Any], level_shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """The recorded grids agree with the levels and the scan: MedDiftError naming the first that does not.
+
+    Every level must have a ``level_geometry`` entry of its array's spatial shape that spans the scan's
+    field of view in the scan's direction (what matching's per-axis taps assume), and the
+    ``extraction_grid`` must be a grid over the same field of view.
+    """
+    image = _image_grid(attrs)
+    geometry = attrs.get("level_geometry")
+    if not isinstance(geometry, Mapping):
+        raise MedDiftError("it records no level_geometry")
+    extraction = Grid.from_dict(attrs.get("extraction_grid") or {})
+    if not extraction.same_as(image.spanning(extraction.shape), tolerance=1e-4):
+        raise MedDiftError("its extraction_grid does not cover the scan's field of view")
+    for name, shape in level_shapes.items():
+        if name not in geometry:
+            raise MedDiftError(f"level {name} has no level_geometry entry")
+        grid = Grid.from_dict(geometry[name])
+        if grid.shape != tuple(int(n) for n in shape[1:]):
+            raise MedDiftError(f"level {name}'s geometry is for {list(grid.shape)} nodes but it holds {list(shape[1:])}")
+        if not grid.same_as(image.spanning(grid.shape), tolerance=1e-4):
+            raise MedDiftError(f"level {name}'s nodes do not span the scan's field of view")
 
 
 def verify_store(path: str | os.PathLike) -> dict[str, Any]:
@@ -394,6 +447,20 @@ def check_store_destination(path: str | os.PathLike) -> Path:
     return path
 
 
+def _default_geometry(attrs: Mapping[str, Any], levels: Mapping[str, Any]) -> dict[str, Any]:
+    """``extraction_grid`` (the scan's own) and ``level_geometry`` (spanning it) where the writer gave none,
+    checked against the levels either way."""
+    image = _image_grid(attrs)
+    out: dict[str, Any] = {}
+    if "extraction_grid" not in attrs:
+        out["extraction_grid"] = image.to_dict()
+    given = dict(attrs.get("level_geometry") or {})
+    out["level_geometry"] = {str(n): given.get(str(n)) or image.spanning(tuple(a.shape[1:])).to_dict()
+                             for n, a in levels.items()}
+    check_level_geometry(dict(attrs, **out), {str(n): tuple(a.shape) for n, a in levels.items()})
+    return out
+
+
 def write_store(
     path: str | os.PathLike,
     levels: Mapping[str, Any],
@@ -413,7 +480,9 @@ def write_store(
             resolution, in fusion order.
         attrs: must hold ``image_shape`` (z, y, x voxels) and ``spacing`` (z, y, x mm); format,
             format_version, levels, level_shapes, level_dtype, checksums, write_id,
-            package_version, created and complete are filled in here.
+            package_version, created and complete are filled in here, and so are
+            ``extraction_grid`` (the scan's own grid) and ``level_geometry`` (each level spanning the
+            scan) when not given; given ones are checked against the levels.
         dtype: ``"float16"`` or ``"float32"``.
         replaces: ``store_token(path)`` taken before a long computation: a store another process
             wrote meanwhile raises :class:`ReplacedMeanwhile` instead of being overwritten.
@@ -439,6 +508,10 @@ def write_store(
     for key in ("image_shape", "spacing"):
         if key not in attrs:
             raise ValueError(f"write_store attrs need {key!r}")
+    for name, data in levels.items():
+        if len(getattr(data, "shape", ())) != 4:
+            raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {tuple(getattr(data, 'shape', ()))}")
+    geometry = _default_geometry(_jsonable(dict(attrs)), levels)  # before anything is touched
     _check_writable_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -458,6 +531,7 @@ def write_store(
         try:
             group = zarr.open_group(str(partial), mode="w", zarr_format=3)
             meta = _jsonable(dict(attrs))
+            meta.update(geometry)
             meta.update(
                 format=FORMAT,
                 format_version=STORE_FORMAT_VERSION,
