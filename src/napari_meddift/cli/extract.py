@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         spacing=spacing,
     )
     if grid.shape != volume.shape:  # before the long work: what it will run on
-        print(f"meddift: {backbone.name} runs on the scan resampled to {'x'.join(map(str, grid.shape))} voxels of "
+        print(f"{backbone.name} runs on the scan resampled to {'x'.join(map(str, grid.shape))} voxels of "
               f"{'x'.join(f'{s:.2f}' for s in grid.spacing)} mm (the scan: {'x'.join(map(str, volume.shape))} of "
               f"{'x'.join(f'{s:.2f}' for s in volume.spacing)} mm; --spacing native keeps its grid)", file=sys.stderr)
     store, reused = extract_to_store(
