@@ -57,6 +57,8 @@ def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
     for layer, store, _ in stores:
         assert open_store(layer.metadata["meddift_store"]).attrs["timestep"] == 50
         assert store.path.parent == cache
+        # mini's own grid: the 48 x 42 x 39 mm field of view at about 2.5 mm; positions stay on the layer's
+        assert store.extraction_grid.shape == (19, 17, 16) and store.image_shape == (24, 28, 26)
     ex = explorer_in(viewer)
     assert ex is not None and ex.engine is not None
     assert ex.source_layer.name == "fixed" and ex.target_layer.name == "moving"
@@ -66,6 +68,16 @@ def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
     assert [reused for _, _, reused in w.last_result["stores"]] == [True, True]
     assert "reused existing store" in w.message.value
     ex.close_explorer()
+
+
+def test_native_grid_choice(extract_widget, qtbot):
+    viewer, w, cache = extract_widget
+    w.spacing.value = "native"
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=120000)
+    assert w.error.value == "", w.error.value
+    for _, store, _ in w.last_result["stores"]:
+        assert store.extraction_grid.same_as(store.image_grid) and store.image_grid.spacing == (2.0, 1.5, 1.5)
 
 
 def test_cancel_leaves_no_store(extract_widget, qtbot):

@@ -34,6 +34,12 @@ __all__ = ["ExtractWidget"]
 NONE = "(none)"
 
 
+#: the Grid choices and what ExtractionSettings.spacing they mean
+SPACING_CHOICES: dict[str, float | str | None] = {
+    "backbone's own": None, "native": "native", "1.5 mm": 1.5, "2.0 mm": 2.0, "2.5 mm": 2.5, "3.0 mm": 3.0,
+}
+
+
 def _noise_text(t: int, variant: str = "ddpm") -> str:
     """What timestep ``t`` does to the latent: DDPM's schedule, or rectified flow's straight line
     x_t = (1 - t/1000) x + (t/1000) noise."""
@@ -82,6 +88,10 @@ class ExtractWidget(Container):
         self.levels_box = Container(label="Levels", layout="vertical", labels=False)
         self.samples = SpinBox(label="Noise samples", min=1, max=32, value=1)
         self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
+        self.spacing = ComboBox(label="Grid", choices=list(SPACING_CHOICES), value="backbone's own",
+                                tooltip="the grid the backbone runs on: its own (mini: the 2.5 mm it was trained at; "
+                                "MAISI, MIND-SSC: the scan's), the scan's own (native), or the scan resampled to "
+                                "about this spacing. Positions stay on the scan's grid")
         self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda"], value="auto")
         self.cache_dir = FileEdit(label="Cache folder", mode="d", value=str(default_cache_dir()))
         self.open_explorer = CheckBox(text="open both in the explorer when done", value=True)
@@ -93,7 +103,7 @@ class ExtractWidget(Container):
         self.extend([
             self.source, self.target, self.backbone, self.random_weights, self.weights,
             self.region, self.variant, self.latent, self.timestep,
-            self.noise_label, self.levels_box, self.samples, self.seed, self.device, self.cache_dir,
+            self.noise_label, self.levels_box, self.samples, self.seed, self.spacing, self.device, self.cache_dir,
             self.open_explorer, *self.panel.widgets,
         ])
         self._level_widgets: dict[str, tuple[CheckBox, FloatSpinBox]] = {}
@@ -169,7 +179,8 @@ class ExtractWidget(Container):
         if not levels:
             raise MedDiftError("choose at least one level to extract")
         return ExtractionSettings(timestep=int(self.timestep.value), levels=levels, seed=int(self.seed.value),
-                                  samples=int(self.samples.value), device=str(self.device.value))
+                                  samples=int(self.samples.value), device=str(self.device.value),
+                                  spacing=SPACING_CHOICES[self.spacing.value])
 
     def _weights_path(self):
         v = self.weights.value
