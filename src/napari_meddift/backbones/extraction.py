@@ -22,7 +22,7 @@ from ..io.store import (
 )
 from ..io.volume import Volume
 from ..progress import ProgressCallback
-from .base import Backbone, ExtractionSettings
+from .base import Backbone, ExtractionSettings, backbone_noise_signal
 from .preprocessing import PreprocessSettings
 
 
@@ -55,6 +55,7 @@ def _preprocessing_dict(backbone: Backbone, preprocessing: Any = None) -> dict:
 def _store_key(
     volume: Volume, backbone: Backbone, settings: ExtractionSettings, preprocessing: PreprocessSettings | None = None
 ) -> str:
+    settings = settings.resolved(backbone)  # None -> the backbone's default timestep, in the key
     prep = _preprocessing_dict(backbone, preprocessing)
     config = _backbone_config(backbone)
     # a backbone's config (e.g. MAISI's variant, body region, latent choice) changes its features:
@@ -118,6 +119,7 @@ def extract_to_store(
         ``(store, reused)``: the opened store and whether it was already there.
     """
     path = Path(path)
+    settings = settings.resolved(backbone)  # the timestep the store records and the key holds
     if preprocessing is not None and not _takes_preprocessing(backbone):
         raise MedDiftError(f"backbone {backbone.name!r} does not take preprocessing settings")
     key = _store_key(volume, backbone, settings, preprocessing)
@@ -161,6 +163,7 @@ def extract_to_store(
         "backbone": backbone.name,
         "weights_hash": backbone.weights_hash,
         "timestep": int(settings.timestep),
+        "noise_signal": backbone_noise_signal(backbone, settings.timestep),
         "seed": int(settings.seed),
         "samples": int(settings.samples),
         "settings": settings.to_dict(),

@@ -110,7 +110,9 @@ def add_backbone_arguments(p: argparse.ArgumentParser, backbone_help: str, times
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", help="folder with the backbone's checkpoint files (MAISI)")
     w.add_argument("--random-weights", action="store_true", help="same architecture at seeded random weights")
-    p.add_argument("--timestep", type=int, default=20, help=timestep_help)
+    p.add_argument("--timestep", type=int, default=None,
+                   help=(timestep_help or "diffusion timestep") + "; default: the backbone's own, the noise/signal of "
+                   "DDPM t=20 (mini and MAISI DDPM 20, MAISI rectified flow 155)")
     p.add_argument("--seed", type=int, default=0)
 
 

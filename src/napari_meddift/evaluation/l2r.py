@@ -294,7 +294,7 @@ def evaluate_l2r(
     tag = safe_filename(method, "method")
     (out / f"l2r_{tag}.md").write_text(table, encoding="utf-8")
     summary = result.to_dict()
-    summary["settings"] = settings.to_dict() if bb is not None else None
+    summary["settings"] = settings.resolved(bb).to_dict() if bb is not None else None
     summary["radius"] = radius
     summary["levels"] = list(levels) if levels is not None else None
     (out / f"l2r_{tag}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
