@@ -104,13 +104,19 @@ def _coefficients(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, tor
     return a.double(), b.double()
 
 
+def noise_coefficients(scheduler, t: float) -> tuple[float, float]:
+    """(signal a, noise b) of ``x_t = a x_0 + b eps`` at timestep ``t``, from ``add_noise``."""
+    ts = torch.tensor([t], dtype=torch.long if float(t) == int(t) else torch.float32)
+    a, b = _coefficients(scheduler, ts)
+    return float(a[0]), float(b[0])
+
+
 def noise_signal(scheduler, t: float) -> float:
     """Noise/signal ratio b/a of ``scheduler.add_noise`` at timestep ``t`` (an integer for DDPM;
     rectified flow also takes fractional t). DDPM: sqrt(1 - alpha_bar) / sqrt(alpha_bar);
     rectified flow: (t/1000) / (1 - t/1000)."""
-    ts = torch.tensor([t], dtype=torch.long if float(t) == int(t) else torch.float32)
-    a, b = _coefficients(scheduler, ts)
-    return float(b[0] / a[0]) if float(a[0]) > 0 else math.inf
+    a, b = noise_coefficients(scheduler, t)
+    return b / a if a > 0 else math.inf
 
 
 def noise_signal_table(scheduler) -> torch.Tensor:
@@ -149,6 +155,9 @@ def schedule_name(backbone: str | None, config=None) -> str | None:
     if name == "mini":
         return "ddpm"
     return None
+
+
+SCHEDULE_TITLES = {"ddpm": "DDPM", "rflow": "rectified flow"}
 
 
 def schedule_scheduler(schedule: str):
