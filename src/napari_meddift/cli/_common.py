@@ -172,7 +172,7 @@ def search_radius(args: argparse.Namespace):
 
 
 def window_text(radius, spacing) -> str:
-    """``40 mm = (16, 64, 57) voxels (z, y, x)`` for a radius on a grid; ``global`` for None."""
+    """``40 mm = (16, 64, 58) voxels (z, y, x)`` for a radius on a grid; ``global`` for None."""
     from ..matching.window import voxel_radius
 
     if radius is None:

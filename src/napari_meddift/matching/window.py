@@ -12,6 +12,7 @@ scan 40 mm is (14, 72, 72) voxels, and on the demo's 2.5 mm grid (16, 16, 16).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Sequence, Union
@@ -100,11 +101,12 @@ def voxel_radius(radius: RadiusLike, spacing: Sequence[float] | None = None) -> 
         return radius.voxels(spacing)
     if isinstance(radius, str):
         return parse_radius(radius).voxels(spacing)
-    if isinstance(radius, (int,)) or (hasattr(radius, "__int__") and not hasattr(radius, "__len__")):
-        if float(radius) != int(radius):
-            raise MedDiftError(f"a search radius in voxels is a whole number, got {radius}")
+    if isinstance(radius, numbers.Integral) and not isinstance(radius, bool):
         r = int(radius)
         out = (r, r, r)
+    elif isinstance(radius, numbers.Real):
+        raise MedDiftError(f"a search radius of {radius} is ambiguous: give whole voxels (int) or millimetres "
+                           f"(Radius.mm({radius}) in Python, {radius:g}mm on the command line)")
     else:
         vals = list(radius)  # type: ignore[arg-type]
         if len(vals) != 3 or any(float(v) != int(v) for v in vals):
