@@ -115,3 +115,46 @@ def test_mind_records_no_noise_signal(tmp_path):
     store, _ = extract_to_store(_volume(), b, ExtractionSettings(), tmp_path / "mind.zarr")
     assert store.attrs["noise_signal"] is None
     assert store.attrs["timestep"] == 20  # ignored by MIND-SSC; kept so its cache keys stay
+
+
+def test_explorer_orders_and_labels_timesteps_by_noise_signal_when_schedules_mix():
+    from types import SimpleNamespace
+
+    import torch
+
+    from napari_meddift.errors import MedDiftError
+    from napari_meddift.explorer import ExplorerSession
+    from napari_meddift.matching import Matcher
+
+    shape, sp = (8, 9, 10), (2.0, 1.5, 1.25)
+
+    def matcher(seed):
+        g = torch.Generator().manual_seed(seed)
+        return Matcher({"up0": torch.randn(4, 4, 5, 5, generator=g)}, {"up0": torch.randn(4, 4, 5, 5, generator=g)},
+                       shape, shape)
+
+    def stores(backbone, t, variant=None, recorded=True):
+        attrs = {"backbone": backbone, "timestep": t, "backbone_config": {"variant": variant} if variant else {}}
+        if recorded:
+            sched = make_rflow_scheduler() if variant == "rflow" else make_scheduler()
+            attrs["noise_signal"] = noise_signal(sched, t)
+        st = SimpleNamespace(attrs=attrs)
+        return st, st
+
+    s = ExplorerSession()
+    s.connect(matcher(0), sp, sp, stores=stores("mini", 20))
+    assert s.timestep_label(20) == "t = 20 (noise/signal 0.184)"
+    s.add_timestep(100, matcher(1), stores=stores("mini", 100, recorded=False))  # an older store: computed
+    assert s.timesteps == [20, 100] and not s.mixed_schedules
+    assert s.timestep_label(100) == f"t = 100 (noise/signal {_ddpm_reference(100):.3f})"
+    # rectified flow joins: t means other noise there, so noise/signal orders and labels them
+    s.add_timestep(155, matcher(2), stores=stores("maisi", 155, "rflow"))
+    s.add_timestep(50, matcher(3), stores=stores("maisi", 50, "rflow"))
+    assert s.mixed_schedules
+    assert s.timesteps == [50, 155, 20, 100]  # 0.053, 0.183, 0.184, 0.464
+    assert s.timestep_label(155) == "noise/signal 0.183 (rectified flow t = 155)"
+    assert s.timestep_label(20, short=True) == "n/s 0.184 (DDPM t=20)"
+    s.state.compare_timesteps = True
+    assert s.request((1, 2, 3)).compare == (50, 155, 20, 100)  # the compare strip's order
+    with pytest.raises(MedDiftError, match="another noise level"):
+        s.add_timestep(20, matcher(4), stores=stores("maisi", 20, "rflow"))

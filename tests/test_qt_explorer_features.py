@@ -128,6 +128,27 @@ def test_timestep_slider_and_compare_strip(explorer, qtbot):
     assert w.map_layers.map_labels == ["fused", "t=20", "t=100 (shown)"]
 
 
+
+def test_timestep_labels_give_noise_signal_and_mixed_schedules_order_by_it(explorer, qtbot):
+    from types import SimpleNamespace
+
+    viewer, w, src, tgt = explorer
+    ddpm = SimpleNamespace(attrs={"backbone": "mini", "timestep": 20, "noise_signal": 0.18373})
+    w.connect_pair(src, tgt, ddpm, ddpm, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
+    c = w.controls
+    assert w.state.timestep == 20 and c.timestep_label.value == "t = 20 (noise/signal 0.184)"
+    rf = SimpleNamespace(attrs={"backbone": "maisi", "backbone_config": {"variant": "rflow"}, "timestep": 155,
+                                "noise_signal": 0.18343})
+    w.session.add_timestep(155, Matcher(_levels(5), _levels(6), SHAPE, SHAPE), stores=(rf, rf))
+    _query(qtbot, w, (8, 9, 10))
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        c.timestep.value = 0  # ordered by noise/signal: rectified flow t=155 (0.183) before DDPM t=20 (0.184)
+    assert w.result.request.timestep == 155
+    assert c.timestep_label.value == "noise/signal 0.183 (rectified flow t = 155)"
+    with qtbot.waitSignal(w.compare_applied, timeout=10000):
+        c.compare.value = True
+    assert w.map_layers.map_labels == ["fused", "n/s 0.183 (rectified flow t=155) (shown)", "n/s 0.184 (DDPM t=20)"]
+
 def test_display_modes_and_limits(explorer, qtbot):
     viewer, w, src, tgt = explorer
     res = _query(qtbot, w, (8, 9, 10))

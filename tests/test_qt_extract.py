@@ -59,7 +59,7 @@ def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
     for layer, store, _ in stores:
         assert open_store(layer.metadata["meddift_store"]).attrs["timestep"] == 50
         assert store.path.parent == cache
-    assert "at t=50 (noise/signal 0.301)" in w.message.value
+    assert "at t = 50 (noise/signal 0.301)" in w.message.value
     ex = explorer_in(viewer)
     assert ex is not None and ex.engine is not None
     assert ex.source_layer.name == "fixed" and ex.target_layer.name == "moving"
