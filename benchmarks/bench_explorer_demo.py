@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     src_store, tgt_store = extract_demo_stores(inhale, exhale, cache)
     s = ExplorerSession()
     s.connect(Matcher.from_stores(src_store, tgt_store), inhale.spacing, exhale.spacing, stores=(src_store, tgt_store))
-    s.state.radius = args.radius
+    s.state.radius = args.radius * exhale.spacing[0]  # voxels -> the explorer's mm (2.5 mm isotropic)
     s.set_truth(FieldTruth(load_demo_field().u_voxels()))
     s.set_landmarks(src_pts, tgt_pts)
     t0 = time.perf_counter()

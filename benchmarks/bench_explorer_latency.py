@@ -102,7 +102,7 @@ def _setup_demo(viewer, ex, args):
     ex.connect_pair(src, tgt, s, t)
     ex.set_truth(FieldTruth(load_demo_field().u_voxels()))
     ex.set_landmarks(sp, tp)
-    ex.state.radius = args.radius
+    ex.state.radius = args.radius * max(exhale.spacing)  # voxels -> the explorer's mm (isotropic)
     ex.match_landmarks(run_async=False)
     ts = parse_timesteps(args.timesteps)
     ex.extract_timesteps(ts, run_async=False)
@@ -148,7 +148,7 @@ def run(args) -> dict:
         if args.full:
             _setup_full(ex, args, rng)
     build_s = time.perf_counter() - t0
-    ex.state.radius = args.radius
+    ex.state.radius = args.radius * max(spacing)  # voxels -> the explorer's mm (isotropic grids)
     ex.state.per_level = bool(args.per_level or args.full or args.demo)
     viewer.reset_view()
     for _ in range(20):

@@ -74,7 +74,8 @@ def test_display_modes():
 
 
 def test_compute_matches_the_core_and_state_changes_ask_for_a_rerun():
-    s = _session(radius=4)
+    s = _session(radius=8.0)  # mm: ceil(8 / (2.0, 1.5, 1.25)) = (4, 6, 7) voxels
+    assert s.window_voxels() == (4, 6, 7)
     ref = Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
     # windows read full-image norm maps, built in the background at connect (the reference
     # computes each window's norms from its own nodes: the maps below must agree)
@@ -85,16 +86,16 @@ def test_compute_matches_the_core_and_state_changes_ask_for_a_rerun():
     reruns = []
     s.events.rerun.connect(lambda: reruns.append(1))
     res = s.compute(s.request((10, 12, 11)))
-    sim = ref.similarity((10, 12, 11), 4, per_level=True)
-    m = ref.match((10, 12, 11), 4)
+    sim = ref.similarity((10, 12, 11), (4, 6, 7), per_level=True)
+    m = ref.match((10, 12, 11), (4, 6, 7))
     np.testing.assert_allclose(res.fused, sim.fused, atol=1e-6)
     assert res.target_zyx == tuple(m.target_zyx) and res.offset == sim.offset
     assert 0.0 <= res.ambiguity <= 1.0
-    s.state.radius = 2
+    s.state.radius = 2.0
     s.state.display_mode = DISPLAY_MODES[2]
     assert len(reruns) == 2
     res = s.compute(s.request((10, 12, 11)))
-    assert res.fused.shape == ref.similarity((10, 12, 11), 2).fused.shape
+    assert res.fused.shape == ref.similarity((10, 12, 11), (1, 2, 2)).fused.shape == (3, 5, 5)
     assert np.nanmax(res.display["fused"]) == 1.0
     s.state.color_range = "[0.5, 1]"  # a view setting: no new search
     assert len(reruns) == 2
@@ -158,12 +159,12 @@ def test_timesteps_switch_and_compare_strip():
     assert s.timesteps == [20, 100]
     s.state.timestep = 100
     res = s.compute(s.request((5, 6, 7)))
-    np.testing.assert_allclose(res.fused, Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((5, 6, 7), 3).fused,
-                               atol=1e-6)
+    np.testing.assert_allclose(res.fused, Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((5, 6, 7), (2, 2, 3)).fused,
+                               atol=1e-6)  # 3 mm on (2.0, 1.5, 1.25)
     s.state.compare_timesteps = True
     res = s.compute(s.request((5, 6, 7)))
     assert sorted(res.compare) == [20, 100]
-    np.testing.assert_allclose(res.compare[20], Matcher(_levels(0), _levels(1), SHAPE, SHAPE).similarity((5, 6, 7), 3).fused,
+    np.testing.assert_allclose(res.compare[20], Matcher(_levels(0), _levels(1), SHAPE, SHAPE).similarity((5, 6, 7), (2, 2, 3)).fused,
                                atol=1e-6)
     with pytest.raises(MedDiftError, match="other images"):
         s.add_timestep(50, Matcher(_levels(0), _levels(1), SHAPE, (20, 24, 21)))

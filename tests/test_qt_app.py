@@ -65,7 +65,7 @@ def test_landmarks_table_worst_first_and_row_selection(app, qtbot):
     viewer, ex, s, t, pts = app
     lw = viewer.window.dock_widgets["Landmarks"]
     lw.match(run_async=False)
-    ref = Matcher.from_stores(s, t).match_points(pts.astype(int), ex.state.radius)
+    ref = Matcher.from_stores(s, t).match_points(pts.astype(int), ex.session.search_radius)  # mm
     err = tre_mm(ref.target_zyx, pts + [1, 0, -1], SPACING)
     np.testing.assert_allclose(lw.landmarks.errors_mm, err)
     shown = [float(lw.table.item(r, 1).text()) for r in range(lw.table.rowCount())]

@@ -12,6 +12,8 @@ pytestmark = pytest.mark.gui
 from napari_meddift.matching import Matcher  # noqa: E402
 
 SHAPE = (20, 24, 22)
+# the explorer's window is in mm: 6 mm on (2.0, 1.5, 1.25) mm voxels is ceil(6 / s) = (3, 4, 5) voxels
+R_MM, R_VOX = 6.0, (3, 4, 5)
 
 
 def _levels(seed):
@@ -49,7 +51,7 @@ def explorer(make_napari_viewer, qtbot):
     viewer.window.add_dock_widget(w, name="Correspondence explorer")
     matcher = Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
     w.connect_pair(src, tgt, matcher=matcher)
-    w.controls.radius.value = 4  # a magicgui control bound to the state
+    w.controls.radius.value = R_MM  # a magicgui control bound to the state (mm)
     yield viewer, w, src, tgt, Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
     w.close_explorer()
 
@@ -70,8 +72,8 @@ def test_mouse_move_updates_match_and_map_like_the_core(explorer, qtbot):
     n_layers_main = len(viewer.layers)
     for vox in [(10, 12, 11), (3, 20, 5)]:
         _move(qtbot, viewer, w, src, vox)
-        sim = ref.similarity(vox, 4, per_level=True)
-        m = ref.match(vox, 4)
+        sim = ref.similarity(vox, R_VOX, per_level=True)
+        m = ref.match(vox, R_VOX)
         np.testing.assert_allclose(fused.data, sim.fused, atol=1e-6)
         expect_t = np.asarray(tgt.data_to_world(np.asarray(sim.offset, float)))
         # the map's voxel 0 sits where the target's voxel sim.offset is, in world mm
@@ -104,13 +106,14 @@ def test_level_toggle_and_radius_update_the_map(explorer, qtbot):
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         rows["up0"].check.value = False
     ref.set_levels(["up1", "up2"])
-    np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, 4).fused, atol=1e-6)
+    np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, R_VOX).fused, atol=1e-6)
     assert not np.allclose(before, w.map_layers.fused_map())
     with qtbot.waitSignal(w.result_applied, timeout=10000):
-        w.state.radius = 2  # a script sets the state: the control follows
-    assert w.controls.radius.value == 2
-    assert w.map_layers.fused_map().shape == ref.similarity(vox, 2).fused.shape
-    np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, 2).fused, atol=1e-6)
+        w.state.radius = 2.0  # a script sets the state (mm): the control follows
+    assert w.controls.radius.value == 2.0
+    assert w.controls.window_label.value == "window: +-1 x 2 x 2 target voxels (z, y, x)"
+    assert w.map_layers.fused_map().shape == ref.similarity(vox, (1, 2, 2)).fused.shape
+    np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, (1, 2, 2)).fused, atol=1e-6)
     # the last level cannot be switched off
     rows["up1"].check.value = False
     rows["up2"].check.value = False
@@ -123,7 +126,7 @@ def test_per_level_view_and_follow_off(explorer, qtbot):
     w.controls.per_level.value = True
     vox = (12, 6, 7)
     _move(qtbot, viewer, w, src, vox)
-    sim = ref.similarity(vox, 4, per_level=True)
+    sim = ref.similarity(vox, R_VOX, per_level=True)
     maps = w.map_layers.layers["maps"]
     # the fused map at its window, the per-level maps to its right (x grows to the right here)
     np.testing.assert_allclose(maps.data_to_world(np.zeros(3)), tgt.data_to_world(np.asarray(sim.offset, float)))
@@ -166,7 +169,7 @@ def test_drawn_slice_shows_the_new_map_whether_or_not_the_view_moves(explorer, q
     assert moved >= 1  # the re-sliced path ran at least once
     w.state.following = False  # the slice stays: the maps redraw themselves
     vox = (5, 5, 5)
-    m = ref.match(vox, 4)
+    m = ref.match(vox, R_VOX)
     set_point = list(tv.dims.point)
     set_point[0] = float(tgt.data_to_world(np.asarray(m.target_zyx, float))[0])
     tv.dims.point = tuple(set_point)
@@ -175,7 +178,7 @@ def test_drawn_slice_shows_the_new_map_whether_or_not_the_view_moves(explorer, q
     assert tuple(tv.dims.point) == before
     drawn, expect = _drawn_map_slice(fused, tv)
     np.testing.assert_allclose(drawn, expect, atol=1e-6)
-    np.testing.assert_allclose(drawn, ref.similarity(vox, 4).fused[m.target_zyx[0] - w.result.offset[0]], atol=1e-6)
+    np.testing.assert_allclose(drawn, ref.similarity(vox, R_VOX).fused[m.target_zyx[0] - w.result.offset[0]], atol=1e-6)
     np.testing.assert_allclose(match._view_data, [np.asarray(m.target_zyx, float)[1:]], atol=1e-9)
 
 

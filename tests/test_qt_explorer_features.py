@@ -14,6 +14,8 @@ from napari_meddift.matching import Matcher  # noqa: E402
 
 SHAPE = (20, 24, 22)
 SPACING = (2.0, 1.5, 1.25)
+# the explorer's window is in mm: 6 mm on SPACING is ceil(6 / s) = (3, 4, 5) voxels
+R_MM, R_VOX = 6.0, (3, 4, 5)
 
 
 def _levels(seed):
@@ -34,7 +36,7 @@ def explorer(make_napari_viewer, qtbot):
     viewer.window.add_dock_widget(w, name="Correspondence explorer")
     assert explorer_in(viewer) is w  # other widgets find it among the docks, no global registry
     w.connect_pair(src, tgt, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
-    w.state.radius = 4
+    w.state.radius = R_MM
     yield viewer, w, src, tgt
     w.close_explorer()
 
@@ -74,7 +76,7 @@ def test_landmarks_coloured_by_error_filter_and_click(explorer, qtbot):
     assert lm.matched
     ref = Matcher(_levels(0), _levels(1), SHAPE, SHAPE)
     for i in range(len(pts)):
-        assert tuple(lm.predicted[i]) == tuple(ref.match(tuple(int(v) for v in pts[i]), 4).target_zyx)
+        assert tuple(lm.predicted[i]) == tuple(ref.match(tuple(int(v) for v in pts[i]), R_VOX).target_zyx)
     L = w.landmark_layers.layers
     np.testing.assert_allclose(L["source"].features["error_mm"], lm.errors_mm)
     # colour follows the error: the worst point gets the colormap's top colour
@@ -112,19 +114,40 @@ def test_timestep_slider_and_compare_strip(explorer, qtbot):
         c.timestep.value = 1  # the slider: t=100, a search on cached descriptors
     assert w.result.request.timestep == 100 and c.timestep_label.value == "t = 100"
     np.testing.assert_allclose(w.map_layers.fused_map(),
-                               Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((8, 9, 10), 4).fused, atol=1e-6)
+                               Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((8, 9, 10), R_VOX).fused, atol=1e-6)
     with qtbot.waitSignal(w.compare_applied, timeout=10000):  # drawn right after the main map
         c.compare.value = True
     strip = w.map_layers.layers["compare"]
     assert strip.visible
     np.testing.assert_allclose(w.timestep_map(20), Matcher(_levels(0), _levels(1), SHAPE, SHAPE).similarity(
-        (8, 9, 10), 4).fused, atol=1e-6)
+        (8, 9, 10), R_VOX).fused, atol=1e-6)
     np.testing.assert_allclose(w.timestep_map(100), w.map_layers.fused_map(), atol=1e-6)
     # below the fused map in the target (y grows downwards on screen)
     assert strip.data_to_world(np.zeros(3))[1] > w.map_layers.layers["maps"].data_to_world(np.zeros(3))[1]
     # labels name every map; the slider's timestep is the one shown
     assert w.map_layers.map_labels == ["fused", "t=20", "t=100 (shown)"]
 
+
+
+def test_timestep_labels_give_noise_signal_and_mixed_schedules_order_by_it(explorer, qtbot):
+    from types import SimpleNamespace
+
+    viewer, w, src, tgt = explorer
+    ddpm = SimpleNamespace(attrs={"backbone": "mini", "timestep": 20, "noise_signal": 0.18373})
+    w.connect_pair(src, tgt, ddpm, ddpm, matcher=Matcher(_levels(0), _levels(1), SHAPE, SHAPE))
+    c = w.controls
+    assert w.state.timestep == 20 and c.timestep_label.value == "t = 20 (noise/signal 0.184)"
+    rf = SimpleNamespace(attrs={"backbone": "maisi", "backbone_config": {"variant": "rflow"}, "timestep": 155,
+                                "noise_signal": 0.18343})
+    w.session.add_timestep(155, Matcher(_levels(5), _levels(6), SHAPE, SHAPE), stores=(rf, rf))
+    _query(qtbot, w, (8, 9, 10))
+    with qtbot.waitSignal(w.result_applied, timeout=10000):
+        c.timestep.value = 0  # ordered by noise/signal: rectified flow t=155 (0.183) before DDPM t=20 (0.184)
+    assert w.result.request.timestep == 155
+    assert c.timestep_label.value == "noise/signal 0.183 (rectified flow t = 155)"
+    with qtbot.waitSignal(w.compare_applied, timeout=10000):
+        c.compare.value = True
+    assert w.map_layers.map_labels == ["fused", "n/s 0.183 (rectified flow t=155) (shown)", "n/s 0.184 (DDPM t=20)"]
 
 def test_display_modes_and_limits(explorer, qtbot):
     viewer, w, src, tgt = explorer
@@ -158,6 +181,12 @@ def test_crosshairs_and_search_window(explorer, qtbot):
     hi = np.asarray(res.offset) + np.asarray(res.fused.shape) - 1.0
     ends = np.concatenate([win[:, 0], win[:, 0] + win[:, 1]])
     assert np.allclose(ends.min(0)[1:], lo[1:]) and np.allclose(ends.max(0)[1:], hi[1:])
+    # the window drawn is the window searched: R_MM around the match's centre, ceil(R_MM / s)
+    # voxels per axis on this anisotropic grid (nothing clipped at (8, 9, 10))
+    assert res.fused.shape == tuple(2 * r + 1 for r in R_VOX)
+    np.testing.assert_array_equal(res.offset, np.subtract((8, 9, 10), R_VOX))
+    assert w.controls.radius.label == "Window radius (mm)" and w.controls.radius.value == R_MM
+    assert w.controls.window_label.value == "window: +-3 x 4 x 5 target voxels (z, y, x)"
 
 
 def test_layer_combos_follow_renames_and_script_sets_controls(explorer):

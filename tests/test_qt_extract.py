@@ -47,8 +47,10 @@ def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
 
     viewer, w, cache = extract_widget
     assert w.source.value == "fixed" and w.target.value == "moving"
-    w.timestep.value = 50
-    assert "t=50" in w.noise_label.value and "noise std" in w.noise_label.value
+    assert w.default_timestep.value and w.timestep.value == 20  # mini: DDPM, its default t = 20
+    w.timestep.value = 50  # moving the slider asks for exactly that t
+    assert not w.default_timestep.value
+    assert "t=50 (DDPM): noise/signal 0.301" in w.noise_label.value and "noise std" in w.noise_label.value
     w.start()
     qtbot.waitUntil(lambda: not w.running, timeout=120000)
     assert w.error.value == "", w.error.value
@@ -59,6 +61,7 @@ def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
         assert store.path.parent == cache
         # mini's own grid: the 48 x 42 x 39 mm field of view at about 2.5 mm; positions stay on the layer's
         assert store.extraction_grid.shape == (19, 17, 16) and store.image_shape == (24, 28, 26)
+    assert "at t = 50 (noise/signal 0.301)" in w.message.value
     ex = explorer_in(viewer)
     assert ex is not None and ex.engine is not None
     assert ex.source_layer.name == "fixed" and ex.target_layer.name == "moving"
@@ -125,9 +128,15 @@ def test_maisi_options_show_for_maisi_and_reach_the_backbone(extract_widget, mon
     assert not w.region.visible and not w.variant.visible and not w.latent.visible
     w.backbone.value = "maisi"
     assert w.region.visible and w.variant.visible and w.latent.visible
-    assert "alpha_bar" in w.noise_label.value  # DDPM schedule: alpha_bar(20) = 0.967
-    w.variant.value = "rflow"
-    assert w.noise_label.value == "t=20 (rectified flow): signal 0.980, noise 0.020"
+    assert w.noise_label.value.startswith("t=20 (DDPM): noise/signal 0.184")  # alpha_bar(20) = 0.967
+    w.variant.value = "rflow"  # the default moves to rectified flow's t with the same noise/signal
+    assert w.timestep.value == 155 and w.settings().timestep is None
+    assert w.noise_label.value == "t=155 (rectified flow): noise/signal 0.183 (signal 0.845, noise std 0.155)"
+    w.timestep.value = 20  # an explicit t is honoured as given
+    assert not w.default_timestep.value and w.settings().timestep == 20
+    assert w.noise_label.value == "t=20 (rectified flow): noise/signal 0.020 (signal 0.980, noise std 0.020)"
+    w.default_timestep.value = True
+    assert w.timestep.value == 155
 
     seen = {}
     monkeypatch.setattr(B, "get_backbone", lambda name, **kw: seen.update(name=name, **kw))

@@ -66,7 +66,7 @@ class ExplorerWidget(QWidget):
     """The "Correspondence explorer" dock widget.
 
     Programmatic use: ``connect_pair(source_layer, target_layer, src_store, tgt_store)`` (or
-    ``matcher=m``), then ``show_query(zyx)``; settings through ``state`` (``state.radius = 8``).
+    ``matcher=m``), then ``show_query(zyx)``; settings through ``state`` (``state.radius = 25.0``, mm).
     ``result_applied`` fires after the layers show a new result; ``latencies_ms`` holds the time
     from each mouse event to its updated layers.
     """
@@ -118,6 +118,8 @@ class ExplorerWidget(QWidget):
         self.compare_latencies_ms: deque[float] = deque(maxlen=10000)
 
         self.controls = ExplorerControls(napari_viewer, self.state)
+        self.controls.window_voxels = self.session.window_voxels
+        self.controls.timestep_label_of = self.session.timestep_label
         self.work = ExplorerWork(self)
         self.controls.connect_button.changed.connect(lambda *_: self.work.connect_from_controls())
         self.controls.extract_timesteps.changed.connect(lambda *_: self.extract_timesteps())
@@ -134,6 +136,7 @@ class ExplorerWidget(QWidget):
 
         ev, st = self.session.events, self.state.events
         ev.rerun.connect(self.rerun)
+        ev.connected.connect(self.controls.show_window)
         ev.landmarks_changed.connect(self._show_landmarks)
         ev.timesteps_changed.connect(lambda: self.controls.set_timesteps(self.session.timesteps))
         st.levels.connect(self.controls.sync_levels)
@@ -201,6 +204,7 @@ class ExplorerWidget(QWidget):
         if self.landmark_layers is not None:
             self.landmark_layers.remove()
         self.map_layers = MapLayers(self.viewer, self.target_view.viewer, source_layer, target_layer)
+        self.map_layers.timestep_label = lambda t: self.session.timestep_label(t, short=True)
         self.landmark_layers = LandmarkLayers(self.viewer, self.target_view.viewer, source_layer, target_layer,
                                               on_pick=self.go_to_landmark)
         self.landmark_layers.connect()
@@ -216,7 +220,7 @@ class ExplorerWidget(QWidget):
         try:
             from ..explorer import MAP_RANGES
 
-            name = suggest_map_range(self.engine, MAP_RANGES, self.state.radius)
+            name = suggest_map_range(self.engine, MAP_RANGES, self.session.search_radius)
         except Exception:  # pragma: no cover - a suggestion only; [-1, 1] always works
             return
         self._suggesting = True

@@ -81,9 +81,13 @@ class ExplorerControls(Container):
         self.target_store = FileEdit(label="Target store", mode="d", nullable=True,
                                      tooltip="descriptor store (.zarr folder) of the target image")
         self.connect_button = PushButton(text="Connect", tooltip="Load both stores and open the target viewer")
-        self.radius = SpinBox(label="Window radius (vox)", min=0, max=256,
-                              tooltip="half-width of the search window around the corresponding position; "
-                                      "0 = the whole target")
+        self.radius = FloatSpinBox(label="Window radius (mm)", min=0.0, max=500.0, step=1.0,
+                                   tooltip="half-width of the search window around the corresponding position, "
+                                           "in mm: ceil(radius / spacing) voxels along each axis of the target, "
+                                           "the box drawn around the map; 0 = the whole target")
+        self.window_label = Label(value="")
+        #: the per-axis voxel radius the window searches (set by the explorer: its session's)
+        self.window_voxels: Callable[[], tuple | None] = lambda: None
         self.exclusion = SpinBox(label="Rival exclusion (vox)", min=1, max=32,
                                  tooltip="the ambiguity compares the best score with the best one farther than "
                                          "this from it")
@@ -107,13 +111,14 @@ class ExplorerControls(Container):
         self.min_error = FloatSlider(label="Landmarks with error >= (mm)", min=0.0, max=30.0, step=0.5)
         super().__init__(widgets=[
             self.source, self.source_store, self.target, self.target_store, self.connect_button,
-            self.radius, self.exclusion, self.levels, self.display_mode, self.color_range, self.per_level,
+            self.radius, self.window_label, self.exclusion, self.levels, self.display_mode, self.color_range, self.per_level,
             self.following, self.show_truth, self.timesteps_text, self.extract_timesteps, self.cancel_timesteps,
             self.timestep, self.timestep_label, self.compare, self.show_landmarks, self.min_error,
         ], labels=True)
         b = self._unbind.append
-        b(bind(self.radius, state, "radius", lambda v: 0 if v is None else int(v),
-               lambda v: None if int(v) == 0 else int(v)))
+        b(bind(self.radius, state, "radius", lambda v: 0.0 if v is None else float(v),
+               lambda v: None if float(v) == 0 else float(v)))
+        state.events.radius.connect(self.show_window)
         for name in ("exclusion", "display_mode", "color_range", "per_level", "following", "show_truth",
                      "show_landmarks"):
             b(bind(getattr(self, name), state, name))
@@ -122,6 +127,9 @@ class ExplorerControls(Container):
         self.source.changed.connect(lambda v: self._fill_store(v, self.source_store))
         self.target.changed.connect(lambda v: self._fill_store(v, self.target_store))
         self._cached: list[int] = []
+        #: how a timestep is labelled (set by the explorer: its session's, with noise/signal)
+        self.timestep_label_of: Callable[[object], str] = lambda t: (
+            "t = (connected stores)" if t is None else f"t = {t}")
         self.timestep.changed.connect(self._slider_to_state)
         state.events.timestep.connect(self._state_to_slider)
         self._watch_layers(True)
@@ -131,6 +139,15 @@ class ExplorerControls(Container):
             self.target.value = images[1]
         self._fill_store(self.source.value, self.source_store)
         self._fill_store(self.target.value, self.target_store)
+
+    def show_window(self, *_) -> None:
+        """The voxels the mm window searches, under the radius box (anisotropic scans differ per axis)."""
+        if self.state.radius is None:
+            self.window_label.value = "window: the whole target"
+            return
+        vox = self.window_voxels()
+        self.window_label.value = "" if vox is None else (
+            "window: +-{} x {} x {} target voxels (z, y, x)".format(*vox))
 
     # ------------------------------------------------------------------ layer choices
 
@@ -199,6 +216,7 @@ class ExplorerControls(Container):
                     r.weight.value = float(self.state.weights[r.level])
 
     def set_timesteps(self, cached: list[int]) -> None:
+        """The slider's stops: ``cached`` in the order given (t, or noise/signal when mixed)."""
         self._cached = list(cached)
         with self.timestep.changed.blocked():
             self.timestep.max = max(0, len(cached) - 1)
@@ -208,12 +226,12 @@ class ExplorerControls(Container):
     def _slider_to_state(self, idx) -> None:
         if self._cached:
             t = self._cached[min(int(idx), len(self._cached) - 1)]
-            self.timestep_label.value = f"t = {t}"
+            self.timestep_label.value = self.timestep_label_of(t)
             if self.state.timestep != t:
                 self.state.timestep = t
 
     def _state_to_slider(self, t) -> None:
-        self.timestep_label.value = "t = (connected stores)" if t is None else f"t = {t}"
+        self.timestep_label.value = self.timestep_label_of(t)
         if t in self._cached:
             with self.timestep.changed.blocked():
                 self.timestep.value = self._cached.index(t)
@@ -227,6 +245,7 @@ class ExplorerControls(Container):
         self._unbind = []
         try:
             self.state.events.timestep.disconnect(self._state_to_slider)
+            self.state.events.radius.disconnect(self.show_window)
             self._watch_layers(False)
         except Exception:  # pragma: no cover - viewer already torn down
             pass

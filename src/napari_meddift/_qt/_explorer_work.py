@@ -106,11 +106,11 @@ class ExplorerWork(QObject):
             from ..matching import Matcher
 
             pairs = extract_timesteps(vols[0], vols[1], ref, ts, cache, progress=progress)
-            return {t: Matcher.from_stores(s, g) for t, (s, g) in pairs.items()}
+            return {t: (Matcher.from_stores(s, g), (s, g)) for t, (s, g) in pairs.items()}
 
         def done(matchers):
-            for t, m in matchers.items():
-                session.add_timestep(t, m)
+            for t, (m, stores) in matchers.items():
+                session.add_timestep(t, m, stores=stores)
             ex.timesteps_ready.emit(sorted(matchers))
 
         if not run_async:

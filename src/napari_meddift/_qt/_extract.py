@@ -41,18 +41,20 @@ SPACING_CHOICES: dict[str, float | str | None] = {
 
 
 def _noise_text(t: int, variant: str = "ddpm") -> str:
-    """What timestep ``t`` does to the latent: DDPM's schedule, or rectified flow's straight line
-    x_t = (1 - t/1000) x + (t/1000) noise."""
-    if variant == "rflow":
-        tp = int(t) / 1000.0
-        return f"t={int(t)} (rectified flow): signal {1 - tp:.3f}, noise {tp:.3f}"
-    try:
-        from ..backbones.noise import noise_level
+    """What timestep ``t`` does on a schedule (``ddpm`` or ``rflow``): x_t = a x_0 + b eps, with
+    noise/signal b/a from the scheduler itself (0.184 at the paper's DDPM t = 20)."""
+    from ..backbones.noise import SCHEDULE_TITLES, noise_coefficients, schedule_scheduler
 
-        ab, std = noise_level(int(t))
-        return f"t={int(t)}: signal sqrt(alpha_bar) {ab ** 0.5:.3f}, noise std {std:.3f} (alpha_bar {ab:.3f})"
-    except Exception as exc:  # pragma: no cover - noise module missing
-        return f"t={int(t)} ({exc})"
+    a, b = noise_coefficients(schedule_scheduler(variant), int(t))
+    return (f"t={int(t)} ({SCHEDULE_TITLES[variant]}): noise/signal {b / a:.3f} "
+            f"(signal {a:.3f}, noise std {b:.3f})")
+
+
+def _default_t(variant: str) -> int:
+    """The schedule's timestep with DDPM t = 20's noise/signal (what a backbone extracts unless told)."""
+    from ..backbones.noise import operating_timestep, schedule_scheduler
+
+    return operating_timestep(schedule_scheduler(variant))
 
 
 class ExtractWidget(Container):
@@ -83,7 +85,10 @@ class ExtractWidget(Container):
                                 tooltip="auto: recognised from the checkpoint; with random weights auto = ddpm")
         self.latent = ComboBox(label="Latent", choices=["mean", "sample"], value="mean",
                                tooltip="posterior mean (deterministic) or mean + sigma * noise")
-        self.timestep = Slider(label="Timestep", min=0, max=999, value=20, tracking=True)
+        self.default_timestep = CheckBox(text="the backbone's default timestep (noise/signal of DDPM t = 20)",
+                                         value=True)
+        self.timestep = Slider(label="Timestep", min=0, max=999, value=20, tracking=True,
+                               tooltip="moving it extracts at exactly this t (the default box unticks)")
         self.noise_label = Label(value=_noise_text(20))
         self.levels_box = Container(label="Levels", layout="vertical", labels=False)
         self.samples = SpinBox(label="Noise samples", min=1, max=32, value=1)
@@ -102,14 +107,15 @@ class ExtractWidget(Container):
         self.noise_label.native.setWordWrap(True)
         self.extend([
             self.source, self.target, self.backbone, self.random_weights, self.weights,
-            self.region, self.variant, self.latent, self.timestep,
+            self.region, self.variant, self.latent, self.default_timestep, self.timestep,
             self.noise_label, self.levels_box, self.samples, self.seed, self.spacing, self.device, self.cache_dir,
             self.open_explorer, *self.panel.widgets,
         ])
         self._level_widgets: dict[str, tuple[CheckBox, FloatSpinBox]] = {}
         self._rebuild_levels()
-        self.timestep.changed.connect(self._update_noise)
+        self.timestep.changed.connect(self._on_timestep)
         self.variant.changed.connect(self._update_noise)
+        self.default_timestep.changed.connect(self._update_noise)
         self._show_maisi_options(self.backbone.value == "maisi")
         self.backbone.changed.connect(self._on_backbone)
         self.run_button.changed.connect(self.start)
@@ -160,9 +166,26 @@ class ExtractWidget(Container):
             w.visible = show
         self._update_noise()
 
+    def _schedule(self) -> str:
+        """The noise schedule of the chosen backbone (MAISI ``auto`` counts as DDPM until loaded)."""
+        return "rflow" if self.backbone.value == "maisi" and self.variant.value == "rflow" else "ddpm"
+
+    def _on_timestep(self, *_):
+        """The user moved the slider: that exact t from now on."""
+        if self.default_timestep.value and int(self.timestep.value) != _default_t(self._schedule()):
+            with self.default_timestep.changed.blocked():
+                self.default_timestep.value = False
+        self._update_noise()
+
     def _update_noise(self, *_):
-        rflow = self.backbone.value == "maisi" and self.variant.value == "rflow"
-        self.noise_label.value = _noise_text(self.timestep.value, "rflow" if rflow else "ddpm")
+        schedule = self._schedule()
+        if self.default_timestep.value:  # the slider shows the default of the chosen variant
+            with self.timestep.changed.blocked():
+                self.timestep.value = _default_t(schedule)
+        text = _noise_text(self.timestep.value, schedule)
+        if self.default_timestep.value and self.backbone.value == "maisi" and self.variant.value == "auto":
+            text += f"; a rectified-flow release takes its own default (t={_default_t('rflow')})"
+        self.noise_label.value = text
 
     # ------------------------------------------------------------------ settings
 
@@ -178,7 +201,8 @@ class ExtractWidget(Container):
         levels = self.chosen_levels()
         if not levels:
             raise MedDiftError("choose at least one level to extract")
-        return ExtractionSettings(timestep=int(self.timestep.value), levels=levels, seed=int(self.seed.value),
+        timestep = None if self.default_timestep.value else int(self.timestep.value)  # None: the backbone's
+        return ExtractionSettings(timestep=timestep, levels=levels, seed=int(self.seed.value),
                                   samples=int(self.samples.value), device=str(self.device.value),
                                   spacing=SPACING_CHOICES[self.spacing.value])
 
@@ -278,6 +302,12 @@ class ExtractWidget(Container):
                 layer.metadata["meddift_levels"] = list(levels)
                 layer.metadata["meddift_weights"] = dict(weights)
             lines.append(f"{layer.name}: {'reused existing store' if reused else 'extracted'} -> {store.path}")
+        if res["stores"]:
+            from ..explorer.timesteps import store_noise, timestep_text
+
+            store = res["stores"][0][1]
+            schedule, ns = store_noise(store)
+            lines.append(f"at {timestep_text(store.attrs.get('timestep'), schedule, ns)}")
         self.last_result = res
         self.panel.done("\n".join(lines) + f"\n({res['seconds']:.1f} s; GUI stall at most {self.max_stall_ms:.0f} ms)")
         if self.open_explorer.value and len(res["stores"]) == 2:

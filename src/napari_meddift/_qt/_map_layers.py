@@ -57,6 +57,8 @@ class MapLayers:
         self.layers: dict[str, object] = {}
         self.strip_names: list[str] = []  # per-level maps beside the fused one, in order
         self.compare_names: list[int] = []  # compare strip order (timesteps)
+        #: a compare map's label (the explorer sets its session's: noise/signal when variants mix)
+        self.timestep_label = lambda t: f"t={t}"
         self._inner: dict[str, list[int]] = {}  # strip key -> start of each map inside the strip array
         self._width: dict[str, int] = {}  # strip key -> width of each of its maps along the strip
         self._signs: dict[int, int] = {}  # axis -> screen sign, for the result being drawn
@@ -298,7 +300,9 @@ class MapLayers:
 
     def show_compare(self, result, state) -> None:
         """Draw the timestep compare strip of ``result`` below its fused map (hidden when empty)."""
-        ts = sorted(result.compare)
+        # the request's order: the session's (t, or noise/signal when variants are mixed)
+        ts = [t for t in result.request.compare if t in result.compare] + sorted(
+            t for t in result.compare if t not in result.request.compare)
         self._signs = {}
         self.compare_names = ts
         with self._moves():
@@ -315,7 +319,7 @@ class MapLayers:
             labels.append(n if n in result.request.levels else f"{n} (off)")
             pos.append(p)
         for t, p in zip(self.compare_names, getattr(self, "_compare_pos", [])):
-            labels.append(f"t={t}" + (" (shown)" if t == result.request.timestep else ""))
+            labels.append(self.timestep_label(t) + (" (shown)" if t == result.request.timestep else ""))
             pos.append(p)
         truth = result.truth if state.show_truth else None
         rows = np.empty((2 + len(labels), 3))

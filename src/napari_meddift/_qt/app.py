@@ -10,7 +10,7 @@ __all__ = ["launch_explorer"]
 
 
 def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer=None, show: bool = True,
-                    radius: int | None = None, truth=None, lung_mask=None, match_landmarks: bool = False):
+                    radius=None, truth=None, lung_mask=None, match_landmarks: bool = False):
     """Open napari with ``source`` (main canvas) and ``target`` (docked second canvas) ready to explore.
 
     ``source``/``target``: :class:`~napari_meddift.io.volume.Volume`; ``src_store``/``tgt_store``:
@@ -18,8 +18,10 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
     arrays, shown in both viewers and listed in the Landmarks widget; ``truth``: a known mapping
     (``napari_meddift.explorer.FieldTruth``), else the landmarks serve as truth; ``lung_mask``:
     boolean lung mask of the target (per-region summary); ``match_landmarks``: match them all at
-    once (in the background); ``radius``: the search window half-width in voxels (None: the
-    explorer's default; 0: the whole target). Returns the ``napari.Viewer`` (call ``napari.run()``).
+    once (in the background); ``radius``: the search window half-width, mm (a number or a
+    ``Radius``; voxels as ``Radius(n, "vox")`` are taken as n times the target's largest spacing;
+    None: the explorer's default; 0: the whole target). Returns the ``napari.Viewer`` (call
+    ``napari.run()``).
     """
     import napari
 
@@ -37,7 +39,11 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
     explorer = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Correspondence explorer", area="right")
     if radius is not None:
-        explorer.state.radius = None if int(radius) == 0 else int(radius)
+        from ..matching.window import Radius
+
+        if isinstance(radius, Radius):
+            radius = radius.value if radius.unit == "mm" else radius.value * max(target.spacing)
+        explorer.state.radius = None if float(radius) == 0 else float(radius)
     explorer.connect_pair(src_layer, tgt_layer, src_store, tgt_store)
     if truth is not None:
         explorer.set_truth(truth)

@@ -8,7 +8,7 @@ outputs are its levels, and how it prepares its input.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
@@ -18,7 +18,16 @@ from ..io.volume import Volume
 from ..progress import ProgressCallback
 from .preprocessing import PreprocessSettings
 
-__all__ = ["Backbone", "ExtractionSettings", "ProgressCallback", "parse_spacing", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "Backbone",
+    "ExtractionSettings",
+    "ProgressCallback",
+    "backbone_noise_signal",
+    "default_timestep",
+    "parse_spacing",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,10 @@ class ExtractionSettings:
 
     Args:
         timestep: diffusion timestep of the added noise, in ``0 .. num_train_timesteps - 1`` of
-            the backbone's scheduler (1000 steps for MAISI and mini).
+            the backbone's scheduler (1000 steps for MAISI and mini); None (default): the
+            backbone's ``default_timestep``, the paper's operating point on its own schedule
+            (20 for DDPM, 155 for rectified flow: the same noise/signal 0.184). Extraction
+            resolves it (:meth:`resolved`) before the cache key, so a store records the number.
         levels: level names to return; None: the backbone's ``default_levels``.
         seed: seed of the noise draws (a private generator; the global RNG is never touched).
         samples: noise draws averaged, at least 1.
@@ -39,7 +51,7 @@ class ExtractionSettings:
             (``extraction_grid``) and positions stay in the scan's own voxels.
     """
 
-    timestep: int = 20
+    timestep: int | None = None
     levels: tuple[str, ...] | None = None
     seed: int = 0
     samples: int = 1
@@ -54,6 +66,34 @@ class ExtractionSettings:
         d = asdict(self)
         d["levels"] = list(self.levels) if self.levels is not None else None
         return d
+
+    def resolved(self, backbone: Any) -> "ExtractionSettings":
+        """These settings with the timestep filled in: an explicit one as given, None as
+        ``backbone``'s :func:`default_timestep`."""
+        if self.timestep is not None:
+            return self
+        return replace(self, timestep=default_timestep(backbone))
+
+
+def default_timestep(backbone: Any) -> int:
+    """The timestep ``backbone`` extracts at unless told: its ``default_timestep`` (diffusion
+    backbones: the noise/signal of DDPM t = 20 on their own schedule, ``backbones/noise.py``);
+    the paper's t = 20 for a backbone that declares none (MIND-SSC ignores it)."""
+    from .noise import PAPER_TIMESTEP
+
+    t = getattr(backbone, "default_timestep", None)
+    return PAPER_TIMESTEP if t is None else int(t)
+
+
+def backbone_noise_signal(backbone: Any, timestep: int | None) -> float | None:
+    """Noise/signal of ``backbone``'s scheduler at ``timestep`` (None: its default timestep);
+    None for a backbone without a noise schedule."""
+    from .noise import noise_signal
+
+    scheduler = getattr(backbone, "scheduler", None)
+    if scheduler is None:
+        return None
+    return noise_signal(scheduler, default_timestep(backbone) if timestep is None else int(timestep))
 
 
 #: the spacings ``--spacing`` accepts, in mm (finer than 0.1 mm is no CT; coarser than 20 mm no anatomy)
@@ -127,6 +167,9 @@ class Backbone(Protocol):
         config: everything else about the backbone that changes its features (for MAISI the
             variant, the body region and the latent choice); part of the cache key and stored.
         description: one human-readable line (release, weights) stored beside the levels.
+
+    A diffusion backbone also has ``scheduler`` (its MONAI noise scheduler) and
+    ``default_timestep`` (the timestep of settings that name none); both are optional.
     """
 
     name: str

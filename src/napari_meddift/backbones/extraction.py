@@ -28,7 +28,7 @@ from ..io.store import (
 )
 from ..io.volume import Volume
 from ..progress import ProgressCallback
-from .base import Backbone, ExtractionSettings
+from .base import Backbone, ExtractionSettings, backbone_noise_signal
 from .preprocessing import PreprocessSettings
 
 
@@ -81,6 +81,7 @@ def extraction_grid(volume: Volume, backbone: Backbone, spacing: float | str | N
 def _store_key(
     volume: Volume, backbone: Backbone, settings: ExtractionSettings, preprocessing: PreprocessSettings | None = None
 ) -> str:
+    settings = settings.resolved(backbone)  # None -> the backbone's default timestep, in the key
     prep = _preprocessing_dict(backbone, preprocessing)
     keyed: dict[str, Any] = settings.to_dict()
     # the grid it resolves to is the identity, not how it was asked for (default, 2.5, 2.5mm)
@@ -148,6 +149,7 @@ def extract_to_store(
         ``(store, reused)``: the opened store and whether it was already there.
     """
     path = Path(path)
+    settings = settings.resolved(backbone)  # the timestep the store records and the key holds
     if preprocessing is not None and not _takes_preprocessing(backbone):
         raise MedDiftError(f"backbone {backbone.name!r} does not take preprocessing settings")
     key = _store_key(volume, backbone, settings, preprocessing)
@@ -203,6 +205,7 @@ def extract_to_store(
         "backbone": backbone.name,
         "weights_hash": backbone.weights_hash,
         "timestep": int(settings.timestep),
+        "noise_signal": backbone_noise_signal(backbone, settings.timestep),
         "seed": int(settings.seed),
         "samples": int(settings.samples),
         "settings": settings.to_dict(),

@@ -23,7 +23,7 @@ import torch
 from ..errors import MedDiftError
 from ..io.hashing import file_sha256
 from ..io.volume import Volume
-from .noise import make_rflow_scheduler, make_scheduler
+from .noise import make_rflow_scheduler, make_scheduler, operating_timestep
 from .preprocessing import Prepared, PreprocessSettings, from_canonical, prepare
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
 from .capture import capture_levels, check_request, noise_generator, seeded
@@ -247,6 +247,7 @@ class MaisiBackbone:
             self._load(weights, variant)  # type: ignore[arg-type]
         self._set_region(body_region)
         self.scheduler = make_variant_scheduler(self.variant)
+        self._default_t: int | None = None
         self.autoencoder.eval().requires_grad_(False)
         self.unet.eval().requires_grad_(False)
         self._hash: str | None = None
@@ -308,6 +309,16 @@ class MaisiBackbone:
             else {"body_region": list(self.body_region)}
         )
         return {"variant": self.variant, **cond, "latent": self.latent}
+
+    @property
+    def default_timestep(self) -> int:
+        """The timestep with DDPM t = 20's noise/signal on this variant's scheduler: 20 for DDPM,
+        155 for rectified flow (solved from the scheduler, ``noise.operating_timestep``). The
+        extraction passes integer timesteps to both schedulers (``capture.py``), so rectified
+        flow's continuous solution (155.2) is taken to the integer of nearest noise/signal."""
+        if self._default_t is None:
+            self._default_t = operating_timestep(self.scheduler)
+        return self._default_t
 
     @property
     def description(self) -> str:
@@ -390,6 +401,7 @@ class MaisiBackbone:
         preprocessing: PreprocessSettings | None = None,
     ) -> dict[str, torch.Tensor]:
         """{level: (C, z', y', x') float32 CPU} of ``volume`` (see docs/backbones.md for the steps)."""
+        settings = settings.resolved(self)
         levels = check_request(settings, self.level_names, self.default_levels, self.scheduler, "MAISI")
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)

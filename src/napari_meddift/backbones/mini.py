@@ -31,7 +31,7 @@ import torch
 from ..errors import MedDiftError
 from ..io.hashing import file_sha256
 from ..io.volume import Volume
-from .noise import make_scheduler
+from .noise import make_scheduler, operating_timestep
 from .preprocessing import PreprocessSettings, window_intensity
 from .preprocessing import network_shape as _network_shape
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
@@ -142,6 +142,16 @@ class MiniBackbone:
         return self._hash
 
     @property
+    def scheduler(self):
+        """Its noise scheduler (the DDPM schedule of ``backbones/noise.py``)."""
+        return self._scheduler
+
+    @property
+    def default_timestep(self) -> int:
+        """The paper's operating point on its schedule: t = 20 (``noise.operating_timestep``)."""
+        return operating_timestep(self._scheduler)
+
+    @property
     def config(self) -> dict[str, Any]:
         return {}  # everything that changes the features is in the weights and the settings
 
@@ -165,6 +175,7 @@ class MiniBackbone:
         progress: ProgressCallback | None = None,
         preprocessing: PreprocessSettings | None = None,
     ) -> dict[str, torch.Tensor]:
+        settings = settings.resolved(self)
         levels = check_request(settings, self.level_names, self.default_levels, self._scheduler, "mini")
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)

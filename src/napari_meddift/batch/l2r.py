@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import MedDiftError
+from ..evaluation.l2r import DEFAULT_WINDOW
 from .tasks import BackboneSpec, ScanJob
 
 
@@ -29,7 +30,7 @@ def evaluate_cases_on_cluster(
     out: Path,
     method: str,
     *,
-    radius: int | None,
+    radius,
     levels: Sequence[str] | None,
     keypoints: bool,
     device: str,
@@ -94,7 +95,7 @@ def evaluate_l2r_on_cluster(
     root,
     backbone="mini",
     settings=None,
-    radius: int | None = 16,
+    radius=DEFAULT_WINDOW,
     cases: Sequence[int | str] | None = None,
     out_dir=None,
     *,

@@ -110,7 +110,9 @@ def add_backbone_arguments(p: argparse.ArgumentParser, backbone_help: str, times
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", help="folder with the backbone's checkpoint files (MAISI)")
     w.add_argument("--random-weights", action="store_true", help="same architecture at seeded random weights")
-    p.add_argument("--timestep", type=int, default=20, help=timestep_help)
+    p.add_argument("--timestep", type=int, default=None,
+                   help=(timestep_help or "diffusion timestep") + "; default: the backbone's own, the noise/signal of "
+                   "DDPM t=20 (mini and MAISI DDPM 20, MAISI rectified flow 155)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -152,11 +154,38 @@ def add_levels_argument(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--levels", help=help)
 
 
-def add_search_arguments(p: argparse.ArgumentParser, radius: int, global_help: str, radius_help: str) -> None:
-    """--radius N | --global (``global_search``): the matching search window."""
+def add_search_arguments(p: argparse.ArgumentParser, global_help: str, radius_help: str = "") -> None:
+    """--radius R | --global (``global_search``): the matching search window; R is millimetres
+    (``25mm``) or a bare number of voxels; the default is ``DEFAULT_RADIUS_MM`` (see
+    :func:`search_radius`)."""
+    from ..matching.window import DEFAULT_RADIUS_MM, parse_radius
+
     s = p.add_mutually_exclusive_group()
-    s.add_argument("--radius", type=int, default=radius, help=radius_help)
+    s.add_argument("--radius", type=parse_radius, default=None, metavar="R",
+                   help=(radius_help + "; " if radius_help else "")
+                   + f"half-width of the search window: millimetres like {DEFAULT_RADIUS_MM:g}mm (per axis "
+                   "ceil(R / spacing) voxels), or a bare number of voxels on every axis; "
+                   f"default {DEFAULT_RADIUS_MM:g}mm")
     s.add_argument("--global", dest="global_search", action="store_true", help=global_help)
+
+
+def search_radius(args: argparse.Namespace):
+    """The window of :func:`add_search_arguments`' flags: None for ``--global``, else a
+    ``Radius`` (``--radius`` or the default ``DEFAULT_RADIUS_MM`` mm)."""
+    from ..matching.window import DEFAULT_RADIUS_MM, Radius
+
+    if getattr(args, "global_search", False):
+        return None
+    return args.radius if args.radius is not None else Radius.mm(DEFAULT_RADIUS_MM)
+
+
+def window_text(radius, spacing) -> str:
+    """``40 mm = (16, 64, 58) voxels (z, y, x)`` for a radius on a grid; ``global`` for None."""
+    from ..matching.window import voxel_radius
+
+    if radius is None:
+        return "global (the whole target)"
+    return f"{radius} = {voxel_radius(radius, spacing)} voxels (z, y, x)"
 
 
 def add_device_argument(p: argparse.ArgumentParser, default: str = "auto", auto: bool = True) -> None:

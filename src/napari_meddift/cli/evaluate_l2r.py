@@ -8,7 +8,13 @@ import sys
 from functools import partial
 
 from ..errors import MedDiftError
-from ._common import add_backbone_arguments, add_device_argument, add_levels_argument, add_search_arguments
+from ._common import (
+    add_backbone_arguments,
+    add_device_argument,
+    add_levels_argument,
+    add_search_arguments,
+    search_radius,
+)
 
 NAME = "evaluate-l2r"
 HELP = "run the Learn2Reg LungCT protocol on a data folder (--root DIR)"
@@ -20,8 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="folder with the config, landmarksTr/, keypointsTr/, masksTr/ if not in --root")
     add_backbone_arguments(p, "mini, maisi, mind-ssc, ... or 'identity' (no matching)")
     add_levels_argument(p, "levels to fuse: indices or names; default all")
-    add_search_arguments(p, 16, global_help="search the whole moving image",
-                         radius_help="search window half-width in voxels")
+    add_search_arguments(p, global_help="search the whole moving image")
     p.add_argument("--cases", help="comma-separated case numbers, e.g. 1,2 (default: all in the config)")
     p.add_argument("--no-keypoints", action="store_true", help="landmarks only")
     p.add_argument("-o", "--out", help="output folder (default ROOT/meddift_l2r)")
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         args.root,
         bb,
         settings,
-        radius=None if args.global_search else args.radius,
+        radius=search_radius(args),
         cases=cases,
         out_dir=args.out,
         labels_root=args.labels,

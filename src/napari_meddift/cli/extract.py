@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-extract even if the store matches")
 
 
+def timestep_text(t, noise_signal, why: str = "") -> str:
+    """``t=155 noise/signal 0.183 (the backbone's default)``; no ratio for a backbone without noise."""
+    ns = "" if noise_signal is None else f" noise/signal {float(noise_signal):.3f}"
+    return f"t={t}{ns}" + (f" ({why})" if why else "")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..backbones import backbone_levels, get_backbone
     from ..backbones.base import ExtractionSettings, parse_spacing, resolve_device
@@ -48,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     # everything that can be checked before reading the scan or loading a model
     check_range(args.samples, "--samples", 1, 64, " (noise samples averaged)")
-    check_range(args.timestep, "--timestep", 0, 999)
+    if args.timestep is not None:
+        check_range(args.timestep, "--timestep", 0, 999)
     level_names, _ = backbone_levels(args.backbone)
     levels = resolve_levels(args.levels, level_names)
     spacing = parse_spacing(args.spacing)
@@ -80,4 +87,6 @@ def run(args: argparse.Namespace) -> int:
     )
     verb = "reused existing" if reused else "wrote"
     print(f"{verb} {store.path} ({', '.join(store.level_names)}; image {tuple(store.image_shape)})")
+    print(timestep_text(store.attrs.get("timestep"), store.attrs.get("noise_signal"),
+                        "given" if args.timestep is not None else "the backbone's default"))
     return 0

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..errors import MedDiftError
-from ._common import add_device_argument, add_levels_argument, add_search_arguments, check_range, tqdm_progress
+from ._common import (
+    add_device_argument,
+    add_levels_argument,
+    add_search_arguments,
+    search_radius,
+    tqdm_progress,
+    window_text,
+)
 
 NAME = "match"
 HELP = "match points from a source store into a target store"
@@ -16,8 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target")
     p.add_argument("--points", required=True, help="CSV, x,y,z voxel indices per row (Learn2Reg convention)")
     p.add_argument("-o", "--output", required=True)
-    add_search_arguments(p, 16, global_help="search the whole target",
-                         radius_help="half-width of the search window in voxels")
+    add_search_arguments(p, global_help="search the whole target")
     add_levels_argument(p, "levels to fuse: indices or names; default all in the stores")
     add_device_argument(p, default="cpu", auto=False)
 
@@ -31,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backbones.base import resolve_device
     from ..io.paths import check_output_file
 
-    check_range(args.radius, "--radius", 0, None, " voxels")
+    radius = search_radius(args)
     resolve_device(args.device)
     check_output_file(args.output, "-o/--output")
     src, tgt = open_store(args.source), open_store(args.target)
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     points = read_points(args.points)
     check_points_inside(points, src.image_shape, args.points)
     matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device)
-    radius = None if args.global_search else args.radius
+    print(f"search window: {window_text(radius, tgt.spacing)}")
     table = matcher.match_points(points, radius, progress=tqdm_progress("match"))
     write_points_csv(
         args.output,

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import MedDiftError
 from ..io.cache import safe_filename
+from ..matching.window import DEFAULT_RADIUS_MM, Radius, radius_tag
 # the case layout and the results live apart; their names stay importable from here
 from .l2r_cases import CONFIG_NAME, L2R_SOURCE, L2RCase, check_files, l2r_cases  # noqa: F401
 from .l2r_results import L2RCaseResult, L2RResult, _pm, format_l2r_table  # noqa: F401
@@ -43,9 +44,14 @@ def _image_spacing_shape(path: Path) -> tuple[tuple[float, float, float], tuple[
 
 
 
-def method_name(bb, radius: int | None) -> str:
-    """The method's name in tables and file names: 'identity', or the backbone's name and radius ('mini r16')."""
-    return IDENTITY if bb is None else f"{bb.name}" + ("" if radius is None else f" r{radius}")
+#: the default search window of the protocol (matching/window.py says why 40 mm)
+DEFAULT_WINDOW = Radius.mm(DEFAULT_RADIUS_MM)
+
+
+def method_name(bb, radius) -> str:
+    """The method's name in tables and file names: 'identity', or the backbone's name and radius
+    ('mini r40mm'; voxels 'mini r16')."""
+    return IDENTITY if bb is None else f"{bb.name}" + ("" if radius is None else f" r{radius_tag(radius)}")
 
 
 def output_folder(root, out_dir=None) -> Path:
@@ -206,7 +212,7 @@ def evaluate_l2r(
     root,
     backbone="mini",
     settings=None,
-    radius: int | None = 16,
+    radius=DEFAULT_WINDOW,
     cases: Sequence[int | str] | None = None,
     out_dir=None,
     *,
@@ -228,7 +234,8 @@ def evaluate_l2r(
             'identity' / None (no matching: the fixed points are the prediction; images are then
             only checked, not read).
         settings: :class:`~napari_meddift.backbones.base.ExtractionSettings` (default: its defaults).
-        radius: search window half-width in voxels, None for a global search.
+        radius: search window half-width: a ``Radius`` (mm; default ``DEFAULT_RADIUS_MM``), voxels
+            (int or per-axis triple), or None for a global search.
         cases: only these cases (numbers or ids); None for all.
         out_dir: stores, predicted points (x,y,z voxel CSV with ``tre_mm``), the table and a JSON
             summary go there (default ``root/meddift_l2r``).
@@ -294,8 +301,8 @@ def evaluate_l2r(
     tag = safe_filename(method, "method")
     (out / f"l2r_{tag}.md").write_text(table, encoding="utf-8")
     summary = result.to_dict()
-    summary["settings"] = settings.to_dict() if bb is not None else None
-    summary["radius"] = radius
+    summary["settings"] = settings.resolved(bb).to_dict() if bb is not None else None
+    summary["radius"] = radius_tag(radius)
     summary["levels"] = list(levels) if levels is not None else None
     (out / f"l2r_{tag}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return result

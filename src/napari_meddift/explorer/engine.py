@@ -28,7 +28,7 @@ class QueryRequest:
     query_zyx: tuple[int, int, int]
     levels: tuple[str, ...]
     weights: tuple[tuple[str, float], ...]
-    radius: int | None
+    radius: object  # None (whole target) | voxels (int or (z, y, x)) | matching.window.Radius (mm)
     exclusion: int = 3
     timestep: int | None = None
     display_mode: str = "raw cosine"
@@ -96,7 +96,7 @@ class ExplorerEngine:
         if list(m.levels) != list(levels) or any(abs(m.weights.get(n, 1.0) - v) > 0 for n, v in weights.items()):
             m.set_levels(list(levels), dict(weights))
 
-    def similarity(self, query_zyx, radius: int | None, levels: Sequence[str] | None = None,
+    def similarity(self, query_zyx, radius, levels: Sequence[str] | None = None,
                    weights: Mapping[str, float] | None = None, per_level: bool = False):
         """``Matcher.similarity`` under a level choice (None: the matcher's current one)."""
         with self._lock:

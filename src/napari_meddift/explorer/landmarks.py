@@ -23,7 +23,7 @@ class LandmarkSet:
     score: np.ndarray | None = None
     ambiguity: np.ndarray | None = None
     psr: np.ndarray | None = None
-    settings: dict = field(default_factory=dict)  # levels, radius, timestep the predictions used
+    settings: dict = field(default_factory=dict)  # levels, radius (mm), timestep the predictions used
 
     def __post_init__(self):
         self.source_zyx = np.asarray(self.source_zyx, dtype=np.float64).reshape(-1, 3)

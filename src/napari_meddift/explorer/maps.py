@@ -97,16 +97,17 @@ def display_limits(mode: str, raw_range: tuple[float, float]) -> tuple[float, fl
     return tuple(raw_range) if mode == DISPLAY_MODES[0] else (0.0, 1.0)  # type: ignore[return-value]
 
 
-def suggest_map_range(engine, ranges: Mapping[str, tuple[float, float]], radius: int | None,
+def suggest_map_range(engine, ranges: Mapping[str, tuple[float, float]], radius,
                       fractions: Sequence[float] = (0.35, 0.65), quantile: float = 25.0) -> str:
     """The narrowest of ``ranges`` (name -> (low, high)) that shows raw maps of this pair.
 
-    Samples the fused maps at the centre and a grid of source points (window ``radius``, at most
-    16) and returns the narrowest range whose low end lies under the median of their
+    Samples the fused maps at the centre and a grid of source points (window ``radius``: any form
+    the matcher takes, at most 16 voxels per axis) and returns the narrowest range whose low end lies under the median of their
     ``quantile``-th percentiles. Chosen once per pair, so raw maps stay comparable.
     """
     shape = engine.matcher.source_shape
-    r = 16 if radius is None else min(int(radius), 16)
+    vox = engine.matcher.voxel_radius(radius)
+    r = (16, 16, 16) if vox is None else tuple(min(int(v), 16) for v in vox)
     pts = [tuple(int(n) // 2 for n in shape)]
     pts += [tuple(int(f * (n - 1)) for f, n in zip(fs, shape))
             for fs in ((a, b, c) for a in fractions for b in fractions for c in fractions)]

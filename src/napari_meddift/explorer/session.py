@@ -26,10 +26,12 @@ import numpy as np
 from psygnal import Signal, SignalGroup
 
 from ..errors import MedDiftError
+from ..matching.window import Radius
 from .engine import ExplorerEngine, QueryRequest, QueryResult
 from .landmarks import LandmarkSet
 from .maps import display_map, peak_stats
 from .state import MAP_SETTINGS, ExplorerState
+from .timesteps import store_noise, timestep_text
 from .truth import LandmarkTruth
 
 __all__ = ["ExplorerSession", "SessionEvents", "format_status"]
@@ -75,6 +77,8 @@ class ExplorerSession:
         self.state = state if state is not None else ExplorerState()
         self.events = SessionEvents()
         self.engines: dict[int | None, ExplorerEngine] = {}
+        #: timestep -> (schedule ``ddpm``/``rflow`` or None, noise/signal or None) of its stores
+        self.timestep_noise: dict[int | None, tuple[str | None, float | None]] = {}
         self.connected_timestep: int | None = None
         self.source_spacing = (1.0, 1.0, 1.0)
         self.target_spacing = (1.0, 1.0, 1.0)
@@ -98,18 +102,38 @@ class ExplorerSession:
         if timestep is None and stores is not None:
             ts = stores[0].attrs.get("timestep") if hasattr(stores[0], "attrs") else None
             timestep = int(ts) if ts is not None else None
+        self.source_spacing = tuple(float(s) for s in source_spacing)
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self._give_spacing(matcher)
+        self.timestep_noise = {timestep: store_noise(stores[0]) if stores is not None else (None, None)}
         self.engines = {timestep: ExplorerEngine(matcher)}
         self._warmer.submit(self.engines[timestep])
         self.connected_timestep = timestep
         self.stores = stores
-        self.source_spacing = tuple(float(s) for s in source_spacing)
-        self.target_spacing = tuple(float(s) for s in target_spacing)
         self.last_query = None
         with self.state.events.blocked():
             self.state.levels = tuple(matcher.levels)
             self.state.weights = {n: float(w) for n, w in matcher.weights.items()}
             self.state.timestep = timestep
         self.events.connected.emit()
+
+    def _give_spacing(self, matcher) -> None:
+        """A matcher built without spacings (a script's) searches mm windows on the pair's."""
+        if getattr(matcher, "target_spacing", None) is None:
+            matcher.source_spacing, matcher.target_spacing = self.source_spacing, self.target_spacing
+
+    @property
+    def search_radius(self):
+        """``state.radius`` (mm) as the matcher takes it: a ``Radius``, or None (whole target)."""
+        r = self.state.radius
+        return None if r is None else Radius.mm(float(r))
+
+    def window_voxels(self) -> tuple[int, int, int] | None:
+        """The per-axis voxel radius (z, y, x) the window searches in the target (None: all)."""
+        engine = self.engine
+        if engine is None or self.state.radius is None:
+            return None
+        return engine.matcher.voxel_radius(self.search_radius)
 
     @property
     def engine(self) -> ExplorerEngine | None:
@@ -119,18 +143,45 @@ class ExplorerSession:
         return self.engines.get(self.state.timestep, self.engines.get(self.connected_timestep))
 
     @property
-    def timesteps(self) -> list[int]:
-        """Cached timesteps, ascending (the connected one included when known)."""
-        return sorted(t for t in self.engines if t is not None)
+    def mixed_schedules(self) -> bool:
+        """Whether the cached timesteps come from more than one noise schedule (DDPM and
+        rectified flow): their t then mean different noise, and noise/signal orders them."""
+        return len({s for s, _ in self.timestep_noise.values() if s is not None}) > 1
 
-    def add_timestep(self, timestep: int, matcher) -> None:
-        """Make ``matcher`` (same pair, another timestep) available to ``state.timestep``."""
+    @property
+    def timesteps(self) -> list[int]:
+        """Cached timesteps (the connected one included when known), ascending in t, or in
+        noise/signal when the schedules are mixed."""
+        ts = [t for t in self.engines if t is not None]
+        if self.mixed_schedules:
+            def key(t):
+                ns = self.timestep_noise.get(t, (None, None))[1]
+                return (math.inf if ns is None else ns, t)
+
+            return sorted(ts, key=key)
+        return sorted(ts)
+
+    def timestep_label(self, t, short: bool = False) -> str:
+        """``t = 20 (noise/signal 0.184)``; with mixed schedules ``noise/signal 0.184 (DDPM t = 20)``."""
+        schedule, ns = self.timestep_noise.get(t, (None, None))
+        return timestep_text(t, schedule, ns, by_noise=self.mixed_schedules, short=short)
+
+    def add_timestep(self, timestep: int, matcher, stores: tuple | None = None) -> None:
+        """Make ``matcher`` (same pair, another timestep) available to ``state.timestep``;
+        ``stores``: its (source, target) stores, for the timestep's noise/signal."""
         if not self.engines:
             raise MedDiftError("connect a pair before adding timesteps")
+        info = store_noise(stores[0]) if stores is not None else (None, None)
+        have = self.timestep_noise.get(int(timestep), (None, None))[0]
+        if int(timestep) in self.engines and None not in (have, info[0]) and have != info[0]:
+            raise MedDiftError(f"t = {timestep} is already cached from a {have} store; t = {timestep} of a {info[0]} "
+                               "store is another noise level: explore it in its own session")
         ref = next(iter(self.engines.values())).matcher
         if tuple(matcher.source_shape) != tuple(ref.source_shape) or tuple(matcher.target_shape) != tuple(ref.target_shape):
             raise MedDiftError(f"the timestep {timestep} stores are for other images (shapes {matcher.source_shape}, "
                                f"{matcher.target_shape}); extract them from this pair")
+        self._give_spacing(matcher)
+        self.timestep_noise[int(timestep)] = info
         self.engines[int(timestep)] = ExplorerEngine(matcher)
         self._warmer.submit(self.engines[int(timestep)], source=False)  # compare strips: windows only
         self.events.timesteps_changed.emit()
@@ -183,7 +234,7 @@ class ExplorerSession:
         for i, p in enumerate(q):
             if progress is not None:
                 progress(i, n, f"landmark {i + 1} of {n}")
-            sim = engine.similarity(p, st.radius, levels, weights)
+            sim = engine.similarity(p, self.search_radius, levels, weights)
             t, s, _ = sim.best(2)
             pk = peak_stats(sim.fused, np.subtract(t, sim.offset), st.exclusion)
             pred[i], score[i], amb[i], psr[i] = t, s, pk.ambiguity, pk.psr
@@ -208,7 +259,7 @@ class ExplorerSession:
         compare = tuple(self.timesteps) if st.compare_timesteps and len(self.engines) > 1 else ()
         self.last_query = tuple(int(v) for v in query_zyx)  # type: ignore[assignment]
         timestep = st.timestep if st.timestep in self.engines else self.connected_timestep
-        return QueryRequest(query_zyx=self.last_query, levels=levels, weights=weights, radius=st.radius,
+        return QueryRequest(query_zyx=self.last_query, levels=levels, weights=weights, radius=self.search_radius,
                             exclusion=int(st.exclusion), timestep=timestep, display_mode=st.display_mode,
                             compare=compare, tag=tag,
                             t_event=time.perf_counter() if t_event is None else t_event)
@@ -272,6 +323,7 @@ class ExplorerSession:
         except Exception:  # pragma: no cover - already disconnected
             pass
         self.engines = {}
+        self.timestep_noise = {}
         self.truth = None
         self.landmarks = None
 

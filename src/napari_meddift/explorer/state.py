@@ -2,7 +2,7 @@
 
 ``ExplorerState`` is a psygnal evented dataclass (psygnal is napari's own event library): every
 field has a signal ``state.events.<field>``. The Qt controls are magicgui widgets bound to these
-fields both ways, so ``state.radius = 8`` in a script moves the radius box, and moving the box
+fields both ways, so ``state.radius = 25.0`` (mm) in a script moves the radius box, and moving the box
 sets ``state.radius``. The session (``session.py``) listens to the same signals and asks for a
 new map when a setting that changes the map moves.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from psygnal import evented
+
+from ..matching.window import DEFAULT_RADIUS_MM
 
 __all__ = ["ExplorerState", "DISPLAY_MODES", "MAP_RANGES", "MAP_SETTINGS", "VIEW_SETTINGS"]
 
@@ -35,7 +37,9 @@ class ExplorerState:
     """What the user set in the explorer.
 
     ``levels``/``weights``: descriptor levels fused (cosine per level, weighted mean);
-    ``radius``: search window half-width in target voxels (None: the whole target);
+    ``radius``: search window half-width in mm (None: the whole target): ``ceil(radius / spacing)``
+    voxels along each axis of the target (the source's for the back-match), so the window holds
+    the same anatomy on an anisotropic scan;
     ``exclusion``: radius (voxels) around the best voxel outside which the best rival is sought
     for the ambiguity; ``timestep``: which cached extraction is searched (None: the one connected);
     ``display_mode``: one of ``DISPLAY_MODES``; ``color_range``: a key of ``MAP_RANGES`` (raw mode);
@@ -44,7 +48,7 @@ class ExplorerState:
 
     levels: tuple[str, ...] = ()
     weights: dict = field(default_factory=dict)
-    radius: int | None = 16
+    radius: float | None = DEFAULT_RADIUS_MM
     following: bool = True
     per_level: bool = False
     exclusion: int = 3

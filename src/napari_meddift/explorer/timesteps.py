@@ -16,7 +16,40 @@ from typing import Callable, Sequence
 
 from ..errors import MedDiftError
 
-__all__ = ["parse_timesteps", "store_recipe", "extract_timesteps"]
+__all__ = ["parse_timesteps", "store_recipe", "extract_timesteps", "store_noise", "timestep_text"]
+
+
+def store_noise(store) -> tuple[str | None, float | None]:
+    """(schedule ``ddpm``/``rflow`` or None, noise/signal or None) of a store's timestep: the
+    recorded ``noise_signal``, or for a store written before it was recorded, computed from its
+    backbone, variant and timestep (``backbones/noise.py``)."""
+    from ..backbones.noise import noise_signal, schedule_name, schedule_scheduler
+
+    attrs = dict(getattr(store, "attrs", None) or {})
+    schedule = schedule_name(attrs.get("backbone"), attrs.get("backbone_config"))
+    ns = attrs.get("noise_signal")
+    if ns is None and schedule is not None and attrs.get("timestep") is not None:
+        ns = noise_signal(schedule_scheduler(schedule), int(attrs["timestep"]))
+    return schedule, (None if ns is None else float(ns))
+
+
+def timestep_text(t, schedule: str | None = None, noise_signal: float | None = None, by_noise: bool = False,
+                  short: bool = False) -> str:
+    """How a timestep is labelled: ``t = 20 (noise/signal 0.184)``; with ``by_noise`` (variants
+    mixed) the ratio first, ``noise/signal 0.184 (DDPM t = 20)``; ``short`` for map labels
+    (``t=20``, ``n/s 0.184 (DDPM t=20)``)."""
+    from ..backbones.noise import SCHEDULE_TITLES
+
+    eq = "=" if short else " = "
+    if t is None:
+        return f"t{eq}(connected stores)"
+    if noise_signal is None:
+        return f"t{eq}{t}"
+    ns = f"n/s {noise_signal:.3f}" if short else f"noise/signal {noise_signal:.3f}"
+    if by_noise:
+        title = SCHEDULE_TITLES.get(schedule or "", schedule or "")
+        return f"{ns} ({title + ' ' if title else ''}t{eq}{t})"
+    return f"t{eq}{t}" if short else f"t{eq}{t} ({ns})"
 
 
 def parse_timesteps(text: str) -> tuple[int, ...]:

@@ -24,5 +24,7 @@ the second tap ``i0 + 1`` always exists (it equals PyTorch's clamped ``min(i0 + 
 from .grid import EPS, axis_taps
 from .matcher import Matcher
 from .results import Match, MatchTable, SimilarityResult
+from .window import DEFAULT_RADIUS_MM, Radius, parse_radius, voxel_radius
 
-__all__ = ["EPS", "Matcher", "Match", "MatchTable", "SimilarityResult", "axis_taps"]
+__all__ = ["DEFAULT_RADIUS_MM", "EPS", "Matcher", "Match", "MatchTable", "Radius", "SimilarityResult", "axis_taps",
+           "parse_radius", "voxel_radius"]

@@ -14,6 +14,7 @@ from ..progress import ProgressCallback
 from .global_search import GlobalSearch
 from .grid import _Side, best_in_maps
 from .results import Match, MatchTable, SimilarityResult
+from .window import RadiusLike, voxel_radius
 
 if TYPE_CHECKING:
     from ..io.store import LevelSource
@@ -45,7 +46,15 @@ class Matcher:
     """Source -> target search over fused per-level cosine similarity, exact and memory-light.
 
     ``levels``: names to fuse (default: every level both sides hold, in source order);
-    ``weights``: per-level weights (missing ones count 1; default equal = mean of cosines).
+    ``weights``: per-level weights (missing ones count 1; default equal = mean of cosines);
+    ``source_spacing``/``target_spacing``: voxel spacing (z, y, x) mm of each image, needed for
+    windows in millimetres (``from_stores`` takes them from the stores).
+
+    A search ``radius`` is None (the whole target), voxels (an int on every axis, or a per-axis
+    (z, y, x) triple: the box searched is exactly ``center +- radius`` per axis, clipped to the
+    image) or a :class:`~napari_meddift.matching.window.Radius` in mm, which becomes
+    ``ceil(r / spacing)`` voxels per axis of the grid searched: the target's forwards, the
+    source's for the forward-backward check.
     """
 
     def __init__(
@@ -57,8 +66,12 @@ class Matcher:
         levels: Sequence[str] | None = None,
         weights: Mapping[str, float] | None = None,
         device: str | torch.device = "cpu",
+        source_spacing: Sequence[float] | None = None,
+        target_spacing: Sequence[float] | None = None,
     ):
         self.device = torch.device(device)
+        self.source_spacing = _spacing(source_spacing)
+        self.target_spacing = _spacing(target_spacing)
         #: torch intra-op threads for the matcher's CPU work; None keeps torch's setting. One by
         #: default: the work is many small or memory-bound ops, and on a small shared CPU the
         #: thread pool's fork/join made queries 4-40x slower (docs/performance.md); raise it on
@@ -93,6 +106,7 @@ class Matcher:
     def _from_sides(cls, src: _Side, tgt: _Side, levels, weights) -> "Matcher":
         m = cls.__new__(cls)
         m.device, m._src, m._tgt, m._backward = src.device, src, tgt, None
+        m.source_spacing = m.target_spacing = None
         m.cpu_threads = 1
         m._init_global()
         m.levels, m.weights = list(levels), dict(weights)
@@ -125,7 +139,8 @@ class Matcher:
             )
         src = src_store.load_levels(levels)
         tgt = tgt_store.load_levels(levels)
-        return cls(src, tgt, src_store.image_shape, tgt_store.image_shape, levels, weights, device)
+        return cls(src, tgt, src_store.image_shape, tgt_store.image_shape, levels, weights, device,
+                   getattr(src_store, "spacing", None), getattr(tgt_store, "spacing", None))
 
     # ---- configuration ------------------------------------------------------------
 
@@ -177,6 +192,7 @@ class Matcher:
             self._backward = Matcher._from_sides(self._tgt, self._src, self.levels, self.weights)
         else:
             self._backward.levels, self._backward.weights = list(self.levels), dict(self.weights)
+        self._backward.source_spacing, self._backward.target_spacing = self.target_spacing, self.source_spacing
         self._backward.cpu_threads = self.cpu_threads
         self._backward.global_search, self._backward.global_batch = self.global_search, self.global_batch
         self._backward.global_threads, self._backward.cache_norms = self.global_threads, self.cache_norms
@@ -208,14 +224,16 @@ class Matcher:
         c = np.floor((pts + 0.5) * t / s - 0.5 + 0.5).astype(np.int64)
         return np.clip(c, 0, t - 1)
 
-    def _box(self, center: np.ndarray, radius: int | None) -> list[tuple[int, int]]:
+    def voxel_radius(self, radius: RadiusLike) -> tuple[int, int, int] | None:
+        """The per-axis voxel radius (z, y, x) a ``radius`` searches in the target (None: all)."""
+        return voxel_radius(radius, self.target_spacing)
+
+    def _box(self, center: np.ndarray, radius: RadiusLike) -> list[tuple[int, int]]:
         t = self._tgt.shape
-        if radius is None:
+        r = self.voxel_radius(radius)
+        if r is None:
             return [(0, n) for n in t]
-        r = int(radius)
-        if r < 0:
-            raise MedDiftError(f"search radius must be >= 0 voxels, got {radius}")
-        return [(max(0, int(c) - r), min(n, int(c) + r + 1)) for c, n in zip(center, t)]
+        return [(max(0, int(c) - int(ri)), min(n, int(c) + int(ri) + 1)) for c, ri, n in zip(center, r, t)]
 
     # ---- core ---------------------------------------------------------------------
 
@@ -259,6 +277,7 @@ class Matcher:
         amb = np.full(n, np.nan, np.float32)
         if n == 0:
             return tgt, score, amb
+        radius = self.voxel_radius(radius)
         if radius is None and self.global_search != "dense":
             return self._match_global(pts, exclusion, progress, done0, total)
         centers = self._centers(pts)
@@ -270,9 +289,9 @@ class Matcher:
             bsz = max(1, min(8, (1 << 25) // vox))  # a few full maps at a time
         else:
             if use_cache is None:
-                use_cache = n * (2 * int(radius) + 1) ** 3 >= int(np.prod(self._tgt.shape)) // 4
+                use_cache = n * int(np.prod([2 * r + 1 for r in radius])) >= int(np.prod(self._tgt.shape)) // 4
             bsz = 1
-        label = "global" if radius is None else f"radius {radius}"
+        label = "global" if radius is None else f"radius {'x'.join(map(str, radius))} vox"
         with self._compute():
             if use_cache:
                 for name in self.levels:
@@ -331,7 +350,7 @@ class Matcher:
         with self._compute():
             return {n: v[0].cpu().numpy() for n, v in self._queries(pts).items()}
 
-    def similarity(self, voxel_zyx, radius: int | None, per_level: bool = False) -> SimilarityResult:
+    def similarity(self, voxel_zyx, radius: RadiusLike, per_level: bool = False) -> SimilarityResult:
         """Fused cosine map of a source voxel over the window (or, radius=None, the whole target)."""
         pts = self._check_points(voxel_zyx, self._src.shape)[:1]
         center = self._centers(pts)[0]
@@ -349,7 +368,7 @@ class Matcher:
     def match(
         self,
         voxel_zyx,
-        radius: int | None,
+        radius: RadiusLike,
         exclusion: int = 2,
         check_consistency: bool = True,
         fb_threshold: float = 1.5,
@@ -375,7 +394,7 @@ class Matcher:
     def match_points(
         self,
         points_zyx,
-        radius: int | None = None,
+        radius: RadiusLike = None,
         progress: ProgressCallback | None = None,
         check_consistency: bool = True,
         exclusion: int = 2,
@@ -398,6 +417,10 @@ class Matcher:
             fb = np.linalg.norm((back - pts).astype(np.float64), axis=1).astype(np.float32)
             ok = fb <= fb_threshold
         return MatchTable(pts, tgt, score, amb, fb, ok, checked=check_consistency)
+
+
+def _spacing(spacing) -> tuple[float, float, float] | None:
+    return None if spacing is None else tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
 __all__ = ["Matcher"]
