@@ -36,6 +36,7 @@ from .preprocessing import PreprocessSettings, window_intensity
 from .preprocessing import network_shape as _network_shape
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
 from .capture import capture_levels, check_request, seeded
+from .slabs import slabwise_upsampling
 
 #: Architecture of mini_v1; the JSON beside a weight file overrides it.
 MINI_ARCH: dict[str, Any] = {
@@ -183,17 +184,19 @@ class MiniBackbone:
         x0 = self._prepare(volume, preprocessing or self.preprocessing).to(device)
         if progress is not None:
             progress(0, settings.samples, f"mini: noising at t={settings.timestep}")
-        out = capture_levels(
-            lambda xt, t: unet(xt, t),
-            {name: unet.up_blocks[i] for i, name in enumerate(self.level_names)},
-            levels,
-            x0,
-            self._scheduler,
-            settings,
-            dtype=dtype,
-            progress=progress,
-            label="mini",
-        )
+        # the full-resolution upsamplers run in z-slabs (the same numbers, without a level-sized temporary)
+        with slabwise_upsampling([b.upsampler for b in unet.up_blocks if b.upsampler is not None]):
+            out = capture_levels(
+                lambda xt, t: unet(xt, t),
+                {name: unet.up_blocks[i] for i, name in enumerate(self.level_names)},
+                levels,
+                x0,
+                self._scheduler,
+                settings,
+                dtype=dtype,
+                progress=progress,
+                label="mini",
+            )
         return {name: f.cpu().contiguous() for name, f in out.items()}
 
 
