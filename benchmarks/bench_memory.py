@@ -22,7 +22,7 @@ import numpy as np, torch
 from napari_meddift.backbones import get_backbone
 from napari_meddift.backbones.base import ExtractionSettings
 from napari_meddift.backbones.memory import network_voxels
-from napari_meddift.volume import Volume
+from napari_meddift.io.volume import Volume
 name, size, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(max(1, torch.get_num_threads()))
 rng = np.random.default_rng(0)
