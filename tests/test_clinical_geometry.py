@@ -54,4 +54,6 @@ def test_native_clinical_grid_matches_as_well_as_2_5_mm(shared_data, tmp_path):
     assert stores[0].extraction_grid.same_as(coarse_grid) and stores[0].image_shape == native.shape
     identity = tre_mm(fine.source, fine.truth, fine.inhale.spacing).mean()
     assert tre_coarse.mean() < 0.6 * identity  # matching does something on this pair
-    assert abs(tre_fine.mean() - tre_coarse.mean()) <= 0.10 * tre_coarse.mean(), (tre_fine.mean(), tre_coarse.mean())
+    # no worse than 10% above the 2.5 mm case (the finer grid's argmax may well do better: 3.10 vs 3.40 mm
+    # over all 300 landmarks in docs/benchmarks.md)
+    assert tre_fine.mean() <= 1.10 * tre_coarse.mean(), (tre_fine.mean(), tre_coarse.mean())

@@ -51,9 +51,21 @@ def backbone_levels(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(cls.level_names), tuple(cls.default_levels)
 
 
+def backbone_grid_spacing(name: str, weights=None, random_weights: bool = False) -> float | None:
+    """The spacing (mm) a backbone runs at, without building it (mini reads its weights' JSON);
+    None for the scan's own grid. Lets the CLI check memory before a model is loaded."""
+    cls = _backbone_class(name)
+    declared = getattr(cls, "declared_grid_spacing", None)
+    if declared is not None:
+        return declared(weights, random_weights)
+    value = getattr(cls, "grid_spacing", None)
+    return value if isinstance(value, (int, float)) or value is None else None
+
+
 def get_backbone(name: str, weights=None, random_weights: bool = False, **kw: Any) -> Backbone:
     """Build the backbone called ``name``; MedDiftError for an unknown name."""
     return _backbone_class(name)(weights=weights, random_weights=random_weights, **kw)
 
 
-__all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_levels", "get_backbone", "register_backbone"]
+__all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_grid_spacing", "backbone_levels",
+           "get_backbone", "register_backbone"]

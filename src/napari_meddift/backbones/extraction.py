@@ -67,14 +67,18 @@ def extraction_grid(volume: Volume, backbone: Backbone, spacing: float | str | N
         spacing: ``ExtractionSettings.spacing``: None (the backbone's), ``"native"`` or mm.
 
     Returns:
-        :meth:`Grid.at_spacing` of the scan's grid, or the scan's own grid when that is what the
-        request comes to (a 2.5 mm scan for mini, ``native``, MAISI).
+        :func:`grid_at` the spacing asked for, or the backbone's.
     """
+    return grid_at(volume, getattr(backbone, "grid_spacing", None) if spacing is None else spacing)
+
+
+def grid_at(volume: Volume, spacing: float | str | None) -> Grid:
+    """:meth:`Grid.at_spacing` of the scan's grid, or the scan's own grid when that is what ``spacing``
+    comes to (None or ``"native"``, or a scan already at that spacing)."""
     own = Grid.of(volume)
-    wanted = getattr(backbone, "grid_spacing", None) if spacing is None else spacing
-    if wanted is None or wanted == "native":
+    if spacing is None or spacing == "native":
         return own
-    grid = own.at_spacing(float(wanted))
+    grid = own.at_spacing(float(spacing))
     return own if grid.same_as(own) else grid
 
 

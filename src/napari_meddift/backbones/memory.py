@@ -20,12 +20,13 @@ from ..errors import MedDiftError
 GB = 1024**3
 
 #: (backbone, device type) -> (base bytes, bytes per network voxel). CPU rows: least-squares fits
-#: of peak RSS measured on a 2-core CPU (mini at 48^3..128^3: 0.55 GB + 974 B/voxel; MIND-SSC at
+#: of peak RSS measured on a 2-core CPU (mini at 64^3..160^3, its forward stopping after the last
+#: level and its full-resolution upsampler in slabs: 0.56 GB + 389 B/voxel; MIND-SSC at
 #: 64^3..128^3: 0.47 GB + 164 B/voxel; MAISI at random weights, one run at 128^3: 1.21 GB after
 #: building the model, 4.04 GB peak). CUDA rows are NOT measured (no GPU reachable with this code):
 #: half the CPU activation bytes (fp16 autocast) plus the fp32 weights, to be confirmed on a GPU.
 COEFFICIENTS: dict[tuple[str, str], tuple[float, float]] = {
-    ("mini", "cpu"): (0.55 * GB, 1000.0),
+    ("mini", "cpu"): (0.56 * GB, 400.0),
     ("mini", "cuda"): (0.05 * GB, 500.0),
     ("maisi", "cpu"): (1.2 * GB, 1400.0),
     ("maisi", "cuda"): (0.8 * GB, 700.0),
@@ -148,14 +149,18 @@ def check_memory(backbone: str, grid_shape, device: str = "cpu", preprocessing=N
     check = MemoryCheck(backbone, dev, estimate_peak_bytes(backbone, grid_shape, dev, preprocessing, samples,
                                                            image_shape), available_bytes(dev))
     if not check.fits:
-        shape = "x".join(str(int(n)) for n in grid_shape)
+        shape = "x".join(str(int(n)) for n in (image_shape or grid_shape))
+        if image_shape is not None and tuple(image_shape) != tuple(grid_shape):
+            shape += " (z,y,x) scan, resampled to " + "x".join(str(int(n)) for n in grid_shape) + " for"
+        else:
+            shape += " (z,y,x) scan with"
         ways = "crop the scan to the region of interest, extract on coarser voxels (--spacing MM, e.g. --spacing 3)"
         if dev == "cpu":
             ways += ", run on a GPU with --device cuda"
         if backbone != "mini":
             ways += ", or use the smaller mini backbone (--backbone mini)"
         raise MedDiftError(
-            f"extracting a {shape} (z,y,x) scan with {backbone} on {dev.upper()} needs about "
+            f"extracting a {shape} {backbone} on {dev.upper()} needs about "
             f"{check.estimate / GB:.1f} GB but {check.available / GB:.1f} GB is available; {ways} "
             "(or set MEDDIFT_MEMORY_LIMIT_GB to overrule the estimate)"
         )

@@ -138,6 +138,18 @@ class MiniBackbone:
         #: round up as in training
         self.preprocessing = PreprocessSettings(multiple=SIZE_MULTIPLE, min_size=SIZE_MULTIPLE, ties="up")
 
+    @staticmethod
+    def declared_grid_spacing(weights: str | Path | None = None, random_weights: bool = False) -> float:
+        """``grid_spacing`` without loading the network: the weights' JSON ``spacing_mm`` (cheap)."""
+        if not random_weights:
+            try:
+                meta = json.loads(metadata_path(weights or DEFAULT_WEIGHTS).read_text())
+                if meta.get("spacing_mm"):
+                    return float(meta["spacing_mm"])
+            except (OSError, ValueError):
+                pass  # loading the weights reports what is wrong with them
+        return TRAINING_SPACING_MM
+
     @property
     def weights_hash(self) -> str:
         return self._hash

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ._common import (
@@ -44,9 +43,9 @@ def timestep_text(t, noise_signal, why: str = "") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backbones import backbone_levels, get_backbone
+    from ..backbones import backbone_grid_spacing, backbone_levels, get_backbone
     from ..backbones.base import ExtractionSettings, parse_spacing, resolve_device
-    from ..backbones.extraction import extract_to_store, extraction_grid
+    from ..backbones.extraction import extract_to_store, grid_at
     from ..backbones.levels import resolve_levels
     from ..backbones.memory import check_memory
     from ..io.store import check_store_destination
@@ -63,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
     check_store_destination(args.output)
 
     volume = read_volume(args.image)
+    wanted = backbone_grid_spacing(args.backbone, args.weights, args.random_weights) if spacing is None else spacing
+    grid = grid_at(volume, wanted)
+    check_memory(args.backbone.lower(), grid.shape, device.type, samples=args.samples, image_shape=volume.shape)
     backbone = get_backbone(
         args.backbone, weights=args.weights, random_weights=args.random_weights, **maisi_options(args)
     )
-    grid = extraction_grid(volume, backbone, spacing)
-    check_memory(backbone.name, grid.shape, device.type, getattr(backbone, "preprocessing", None),
-                 samples=args.samples, image_shape=volume.shape)
     settings = ExtractionSettings(
         timestep=args.timestep,
         levels=levels,
@@ -77,10 +76,6 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         spacing=spacing,
     )
-    if grid.shape != volume.shape:  # before the long work: what it will run on
-        print(f"{backbone.name} runs on the scan resampled to {'x'.join(map(str, grid.shape))} voxels of "
-              f"{'x'.join(f'{s:.2f}' for s in grid.spacing)} mm (the scan: {'x'.join(map(str, volume.shape))} of "
-              f"{'x'.join(f'{s:.2f}' for s in volume.spacing)} mm; --spacing native keeps its grid)", file=sys.stderr)
     store, reused = extract_to_store(
         volume, backbone, settings, args.output, progress=tqdm_progress(f"extract {Path(args.image).name}"),
         overwrite=args.overwrite,
@@ -89,4 +84,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{verb} {store.path} ({', '.join(store.level_names)}; image {tuple(store.image_shape)})")
     print(timestep_text(store.attrs.get("timestep"), store.attrs.get("noise_signal"),
                         "given" if args.timestep is not None else "the backbone's default"))
+    print(grid_text(store.extraction_grid, store.image_grid, backbone.name))
     return 0
+
+
+def grid_text(grid, image, backbone: str) -> str:
+    """The line saying which grid the backbone ran on (the scan's own, or resampled to which)."""
+    def size(g):
+        return f"{'x'.join(map(str, g.shape))} voxels of {'x'.join(f'{s:.2f}' for s in g.spacing)} mm"
+
+    if grid.same_as(image):
+        return f"{backbone} ran on the scan's own grid ({size(image)})"
+    return f"{backbone} ran on the scan resampled to {size(grid)} (the scan: {size(image)}; --spacing native keeps its grid)"
