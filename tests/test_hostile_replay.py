@@ -8,6 +8,7 @@ with nothing written and nothing that was there before lost.
 
 from __future__ import annotations
 
+import os
 import pickletools
 import zipfile
 from pathlib import Path
@@ -141,3 +142,166 @@ def test_plain_loader_does_not_accept_getattr(tmp_path, enums_pickled_by_getattr
     torch.save({"w": torch.ones(1), "space": SpaceKeys.RAS}, tmp_path / "m.pt")
     with pytest.raises(MedDiftError, match="holds a Python object"):
         load_checkpoint(tmp_path / "m.pt", "mini weights")
+
+
+# ---------------------------------------------------------------- data lost: outputs vs inputs
+
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory):
+    """Two small stores (random levels, 12x14x16 image) and the target's image."""
+    from napari_meddift.io import store as S
+    from napari_meddift.io.volume import Volume, write_volume
+
+    d = tmp_path_factory.mktemp("pair")
+    rng = np.random.default_rng(3)
+    attrs = {"image_shape": (12, 14, 16), "spacing": (2.0, 1.5, 1.5), "backbone": "mind-ssc"}
+    for name in ("src", "tgt"):
+        S.write_store(d / f"{name}.zarr", {"up0": rng.standard_normal((4, 12, 14, 16)).astype(np.float32)}, attrs)
+        write_volume(Volume(rng.normal(-500, 300, (12, 14, 16)).astype(np.float32), (2.0, 1.5, 1.5)),
+                     d / f"{name}.nii.gz")
+    return d
+
+
+def _cli_error(capsys, argv) -> str:
+    from napari_meddift.cli import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("meddift: error: ") and "\n" not in err, err
+    return err
+
+
+def _register(d, *extra):
+    return ["register", d / "src.zarr", d / "tgt.zarr", "--iterations", "1", "--grid-spacing", "2",
+            "--search-radius", "2", "--device", "cpu", *extra]
+
+
+def test_register_never_writes_over_an_input(small_pair, capsys, tmp_path, monkeypatch):
+    import napari_meddift.registration as R
+
+    d = small_pair
+    monkeypatch.setattr(R, "register_stores", lambda *a, **k: pytest.fail("registered before the outputs were checked"))
+    moving = tmp_path / "moving.nii.gz"
+    moving.write_bytes((d / "tgt.nii.gz").read_bytes())
+    before = moving.read_bytes()
+    (tmp_path / "hard.nii.gz").hardlink_to(moving)
+    (tmp_path / "soft.nii.gz").symlink_to(moving)
+    (tmp_path / "sub").mkdir()
+    cases = {
+        "-o is --moving": ["-o", moving, "--moving", moving, "--warped", tmp_path / "w.nii.gz"],
+        "--warped is --moving": ["-o", tmp_path / "f.nii.gz", "--moving", moving, "--warped", moving],
+        "-o a hard link to --moving": ["-o", tmp_path / "hard.nii.gz", "--moving", moving, "--warped", tmp_path / "w.nii.gz"],
+        "-o a symlink to --moving": ["-o", tmp_path / "soft.nii.gz", "--moving", moving, "--warped", tmp_path / "w.nii.gz"],
+        "-o another spelling": ["-o", tmp_path / "sub" / ".." / "moving.nii.gz", "--moving", moving,
+                                "--warped", tmp_path / "w.nii.gz"],
+    }
+    for kind, extra in cases.items():
+        err = _cli_error(capsys, _register(d, *extra))
+        assert "would destroy that input" in err and "choose another output name" in err, (kind, err)
+    assert moving.read_bytes() == before
+    err = _cli_error(capsys, _register(d, "-o", tmp_path / "f.nii.gz", "--jacobian", tmp_path / "f.nii.gz"))
+    assert "--jacobian" in err and "same file as -o/--output" in err
+    err = _cli_error(capsys, _register(d, "-o", d / "src.zarr" / "f.nii.gz"))
+    assert "lies inside the input source" in err
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "nowhere" / "x.nii.gz")
+    assert "dangling symbolic link" in _cli_error(capsys, _register(d, "-o", tmp_path / "dangling.nii.gz"))
+    fifo = tmp_path / "fifo.nii.gz"
+    os.mkfifo(fifo)
+    assert "special file" in _cli_error(capsys, _register(d, "-o", fifo))
+    (tmp_path / "dir.nii.gz").mkdir()
+    assert "is a folder" in _cli_error(capsys, _register(d, "-o", tmp_path / "dir.nii.gz"))
+
+
+def test_match_output_is_not_its_points(small_pair, capsys, tmp_path):
+    pts = tmp_path / "pts.csv"
+    pts.write_text("1,2,3\n")
+    err = _cli_error(capsys, ["match", small_pair / "src.zarr", small_pair / "tgt.zarr", "--points", pts, "-o", pts])
+    assert "is the input --points" in err and pts.read_text() == "1,2,3\n"
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+    """A 96 kB tmpfs mounted for the test (root only); skips where mounting is not allowed."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs (root); the ENOSPC path is also tested by monkeypatching")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("name", ["f.nii.gz", "f.nii", "f.mha", "f.nrrd", "f.mhd"])
+def test_full_disk_keeps_the_old_file_and_leaves_nothing(tiny_disk, name):
+    from napari_meddift.io.volume import Volume, read_volume, write_volume
+
+    old = Volume(np.full((4, 4, 4), 7.0, np.float32))
+    write_volume(old, tiny_disk / name)
+    before = sorted(p.name for p in tiny_disk.iterdir())
+    big = Volume(np.random.default_rng(0).random((40, 40, 40)).astype(np.float32))  # 256 kB
+    with pytest.raises(MedDiftError, match="disk is full|could be written|cannot be written|incomplete") as e:
+        write_volume(big, tiny_disk / name)
+    assert "\n" not in str(e.value) and "nothing was written" in str(e.value)
+    assert sorted(p.name for p in tiny_disk.iterdir()) == before  # no partial left
+    assert np.array_equal(read_volume(tiny_disk / name).array, old.array)
+
+
+def test_full_disk_by_enospc_for_csv(tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted: ENOSPC from the write itself, the old CSV is kept."""
+    import builtins
+    import errno
+
+    from napari_meddift.io.landmarks import write_points_csv
+
+    out = tmp_path / "m.csv"
+    out.write_text("x,y,z\n1,2,3\n")
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda p, mode="r", *a, **k: Full(real_open(p, mode, *a, **k))
+                        if "w" in mode and str(p).startswith(str(tmp_path)) else real_open(p, mode, *a, **k))
+    with pytest.raises(MedDiftError, match="the disk is full; nothing was written"):
+        write_points_csv(out, np.zeros((2, 3)))
+    monkeypatch.undo()
+    assert out.read_text() == "x,y,z\n1,2,3\n" and [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
+def test_a_killed_field_write_leaves_the_old_field(tmp_path):
+    """SIGKILL while a field is written over an existing one: the old field, whole (not 0 bytes)."""
+    import signal
+    import subprocess
+    import sys
+
+    from napari_meddift.io.volume import Volume, read_volume, write_volume
+
+    out = tmp_path / "field.nii.gz"
+    write_volume(Volume(np.full((8, 8, 8), 3.0, np.float32)), out)
+    code = ("import os, signal, numpy as np, SimpleITK as sitk\n"
+            "real = sitk.WriteImage\n"
+            "def killed(img, path, *a):\n"
+            "    real(img, path, *a); os.truncate(path, 0); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "sitk.WriteImage = killed\n"
+            "from napari_meddift.io.volume import Volume, write_volume\n"
+            f"write_volume(Volume(np.zeros((8, 8, 8), np.float32)), {str(out)!r})\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert np.array_equal(read_volume(out).array, np.full((8, 8, 8), 3.0, np.float32))
+    write_volume(Volume(np.ones((8, 8, 8), np.float32)), out)  # the next writer removes the dead partial
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["field.nii.gz"]

@@ -29,11 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from ..matching import Matcher
 
     from ..backbones.base import resolve_device
-    from ..io.paths import check_output_file
+    from ..io.outputs import check_outputs
 
     check_range(args.radius, "--radius", 0, None, " voxels")
     resolve_device(args.device)
-    check_output_file(args.output, "-o/--output")
+    check_outputs({"-o/--output": args.output},
+                  {"source": args.source, "target": args.target, "--points": args.points})
     src, tgt = open_store(args.source), open_store(args.target)
     levels = resolve_levels(args.levels, src.level_names)
     if levels is None and src.level_names != tgt.level_names:

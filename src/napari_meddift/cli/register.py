@@ -65,6 +65,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise MedDiftError("--points and --matched go together: give the points to map and the CSV to write")
     if bool(args.warped) != bool(args.moving):
         raise MedDiftError("--warped and --moving go together: give the target-side image and where to write it warped")
+    from ..io.outputs import check_outputs
+
+    # never an input (same inode: links and other spellings too), never two outputs in one file,
+    # writable, not a folder or a special file: all before the stores are opened
+    check_outputs({"-o/--output": args.output, "--matched": args.matched, "--warped": args.warped,
+                   "--jacobian": args.jacobian},
+                  {"source": args.source, "target": args.target, "--points": args.points, "--moving": args.moving,
+                   "--source-image": args.source_image, "--unigradicon-weights": args.unigradicon_weights})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import MedDiftError
 from ..io.cache import safe_filename
+from ..io.outputs import write_text
 # the case layout and the results live apart; their names stay importable from here
 from .l2r_cases import CONFIG_NAME, L2R_SOURCE, L2RCase, check_files, l2r_cases  # noqa: F401
 from .l2r_results import L2RCaseResult, L2RResult, _pm, format_l2r_table  # noqa: F401
@@ -292,12 +293,12 @@ def evaluate_l2r(
     table = format_l2r_table(results, method, overall, overall0, okp, okp0)
     result = L2RResult(method, results, overall, overall0, okp, okp0, table, out)
     tag = safe_filename(method, "method")
-    (out / f"l2r_{tag}.md").write_text(table, encoding="utf-8")
+    write_text(out / f"l2r_{tag}.md", table, "report")
     summary = result.to_dict()
     summary["settings"] = settings.to_dict() if bb is not None else None
     summary["radius"] = radius
     summary["levels"] = list(levels) if levels is not None else None
-    (out / f"l2r_{tag}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_text(out / f"l2r_{tag}.json", json.dumps(summary, indent=2), "report")
     return result
 
 

@@ -406,17 +406,13 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> None:
         path: a .nii/.nii.gz/.mha/.mhd/.nrrd file; missing folders are created.
 
     Raises:
-        MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be written.
+        MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be
+            written (full disk, read-only folder: the file that was there is kept).
     """
-    import SimpleITK as sitk
-
     path = Path(path).expanduser()
     suffix = _suffix(path)
     if suffix not in VOLUME_SUFFIXES:
         raise MedDiftError(f"{path}: cannot write '{suffix or path.name}'; use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd")
-    image = volume_to_sitk(volume)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, str(path))
-    except (OSError, RuntimeError) as exc:
-        raise MedDiftError(f"{path}: cannot be written ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}); check the folder exists and is writable") from None
+    from .outputs import write_image
+
+    write_image(volume_to_sitk(volume), path, "output")  # whole or not at all (io/outputs.py)
