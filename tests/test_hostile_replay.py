@@ -305,3 +305,161 @@ def test_a_killed_field_write_leaves_the_old_field(tmp_path):
     assert np.array_equal(read_volume(out).array, np.full((8, 8, 8), 3.0, np.float32))
     write_volume(Volume(np.ones((8, 8, 8), np.float32)), out)  # the next writer removes the dead partial
     assert sorted(p.name for p in tmp_path.iterdir()) == ["field.nii.gz"]
+
+
+# ---------------------------------------------------------------- metadata believed
+
+
+def _store_attrs(rng_seed=0, **extra):
+    return {"image_shape": [12, 14, 16], "spacing": [2.0, 1.5, 1.5], "origin": [1.0, 2.0, 3.0],
+            "direction": np.eye(3).tolist(), "backbone": "mini", "weights_hash": "a" * 64, "timestep": 20, **extra}
+
+
+def _write(path, seed=0, **extra):
+    from napari_meddift.io import store as S
+
+    rng = np.random.default_rng(seed)
+    lv = {n: rng.standard_normal((3, 6, 7, 8)).astype(np.float32) for n in ("up0", "up1")}
+    return S.write_store(path, lv, _store_attrs(**extra))
+
+
+def _edit_json(path: Path, fn) -> None:
+    import json
+
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _set_attr(key, value):
+    return lambda doc: doc["attributes"].__setitem__(key, value)
+
+
+METADATA_EDITS = {
+    "image_shape 200^3": ("zarr.json", _set_attr("image_shape", [200, 200, 200])),
+    "image_shape 10^3": ("zarr.json", _set_attr("image_shape", [10, 10, 10])),
+    "direction all zero": ("zarr.json", _set_attr("direction", [[0, 0, 0]] * 3)),
+    "direction garbage": ("zarr.json", _set_attr("direction", "garbage")),
+    "origin NaN": ("zarr.json", _set_attr("origin", [float("nan"), 0, 0])),
+    "spacing changed": ("zarr.json", _set_attr("spacing", [1.0, 1.5, 1.5])),
+    "timestep changed": ("zarr.json", _set_attr("timestep", 500)),
+    "weights hash changed": ("zarr.json", _set_attr("weights_hash", "b" * 64)),
+    "a new attribute changed": ("zarr.json", _set_attr("level_geometry", {"up0": {"spacing": [9, 9, 9]}})),
+    "level checksums changed": ("zarr.json", _set_attr("checksums", {"up0": "sha256:0", "up1": "sha256:0"})),
+    "metadata checksum removed": ("zarr.json", lambda d: d["attributes"].pop("metadata_checksum")),
+    "level dtype retyped": ("levels/up0/zarr.json", lambda d: d.__setitem__("data_type", "float32")),
+    "level fill value changed": ("levels/up1/zarr.json", lambda d: d.__setitem__("fill_value", 1.0)),
+}
+
+
+@pytest.mark.parametrize("kind", list(METADATA_EDITS))
+def test_edited_metadata_is_refused_at_open_and_by_check(tmp_path, capsys, kind):
+    from napari_meddift.io import store as S
+
+    path = tmp_path / "s.zarr"
+    _write(path)
+    name, fn = METADATA_EDITS[kind]
+    _edit_json(path / name, fn)
+    with pytest.raises(MedDiftError, match="is damaged") as e:
+        S.open_store(path)
+    assert "\n" not in str(e.value)
+    from napari_meddift.cli import main
+
+    assert main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"DAMAGED {path}") and "damaged" in err
+
+
+def test_a_level_copied_from_another_store_is_refused(tmp_path):
+    """``up1`` taken from a t = 500 store, with its level checksum: the metadata no longer adds up."""
+    import shutil
+
+    from napari_meddift.io import store as S
+
+    a, b = _write(tmp_path / "a.zarr", 0), _write(tmp_path / "b.zarr", 1, timestep=500)
+    shutil.rmtree(a.path / "levels" / "up1")
+    shutil.copytree(b.path / "levels" / "up1", a.path / "levels" / "up1")
+    _edit_json(a.path / "zarr.json", lambda d: d["attributes"]["checksums"].__setitem__("up1", b.attrs["checksums"]["up1"]))
+    with pytest.raises(MedDiftError, match="metadata .* differ from the checksum"):
+        S.open_store(a.path)
+
+
+def test_bookkeeping_attributes_may_change(tmp_path):
+    from napari_meddift.io import store as S
+
+    path = tmp_path / "s.zarr"
+    _write(path)
+    _edit_json(path / "zarr.json", _set_attr("created", "2020-01-01T00:00:00+00:00"))
+    _edit_json(path / "zarr.json", _set_attr("write_id", "0123"))
+    assert S.open_store(path).attrs["write_id"] == "0123"
+    assert S.verify_store(path)["ok"]
+
+
+def test_stores_of_other_extractions_are_not_mixed(tmp_path, capsys):
+    from napari_meddift.cli import main
+    from napari_meddift.matching import Matcher
+
+    a = _write(tmp_path / "a.zarr", 0)
+    pts = tmp_path / "p.csv"
+    pts.write_text("2,3,4\n")
+    for key, value in (("timestep", 500), ("weights_hash", "b" * 64), ("backbone", "maisi")):
+        b = _write(tmp_path / f"b-{key}.zarr", 1, **{key: value})
+        for cmd in (["match", a.path, b.path, "--points", pts, "-o", tmp_path / "m.csv"],
+                    ["register", a.path, b.path, "-o", tmp_path / "f.nii.gz", "--iterations", "1"]):
+            err = _cli_error(capsys, cmd)
+            assert f"different {key.replace('_', ' ')}" in err and "--allow-mixed" in err, err
+        with pytest.raises(MedDiftError, match=f"different {key.replace('_', ' ')}"):
+            Matcher.from_stores(a, b)
+        assert not (tmp_path / "m.csv").exists() and not (tmp_path / "f.nii.gz").exists()
+    from napari_meddift.cli import main
+
+    assert main(["match", str(a.path), str(b.path), "--points", str(pts), "-o", str(tmp_path / "m.csv"), "--radius", "2",
+                 "--allow-mixed"]) == 0
+    assert (tmp_path / "m.csv").read_text().startswith("x,y,z,score")
+
+
+# ---------------------------------------------------------------- API: MedDiftError, not raw exceptions
+
+
+@pytest.mark.parametrize("kind", ["../../evil", "a/b", "", ".hidden", "3-D level", "empty level", "NaN level",
+                                  "float16 overflow", "shape NaN", "spacing 0", "no spacing", "direction 2x2"])
+def test_write_store_refuses_bad_input_and_keeps_the_good_store(tmp_path, kind):
+    from napari_meddift.io import store as S
+
+    good = _write(tmp_path / "s.zarr", 0)
+    before = good.load_levels()
+    lv = {"up0": np.ones((3, 6, 7, 8), np.float32)}
+    attrs = _store_attrs()
+    if kind in ("../../evil", "a/b", "", ".hidden"):
+        lv = {kind: lv["up0"]}
+    elif kind == "3-D level":
+        lv["up0"] = np.ones((6, 7, 8), np.float32)
+    elif kind == "empty level":
+        lv["up0"] = np.ones((0, 4, 4, 4), np.float32)
+    elif kind == "NaN level":
+        lv["up0"][1, 2, 3, 4] = np.nan
+    elif kind == "float16 overflow":
+        lv["up0"][0, 0, 0, 0] = 1e6
+    elif kind == "shape NaN":
+        attrs["image_shape"] = [float("nan"), 4, 4]
+    elif kind == "spacing 0":
+        attrs["spacing"] = [0, 1, 1]
+    elif kind == "no spacing":
+        del attrs["spacing"]
+    elif kind == "direction 2x2":
+        attrs["direction"] = [[1, 0], [0, 1]]
+    with pytest.raises(MedDiftError) as e:
+        S.write_store(tmp_path / "s.zarr", lv, attrs)
+    assert "\n" not in str(e.value)
+    after = S.open_store(tmp_path / "s.zarr")
+    assert all(np.array_equal(before[n], v) for n, v in after.load_levels().items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert not (tmp_path.parent / "evil").exists()
+
+
+@pytest.mark.parametrize("arg", [None, "", 3, "   "])
+def test_open_store_bad_argument_is_one_line(arg):
+    from napari_meddift.io import store as S
+
+    with pytest.raises(MedDiftError, match="store path must be a folder name"):
+        S.open_store(arg)

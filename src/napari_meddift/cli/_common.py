@@ -151,6 +151,13 @@ def add_search_arguments(p: argparse.ArgumentParser, radius: int, global_help: s
     s.add_argument("--global", dest="global_search", action="store_true", help=global_help)
 
 
+def add_allow_mixed_argument(p: argparse.ArgumentParser) -> None:
+    """--allow-mixed: compare stores of different backbones, weights or settings anyway."""
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="compare stores extracted with different backbones, weights, timesteps or preprocessing "
+                        "(refused otherwise: their descriptors are not comparable)")
+
+
 def add_device_argument(p: argparse.ArgumentParser, default: str = "auto", auto: bool = True) -> None:
     """--device auto|cpu|cuda (without ``auto`` where the command has no default device)."""
     p.add_argument("--device", default=default, choices=(["auto"] if auto else []) + ["cpu", "cuda"])

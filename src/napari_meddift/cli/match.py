@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import MedDiftError
-from ._common import add_device_argument, add_levels_argument, add_search_arguments, check_range, tqdm_progress
+from ._common import (add_allow_mixed_argument, add_device_argument, add_levels_argument, add_search_arguments,
+                      check_range, tqdm_progress)
 
 NAME = "match"
 HELP = "match points from a source store into a target store"
@@ -20,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          radius_help="half-width of the search window in voxels")
     add_levels_argument(p, "levels to fuse: indices or names; default all in the stores")
     add_device_argument(p, default="cpu", auto=False)
+    add_allow_mixed_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..matching import Matcher
 
     from ..backbones.base import resolve_device
+    from ..io.metadata import check_same_extraction
     from ..io.outputs import check_outputs
 
     check_range(args.radius, "--radius", 0, None, " voxels")
@@ -36,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs({"-o/--output": args.output},
                   {"source": args.source, "target": args.target, "--points": args.points})
     src, tgt = open_store(args.source), open_store(args.target)
+    check_same_extraction(src, tgt, args.allow_mixed)
     levels = resolve_levels(args.levels, src.level_names)
     if levels is None and src.level_names != tgt.level_names:
         raise MedDiftError(
@@ -44,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         )
     points = read_points(args.points)
     check_points_inside(points, src.image_shape, args.points)
-    matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device)
+    matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device,
+                                   allow_mixed=args.allow_mixed)
     radius = None if args.global_search else args.radius
     table = matcher.match_points(points, radius, progress=tqdm_progress("match"))
     write_points_csv(

@@ -17,7 +17,7 @@ import numpy as np
 from pathlib import Path
 
 from ..errors import MedDiftError
-from ._common import add_device_argument, add_levels_argument, tqdm_progress
+from ._common import add_allow_mixed_argument, add_device_argument, add_levels_argument, tqdm_progress
 
 NAME = "register"
 HELP = "dense smooth displacement field from two descriptor stores (ConvexAdam on descriptors)"
@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-image", help="with --method unigradicon: the source CT")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_device_argument(p)
+    add_allow_mixed_argument(p)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_outputs(args)
     src, tgt = open_store(args.source), open_store(args.target)
-    check_stores(src, tgt)
+    check_stores(src, tgt, args.allow_mixed)
     points = read_points(args.points) if args.points else None
     moving = read_volume(args.moving) if args.moving else None
     if moving is not None and tuple(moving.shape) != tuple(tgt.image_shape):
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             regulariser=args.regulariser, iterations=args.iterations, inverse_consistent=args.inverse_consistent,
             device=args.device)
         settings.check()
-        result = register_stores(src, tgt, settings, progress=tqdm_progress("register"))
+        result = register_stores(src, tgt, settings, progress=tqdm_progress("register"), allow_mixed=args.allow_mixed)
 
     fld = result.field
     fld.write(args.output)

@@ -215,20 +215,20 @@ def _register(source_levels, target_levels, source: Geometry, target: Geometry, 
     return RegistrationResult(fld, stats, times, s, levels)
 
 
-def check_stores(src_store, tgt_store) -> None:
-    """Two stores registrable with each other: same backbone, weights and timestep (one clear line otherwise)."""
-    for key in ("backbone", "weights_hash", "timestep"):
-        a, b = src_store.attrs.get(key), tgt_store.attrs.get(key)
-        if a is not None and b is not None and a != b:
-            raise MedDiftError(f"the stores were extracted with different {key.replace('_', ' ')} ({a} vs {b}); "
-                               "extract both volumes with the same backbone and settings")
+def check_stores(src_store, tgt_store, allow_mixed: bool = False) -> None:
+    """Two stores registrable with each other: same backbone, weights, timestep, backbone
+    configuration and preprocessing (one clear line otherwise, unless ``allow_mixed``)."""
+    from ..io.metadata import check_same_extraction
+
+    check_same_extraction(src_store, tgt_store, allow_mixed)
 
 
 def register_stores(src_store, tgt_store, settings: RegistrationSettings | None = None,
-                    progress: ProgressCallback | None = None) -> RegistrationResult:
-    """:func:`register` on two descriptor stores (geometry from their attributes)."""
+                    progress: ProgressCallback | None = None, allow_mixed: bool = False) -> RegistrationResult:
+    """:func:`register` on two descriptor stores (geometry from their attributes); stores of
+    different extractions are refused unless ``allow_mixed`` (:func:`check_stores`)."""
     s = settings or RegistrationSettings()
-    check_stores(src_store, tgt_store)
+    check_stores(src_store, tgt_store, allow_mixed)
     names = list(s.levels) if s.levels is not None else None
     if names is None:
         # the backbone's default fusion when the stores hold it, else every common level
