@@ -463,3 +463,107 @@ def test_open_store_bad_argument_is_one_line(arg):
 
     with pytest.raises(MedDiftError, match="store path must be a folder name"):
         S.open_store(arg)
+
+
+# ---------------------------------------------------------------- impossible headers
+
+
+def _nifti(path: Path, edit=None, dtype=np.int16) -> Path:
+    import nibabel as nib
+
+    arr = (np.arange(6 * 7 * 8).reshape(8, 7, 6) % 50).astype(dtype)  # nibabel is x,y,z
+    img = nib.Nifti1Image(arr, np.diag([1.5, 1.5, 2.0, 1.0]))
+    img.set_qform(np.diag([1.5, 1.5, 2.0, 1.0]), code=1)
+    img.set_sform(np.diag([1.5, 1.5, 2.0, 1.0]), code=1)
+    nib.save(img, str(path))
+    if edit is not None:  # edit the saved header's bytes (nibabel would rewrite pixdim from the affine)
+        import gzip
+
+        hdr = nib.load(str(path)).header.copy()
+        hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0  # nibabel resets them to NaN (unset) on load
+        edit(hdr)
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            data = f.read()
+        with opener(path, "wb") as f:
+            f.write(hdr.binaryblock + data[348:])
+    return path
+
+
+def _pixdim(i, v):
+    def edit(h):
+        p = h["pixdim"].copy()
+        p[i] = v
+        h["pixdim"] = p
+    return edit
+
+
+NIFTI_HEADERS = {
+    "spacing 0": (_pixdim(1, 0.0), "voxel spacing"),
+    "spacing NaN": (_pixdim(2, np.nan), "voxel spacing"),
+    "spacing inf": (_pixdim(3, np.inf), "voxel spacing"),
+    "NaN quaternion": (lambda h: h.__setitem__("quatern_b", np.nan), "qform"),
+    "NaN offset": (lambda h: h.__setitem__("qoffset_y", np.nan), "qform"),
+    "NaN sform row": (lambda h: h.__setitem__("srow_y", [np.nan, 1.5, 0, 0]), "sform rows hold NaN"),
+    "singular sform": (lambda h: h.__setitem__("srow_z", [0, 0, 0, 0]), "sform matrix is singular"),
+}
+
+
+@pytest.mark.parametrize("kind", list(NIFTI_HEADERS))
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_impossible_nifti_headers_are_refused(tmp_path, kind, ext, capsys):
+    from napari_meddift.io.volume import read_volume
+
+    edit, words = NIFTI_HEADERS[kind]
+    path = _nifti(tmp_path / f"ct{ext}", edit)
+    with pytest.raises(MedDiftError, match=words) as e:
+        read_volume(path)
+    assert "\n" not in str(e.value) and "fix the header" in str(e.value)
+    # ... and so is `evaluate --image` with it (the spacing of TRE), before any points are read
+    err = _cli_error(capsys, ["evaluate", tmp_path / "missing.csv", tmp_path / "missing.csv", "--image", path])
+    assert words.split()[0] in err
+
+
+def test_sound_nifti_header_still_reads(tmp_path):
+    from napari_meddift.io.volume import read_volume
+
+    vol = read_volume(_nifti(tmp_path / "ct.nii.gz"))
+    assert vol.shape == (6, 7, 8) and vol.spacing == pytest.approx((2.0, 1.5, 1.5))
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_voxels_are_refused(tmp_path, dtype):
+    import SimpleITK as sitk
+
+    from napari_meddift.io.volume import read_volume
+
+    with pytest.raises(MedDiftError, match="complex voxel values"):
+        read_volume(_nifti(tmp_path / "c.nii.gz", dtype=dtype))
+    img = sitk.GetImageFromArray((np.ones((4, 5, 6)) + 1j).astype(np.complex64))
+    sitk.WriteImage(img, str(tmp_path / "c.nrrd"))
+    with pytest.raises(MedDiftError, match="complex voxel values|values per voxel"):
+        read_volume(tmp_path / "c.nrrd")
+
+
+@pytest.mark.parametrize("line,words", [("ElementSpacing = -1 1.5 2", "voxel spacing -1 1.5 2"),
+                                        ("ElementSpacing = 0 1.5 2", "voxel spacing 0 1.5 2"),
+                                        ("ElementSpacing = nan 1.5 2", "impossible elementspacing"),
+                                        ("Offset = nan 0 0", "impossible offset"),
+                                        ("TransformMatrix = 1 0 0 0 1 0 0 0 inf", "impossible transformmatrix"),
+                                        ("TransformMatrix = 0 0 0 0 0 0 0 0 0", "transformmatrix .*not a rotation"),
+                                        ("TransformMatrix = 2 0 0 0 1 0 0 0 1", "transformmatrix .*not a rotation")])
+def test_impossible_mha_headers_are_refused(tmp_path, line, words):
+    import SimpleITK as sitk
+
+    from napari_meddift.io.volume import read_volume
+
+    img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+    img.SetSpacing((2.0, 1.5, 2.0))
+    sitk.WriteImage(img, str(tmp_path / "a.mha"))
+    raw = (tmp_path / "a.mha").read_bytes()
+    key = line.split(" =")[0].encode()
+    head, sep, data = raw.partition(b"ElementDataFile = LOCAL\n")
+    lines = [line.encode() if ln.startswith(key) else ln for ln in head.split(b"\n")]
+    (tmp_path / "b.mha").write_bytes(b"\n".join(lines) + sep + data)
+    with pytest.raises(MedDiftError, match=words):
+        read_volume(tmp_path / "b.mha")

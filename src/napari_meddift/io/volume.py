@@ -192,6 +192,10 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
         raise MedDiftError(f"{source}: is empty (size {size_txt}); the file holds no voxels, re-export the volume")
     if 1 in size:
         raise MedDiftError(f"{source}: is a single slice (size {size_txt}), i.e. 2D; give a 3D volume")
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise MedDiftError(f"{source}: holds complex voxel values ({image.GetPixelIDTypeAsString()}); give a real-valued "
+                           "CT (e.g. the magnitude, saved as a scalar image)")
+    check_geometry(image.GetSpacing()[::-1], image.GetOrigin()[::-1], image.GetDirection(), source)
     arr = sitk.GetArrayFromImage(image)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
@@ -204,6 +208,105 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
         direction=np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3),
         name=name,
     )
+
+
+def check_geometry(spacing_zyx, origin_zyx, direction, source: str = "image") -> None:
+    """MedDiftError unless the geometry can place a voxel: finite positive spacing, finite origin,
+    an orthonormal direction matrix (io/metadata.py's rules, shared with stores)."""
+    from .metadata import geometry_problems
+
+    problems = geometry_problems({"image_shape": [1, 1, 1], "spacing": list(spacing_zyx), "origin": list(origin_zyx),
+                                  "direction": np.asarray(direction, dtype=np.float64).reshape(3, 3).tolist()})
+    if problems:
+        raise MedDiftError(f"{source}: has impossible geometry ({'; '.join(problems)}); fix the header (spacing, "
+                           "origin, orientation) and save again")
+
+
+#: NIfTI datatype codes of complex and multi-component voxels
+_NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
+_NIFTI_VECTOR = {128: "RGB", 2304: "RGBA"}
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Geometry ITK would paper over, read from the raw header with nibabel: a spacing of 0,
+    NaN or inf (ITK substitutes 1 mm), a NaN quaternion or offset, NaN sform rows; complex and
+    colour voxels."""
+    import nibabel as nib
+
+    try:  # check=False: nibabel would otherwise "fix" a zero pixdim to 1 as ITK does
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            block = f.read(540)
+        kind = nib.Nifti2Header if len(block) >= 540 and 540 in struct.unpack("<i", block[:4]) + struct.unpack(
+            ">i", block[:4]) else nib.Nifti1Header
+        import io
+
+        hdr = kind.from_fileobj(io.BytesIO(block), check=False)
+    except Exception as exc:  # noqa: BLE001 - nibabel's many header errors are one user problem
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise MedDiftError(f"{path}: has a corrupt NIfTI header ({first}); export the volume again") from None
+    code = int(hdr["datatype"])
+    if code in _NIFTI_COMPLEX:
+        raise MedDiftError(f"{path}: holds complex voxel values ({_NIFTI_COMPLEX[code]}); give a real-valued CT "
+                           "(e.g. the magnitude, saved as a scalar image)")
+    if code in _NIFTI_VECTOR:
+        raise MedDiftError(f"{path}: holds {_NIFTI_VECTOR[code]} colour voxels; give a single-channel (scalar) 3D CT")
+    pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
+    if not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
+        raise MedDiftError(f"{path}: has voxel spacing {pixdim.tolist()} in its header (pixdim); spacing must be finite "
+                           "and non-zero: fix the header and save again")
+    bad = []
+    if int(hdr["qform_code"]) > 0:
+        q = [float(hdr[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")]
+        if not np.isfinite(q).all():
+            bad.append(f"the qform (quaternion/offset {q}) holds NaN/inf")
+    if int(hdr["sform_code"]) > 0:
+        rows = np.asarray([hdr["srow_x"], hdr["srow_y"], hdr["srow_z"]], dtype=np.float64)
+        if not np.isfinite(rows).all():
+            bad.append("the sform rows hold NaN/inf")
+        elif abs(np.linalg.det(rows[:, :3])) < 1e-12:
+            bad.append("the sform matrix is singular")
+    if bad:
+        raise MedDiftError(f"{path}: has an impossible orientation in its header ({'; '.join(bad)}); fix the header "
+                           "and save again")
+
+
+#: MetaImage header keys holding geometry, and how many numbers each must be (per dimension: 3)
+_META_GEOMETRY = {"elementspacing": 3, "elementsize": 3, "offset": 3, "origin": 3, "position": 3,
+                  "transformmatrix": 9, "rotation": 9, "orientation": 9}
+
+
+def _check_meta_header(path: Path) -> None:
+    """The raw MetaImage (.mha/.mhd) header: ITK reads a NaN offset as 0 and a negative spacing as
+    a flipped axis; both are refused here, before SimpleITK reads the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise MedDiftError(f"{path}: cannot be read ({exc.strerror or exc}); check the path and permissions") from None
+    for raw in head.split(b"\n"):
+        key, sep, value = raw.decode("latin-1").partition("=")
+        key = key.strip().lower()
+        if key == "elementdatafile":
+            break
+        if not sep or key not in _META_GEOMETRY:
+            continue
+        try:
+            numbers = [float(v) for v in value.split()]
+        except ValueError:
+            numbers = []
+        if len(numbers) != _META_GEOMETRY[key] or not all(np.isfinite(numbers)):
+            raise MedDiftError(f"{path}: has an impossible {key} in its header ({value.strip()[:60]!r}); fix the "
+                               "header and save again")
+        if _META_GEOMETRY[key] == 9:
+            from .metadata import direction_problem
+
+            problem = direction_problem(numbers)
+            if problem:
+                raise MedDiftError(f"{path}: has an impossible {key} in its header ({problem}); fix the header and "
+                                   "save again")
+        if key in ("elementspacing", "elementsize") and min(numbers) <= 0:
+            raise MedDiftError(f"{path}: has voxel spacing {value.strip()[:60]} in its header; spacing must be positive: "
+                               "fix the header and save again")
 
 
 def volume_to_sitk(volume: Volume):
@@ -388,6 +491,9 @@ def read_volume(path: str | os.PathLike) -> Volume:
         )
     if suffix in (".nii", ".nii.gz"):
         _check_nifti(path)
+        _check_nifti_header(path)
+    elif suffix in (".mha", ".mhd"):
+        _check_meta_header(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
