@@ -567,3 +567,46 @@ def test_impossible_mha_headers_are_refused(tmp_path, line, words):
     (tmp_path / "b.mha").write_bytes(b"\n".join(lines) + sep + data)
     with pytest.raises(MedDiftError, match=words):
         read_volume(tmp_path / "b.mha")
+
+
+def _dicom_series(folder: Path, zs, truncate: int | None = None) -> Path:
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1.123456"
+    for i, z in enumerate(zs):
+        sl = sitk.GetImageFromArray((np.arange(8 * 9).reshape(1, 8, 9) + i).astype(np.int16))[:, :, 0]
+        sl.SetSpacing((0.7, 0.7))
+        for k, v in {"0008|0060": "CT", "0020|000d": uid + ".0", "0020|000e": uid, "0020|0013": str(i + 1),
+                     "0020|0032": f"0\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.7\\0.7",
+                     "0008|0018": f"{uid}.{i + 1}"}.items():
+            sl.SetMetaData(k, v)
+        w.SetFileName(str(folder / f"s{i:03d}.dcm"))
+        w.Execute(sl)
+    if truncate is not None:
+        f = folder / f"s{truncate:03d}.dcm"
+        os.truncate(f, f.stat().st_size - 60)
+    return folder
+
+
+@pytest.mark.parametrize("kind,zs,truncate,words", [
+    ("one position", [3] * 5, None, "sit at the same position"),
+    ("two at one position", [0, 2, 2, 4, 6], None, "2 slices of the series sit at the same position"),
+    ("a slice missing", [0, 2, 4, 8, 10], None, "unevenly spaced"),
+    ("a truncated slice", [0, 2, 4, 6, 8], 2, "cannot be read as part of a series"),
+])
+def test_broken_dicom_series_are_refused(tmp_path, kind, zs, truncate, words):
+    from napari_meddift.io.volume import read_volume
+
+    with pytest.raises(MedDiftError, match=words) as e:
+        read_volume(_dicom_series(tmp_path / "d", zs, truncate))
+    assert "\n" not in str(e.value)
+
+
+def test_sound_dicom_series_reads(tmp_path):
+    from napari_meddift.io.volume import read_volume
+
+    vol = read_volume(_dicom_series(tmp_path / "d", [0, 2.5, 5, 7.5, 10]))
+    assert vol.shape == (5, 8, 9) and vol.spacing == pytest.approx((2.5, 0.7, 0.7))

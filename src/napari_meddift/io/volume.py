@@ -438,6 +438,55 @@ def _check_nifti(path: Path) -> None:
         )
 
 
+def _check_dicom_series(path: Path, files, in_series: set[str]) -> None:
+    """A DICOM series that ITK would stack without a word: files of the folder that are DICOM but
+    belong to no series (truncated or corrupt slices, which GDCM drops), slices at one position,
+    and unevenly spaced slices (a missing slice)."""
+    import SimpleITK as sitk
+
+    try:
+        entries = [e for e in os.scandir(path) if e.is_file()]
+    except OSError:
+        entries = []
+    dropped = []
+    for e in entries:
+        if os.path.abspath(e.path) in in_series:
+            continue
+        try:
+            with open(e.path, "rb") as f:
+                magic = f.read(132)[128:]
+        except OSError:
+            continue
+        if magic == b"DICM":
+            dropped.append(e.name)
+    if dropped:
+        raise MedDiftError(f"{path}: {len(dropped)} DICOM file(s) cannot be read as part of a series (e.g. {dropped[0]}: "
+                           "truncated or corrupt); copy the series again")
+    positions, normal = [], None
+    info = sitk.ImageFileReader()
+    for f in files:
+        info.SetFileName(f)
+        try:
+            info.ReadImageInformation()
+            pos = [float(v) for v in info.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                o = [float(v) for v in info.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(o[:3], o[3:6])
+        except (RuntimeError, ValueError, IndexError):
+            return  # no usable position tags: ITK's own ordering is all there is
+        positions.append(float(np.dot(pos, normal)))
+    if len(positions) < 2 or normal is None or not np.isfinite(positions).all():
+        return
+    d = np.diff(np.sort(positions))
+    if (d < 1e-3).any():
+        raise MedDiftError(f"{path}: {int((d < 1e-3).sum()) + 1} slices of the series sit at the same position; it is "
+                           "not one volume (several series or phases mixed?): give a folder with one series")
+    gap = float(np.median(d))
+    if d.max() - d.min() > 0.01 * gap + 1e-3:
+        raise MedDiftError(f"{path}: the slices are unevenly spaced ({d.min():.3g} to {d.max():.3g} mm apart): a slice "
+                           "is missing or the series is mixed; copy the complete series")
+
+
 def _read_dicom_folder(path: Path) -> Volume:
     import SimpleITK as sitk
 
@@ -450,7 +499,9 @@ def _read_dicom_folder(path: Path) -> Volume:
         raise MedDiftError(
             f"{path}: is a folder without a DICOM series; give a folder of DICOM slices or a .nii.gz/.mha/.nrrd file"
         )
-    files = max((reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series), key=len)
+    all_files = [reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series]
+    files = max(all_files, key=len)
+    _check_dicom_series(path, files, {os.path.abspath(f) for group in all_files for f in group})
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
