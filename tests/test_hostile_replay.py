@@ -610,3 +610,129 @@ def test_sound_dicom_series_reads(tmp_path):
 
     vol = read_volume(_dicom_series(tmp_path / "d", [0, 2.5, 5, 7.5, 10]))
     assert vol.shape == (5, 8, 9) and vol.spacing == pytest.approx((2.5, 0.7, 0.7))
+
+
+# ---------------------------------------------------------------- bounds, sizes, special files
+
+
+BAD_OPTIONS = [
+    (["extract", "ct.nii.gz", "-o", "s.zarr", "--seed", str(2**70)], "--seed must be in [0, 4294967295]"),
+    (["extract", "ct.nii.gz", "-o", "s.zarr", "--seed=-1"], "--seed must be in"),
+    (["extract", "ct.nii.gz", "-o", "s.zarr", "--samples", "1000"], "--samples must be in [1, 64]"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--samples", "0"], "--samples must be in [1, 64]"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--samples", "1000"], "--samples must be in [1, 64]"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--seed", str(2**70)], "--seed must be in"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--timestep", "5000"], "--timestep must be in [0, 999]"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--timestep=-1"], "--timestep must be in [0, 999]"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--workers", "0"], "--workers must be in [1, 256]"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--threads", "0"], "--threads must be in"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--retries=-1"], "--retries must be in [0, 10]"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--scheduler", "not-an-address"], "is not a Dask scheduler address"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--scheduler", ""], "is not a Dask scheduler address"),
+    (["extract-many", "ct.nii.gz", "-o", "out", "--scheduler", "foo://x:1"], "is not a Dask scheduler address"),
+    (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--iterations", "100000000"], "--iterations must be in [0, 5000]"),
+    (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--smoothness", "inf"], "--smoothness must be a finite number"),
+    (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--smoothness", "nan"], "--smoothness must be a finite number"),
+    (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--grid-spacing", "100000"], "--grid-spacing must be in [1, 32]"),
+    (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--search-step", "0"], "--search-step must be in"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--lr", "0"], "--lr must be in"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--minutes", "nan"], "--minutes must be a finite number"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--crop", "4"], "--crop must be in [16, 512]"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--batch", "0"], "--batch must be in"),
+    (["build-demo", "--seed=-1"], "--seed must be in"),
+]
+
+
+@pytest.mark.parametrize("argv,words", BAD_OPTIONS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_OPTIONS])
+def test_every_numeric_option_is_bounded_before_work(tmp_path, capsys, monkeypatch, argv, words):
+    import napari_meddift.batch.cluster as cluster
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("a cluster was started"))
+    err = _cli_error(capsys, argv)
+    assert words in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, not even the output folder
+
+
+def test_fifos_are_refused_as_inputs(tmp_path, small_pair, capsys):
+    from napari_meddift.io import store as S
+    from napari_meddift.io.landmarks import read_points
+    from napari_meddift.io.volume import read_volume
+
+    fifo = tmp_path / "ct.nii.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(MedDiftError, match="is a pipe"):
+        read_volume(fifo)
+    with pytest.raises(MedDiftError, match="is a pipe"):
+        read_points(fifo)
+    err = _cli_error(capsys, ["evaluate", tmp_path / "p.csv", tmp_path / "p.csv", "--image", fifo])
+    assert "is a pipe" in err
+    err = _cli_error(capsys, ["match", small_pair / "src.zarr", small_pair / "tgt.zarr", "--points", fifo,
+                              "-o", tmp_path / "m.csv"])
+    assert "is a pipe" in err
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    os.mkfifo(store / "zarr.json")
+    with pytest.raises(MedDiftError, match="is a pipe"):
+        S.open_store(store)
+
+
+def test_match_refuses_runs_that_would_take_hours(small_pair, capsys, tmp_path, monkeypatch):
+    from napari_meddift.cli import match as M
+
+    pts = tmp_path / "p.csv"
+    pts.write_text("2,3,4\n" * 12)
+    monkeypatch.setattr(M, "MAX_POINTS", 10)
+    monkeypatch.setattr(M, "MAX_GLOBAL_POINTS", 5)
+    base = ["match", small_pair / "src.zarr", small_pair / "tgt.zarr", "--points", pts, "-o", tmp_path / "m.csv"]
+    assert "holds 12 points; more than 10 points would take hours" in _cli_error(capsys, base)
+    assert "more than 5 global searches" in _cli_error(capsys, base + ["--global"])
+    from napari_meddift.cli import main
+
+    assert main([str(a) for a in base + ["--no-size-limit", "--radius", "1"]]) == 0
+    assert len((tmp_path / "m.csv").read_text().splitlines()) == 13
+
+
+def test_points_outside_the_image_are_not_extrapolated_by_register(small_pair, capsys, tmp_path):
+    pts = tmp_path / "p.csv"
+    pts.write_text("2,3,4\n40,3,4\n")
+    err = _cli_error(capsys, _register(small_pair, "-o", tmp_path / "f.nii.gz", "--points", pts,
+                                       "--matched", tmp_path / "m.csv"))
+    assert "point 2 at x,y,z = (40, 3, 4) lies outside the source image" in err
+    assert not (tmp_path / "f.nii.gz").exists()
+
+
+def test_evaluate_mask_of_another_shape_is_refused(small_pair, capsys, tmp_path):
+    from napari_meddift.io.volume import Volume, write_volume
+
+    write_volume(Volume(np.ones((5, 5, 5), np.float32)), tmp_path / "mask.nii.gz")
+    pts = tmp_path / "p.csv"
+    pts.write_text("2,3,4\n10,12,11\n")
+    err = _cli_error(capsys, ["evaluate", pts, pts, "--image", small_pair / "src.nii.gz", "--mask",
+                              tmp_path / "mask.nii.gz", "--json"])
+    assert "--mask" in err and "give the mask of the truth image" in err
+    err = _cli_error(capsys, ["evaluate", pts, pts, "--spacing", "1,1,1", "--mask", tmp_path / "mask.nii.gz", "--json"])
+    assert "1 point(s)" in err and "lie outside --mask" in err
+
+
+def test_a_full_disk_leaves_no_lock_held(tmp_path, monkeypatch):
+    """The pid written into the lock file fails with ENOSPC: the lock is still held and released,
+    and the next writer in the same process does not wait for its own leaked lock."""
+    import errno
+
+    from napari_meddift.io import locking
+
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(locking.os, "write", full)
+    with locking.StoreLock(tmp_path / "s.zarr", timeout=0.5):
+        other = locking.StoreLock(tmp_path / "s.zarr", timeout=0.2)
+        with pytest.raises(MedDiftError, match="is writing"):
+            other.acquire()  # held while inside
+    monkeypatch.setattr(locking.os, "write", real_write)
+    with locking.StoreLock(tmp_path / "s.zarr", timeout=0.2):  # released: no 300 s wait on our own lock
+        pass
+    assert not (tmp_path / "s.zarr.lock").exists()

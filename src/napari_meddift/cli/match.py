@@ -11,6 +11,10 @@ from ._common import (add_allow_mixed_argument, add_device_argument, add_levels_
 NAME = "match"
 HELP = "match points from a source store into a target store"
 
+#: points beyond which a run would take hours on a CPU (windowed search / --global); refused
+#: up front unless --no-size-limit
+MAX_POINTS, MAX_GLOBAL_POINTS = 200_000, 5_000
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source")
@@ -22,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_levels_argument(p, "levels to fuse: indices or names; default all in the stores")
     add_device_argument(p, default="cpu", auto=False)
     add_allow_mixed_argument(p)
+    p.add_argument("--no-size-limit", action="store_true",
+                   help=f"match more than {MAX_POINTS:,} points ({MAX_GLOBAL_POINTS:,} with --global) in one run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(tgt.level_names)}); extract both with the same --levels, or name the levels to fuse with --levels"
         )
     points = read_points(args.points)
+    limit = MAX_GLOBAL_POINTS if args.global_search else MAX_POINTS
+    if len(points) > limit and not args.no_size_limit:
+        raise MedDiftError(
+            f"{args.points} holds {len(points):,} points; more than {limit:,} {'global searches' if args.global_search else 'points'} "
+            "would take hours: split the file into smaller runs, or pass --no-size-limit to run them all")
     check_points_inside(points, src.image_shape, args.points)
     matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device,
                                    allow_mixed=args.allow_mixed)

@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     src, tgt = open_store(args.source), open_store(args.target)
     check_stores(src, tgt, args.allow_mixed)
     points = read_points(args.points) if args.points else None
+    if points is not None:
+        from .match import check_points_inside
+
+        check_points_inside(points, src.image_shape, args.points)  # a field is not extrapolated
     moving = read_volume(args.moving) if args.moving else None
     if moving is not None and tuple(moving.shape) != tuple(tgt.image_shape):
         raise MedDiftError(f"--moving {args.moving} is {'x'.join(map(str, moving.shape))} (z,y,x) but the target store's "

@@ -200,7 +200,9 @@ def read_points(
         MedDiftError: an unknown format or unit, a malformed file (with the line), or mm
             coordinates without a geometry.
     """
-    path = Path(path).expanduser()
+    from .paths import check_not_special
+
+    path = check_not_special(path, "points file")
     if fmt not in FORMATS:
         raise MedDiftError(f"unknown landmark format '{fmt}'; use one of {', '.join(FORMATS)}")
     if units not in UNITS:

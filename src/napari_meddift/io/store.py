@@ -29,7 +29,7 @@ from .integrity import level_digest, missing_chunk_files, verify_level
 from .locking import StoreLock, recover, sibling_path, siblings
 from .metadata import METADATA_CHECKSUM, check_level_values, check_new_store, geometry_problems, metadata_digest
 from .metadata import metadata_problem, stored_attributes
-from .paths import check_can_create_in, nearest_existing
+from .paths import check_can_create_in, check_not_special, nearest_existing
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -288,6 +288,8 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
     import zarr
 
     path = _store_path(path)
+    for part in (path, path / "zarr.json"):
+        check_not_special(part, "descriptor store")  # a FIFO as the store or its metadata: never read
     _roll_back_if_interrupted(path)
     if not path.exists():
         raise MedDiftError(f"no descriptor store at {path}; run `meddift extract` first")

@@ -528,7 +528,9 @@ def read_volume(path: str | os.PathLike) -> Volume:
     """
     import SimpleITK as sitk
 
-    path = Path(path).expanduser()
+    from .paths import check_not_special
+
+    path = check_not_special(path, "image")
     if not path.exists():
         raise MedDiftError(f"{path}: no such file or folder; check the path")
     if path.is_dir():

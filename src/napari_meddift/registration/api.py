@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -60,8 +62,10 @@ class RegistrationSettings:
         if int(self.search_radius) // int(self.search_step) > 12:
             raise MedDiftError(f"search radius {self.search_radius} / step {self.search_step} gives more than 25 "
                                "displacements per axis; raise the step or lower the radius")
-        if not self.smoothness >= 0:
-            raise MedDiftError(f"smoothness must be >= 0, got {self.smoothness}")
+        if not (self.smoothness >= 0 and math.isfinite(self.smoothness)):
+            raise MedDiftError(f"smoothness must be a finite number >= 0, got {self.smoothness}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise MedDiftError(f"learning rate must be a finite number > 0, got {self.learning_rate}")
         if int(self.iterations) < 0:
             raise MedDiftError(f"iterations must be >= 0, got {self.iterations}")
         if self.regulariser not in REGULARISERS:
