@@ -635,10 +635,11 @@ BAD_OPTIONS = [
     (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--smoothness", "nan"], "--smoothness must be a finite number"),
     (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--grid-spacing", "100000"], "--grid-spacing must be in [1, 32]"),
     (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--search-step", "0"], "--search-step must be in"),
-    (["train-mini", "--data", "d", "--out", "w.pt", "--lr", "0"], "--lr must be in"),
-    (["train-mini", "--data", "d", "--out", "w.pt", "--minutes", "nan"], "--minutes must be a finite number"),
-    (["train-mini", "--data", "d", "--out", "w.pt", "--crop", "4"], "--crop must be in [16, 512]"),
-    (["train-mini", "--data", "d", "--out", "w.pt", "--batch", "0"], "--batch must be in"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--lr", "5"], "--lr must be in"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--minutes", "1e9"], "--minutes must be in"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--crop", "100000"], "--crop must be in [16, 512]"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--batch", "100000"], "--batch must be in"),
+    (["train-mini", "--data", "d", "--out", "w.pt", "--seed=-1"], "--seed must be in"),
     (["build-demo", "--seed=-1"], "--seed must be in"),
 ]
 

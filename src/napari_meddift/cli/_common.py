@@ -99,13 +99,22 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
 }
 
 
+#: options whose sub-command checks the low end itself, with its own messages (train-mini's
+#: ``check_training_args``: positive, crop a multiple of the network's factor); only their upper
+#: bound is checked here
+OWN_LOWER_BOUNDS = {"train-mini": frozenset({"minutes", "crop", "spacing", "batch", "lr", "max_steps", "threads"})}
+
+
 def check_bounds(args: argparse.Namespace) -> None:
     """MedDiftError for the first numeric option outside :data:`BOUNDS` (NaN and inf included)."""
     import math
 
+    own = OWN_LOWER_BOUNDS.get(getattr(args, "command", None) or "", frozenset())
     for dest, (low, high, unit) in BOUNDS.items():
         value = getattr(args, dest, None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if dest in own and not (math.isfinite(value) and value > high):
             continue
         flag = "--" + dest.replace("_", "-")
         if isinstance(value, float) and not math.isfinite(value):
