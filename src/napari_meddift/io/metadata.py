@@ -41,8 +41,21 @@ LEVEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SAME_EXTRACTION = ("backbone", "weights_hash", "timestep", "backbone_config", "preprocessing")
 
 
+def _numbers_as_floats(obj: Any) -> Any:
+    """Whole numbers as floats, so values Python calls equal (1 and 1.0) hash equal."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, (int, float)):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {str(k): _numbers_as_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_numbers_as_floats(v) for v in obj]
+    return obj
+
+
 def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+    return json.dumps(_numbers_as_floats(obj), sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
 
 
 def level_array_document(store: Path, name: str) -> Any:
