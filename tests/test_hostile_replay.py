@@ -737,3 +737,46 @@ def test_a_full_disk_leaves_no_lock_held(tmp_path, monkeypatch):
     with locking.StoreLock(tmp_path / "s.zarr", timeout=0.2):  # released: no 300 s wait on our own lock
         pass
     assert not (tmp_path / "s.zarr.lock").exists()
+
+
+# ---------------------------------------------------------------- tracebacks that are one line now
+
+
+@pytest.mark.parametrize("kind", ["constant", "2D", "-inf", "truncated"])
+def test_build_demo_refuses_bad_scans_in_one_line(tmp_path, capsys, kind):
+    import SimpleITK as sitk
+
+    arr = np.random.default_rng(0).normal(-500, 300, (20, 24, 28)).astype(np.float32)
+    ct = tmp_path / "ct.nii.gz"
+    if kind == "constant":
+        arr[:] = -1000
+    elif kind == "-inf":
+        arr[3, 4, 5] = -np.inf
+    img = sitk.GetImageFromArray(arr[0] if kind == "2D" else arr)
+    sitk.WriteImage(img, str(ct))
+    if kind == "truncated":
+        ct.write_bytes(ct.read_bytes()[:2000])
+    err = _cli_error(capsys, ["build-demo", "--ct", ct, "--out", tmp_path / "demo"])
+    assert {"constant": "constant", "2D": "2D", "-inf": "NaN/inf", "truncated": "truncated"}[kind] in err, err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_train_mini_plot_name_is_checked_before_training(tmp_path, capsys):
+    err = _cli_error(capsys, ["train-mini", "--data", tmp_path, "--out", tmp_path / "w.pt", "--plot", tmp_path / "p.txt"])
+    assert "--plot" in err and ".png" in err
+
+
+def test_mini_weights_json_with_an_unknown_key_is_one_line(tmp_path):
+    import json
+    import shutil
+
+    from napari_meddift.backbones import get_backbone
+    from napari_meddift.backbones.mini import DEFAULT_WEIGHTS
+
+    src = Path(DEFAULT_WEIGHTS)
+    shutil.copy(src, tmp_path / "w.pt")
+    meta = json.loads(src.with_suffix(".json").read_text())
+    meta["arch"]["not_a_parameter"] = 3
+    (tmp_path / "w.json").write_text(json.dumps(meta))
+    with pytest.raises(MedDiftError, match="unknown key.*not_a_parameter"):
+        get_backbone("mini", weights=tmp_path / "w.pt")
