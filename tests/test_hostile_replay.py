@@ -780,3 +780,21 @@ def test_mini_weights_json_with_an_unknown_key_is_one_line(tmp_path):
     (tmp_path / "w.json").write_text(json.dumps(meta))
     with pytest.raises(MedDiftError, match="unknown key.*not_a_parameter"):
         get_backbone("mini", weights=tmp_path / "w.pt")
+
+
+def test_evaluate_json_has_no_nan_tokens(tmp_path, capsys):
+    """An empty region (no truth point outside the mask) is n = 0 with null statistics, valid JSON."""
+    import json
+
+    from napari_meddift.cli import main
+    from napari_meddift.io.volume import Volume, write_volume
+
+    write_volume(Volume(np.ones((6, 6, 6), np.float32)), tmp_path / "mask.nii.gz")
+    pts = tmp_path / "p.csv"
+    pts.write_text("2,3,4\n1,2,3\n")
+    assert main(["evaluate", str(pts), str(pts), "--spacing", "1,1,1", "--mask", str(tmp_path / "mask.nii.gz"),
+                 "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out
+    regions = json.loads(out)["regions"]
+    assert regions["outside lung mask"]["n"] == 0 and regions["inside lung mask"]["n"] == 2

@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
                                    f"({'x'.join(map(str, mask.shape))} z,y,x); give the mask of the truth image")
             sign = float(np.sign(np.asarray(mask.direction, float)[2, 2]) or 1.0)
             summary["regions"] = region_summary(errors, true, mask.array > 0.5, superior_sign=sign)
-        print(json.dumps(summary))
+        from ..evaluation.metrics import json_ready
+
+        print(json.dumps(json_ready(summary)))  # an empty region's NaN statistics are null
     else:
         print(format_summary_table({Path(args.predicted).name: summary}))
     return 0

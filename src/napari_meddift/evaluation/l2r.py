@@ -129,10 +129,19 @@ def evaluate_case(
         from ..io.volume import read_volume
 
         mask = read_volume(case.fixed_mask).array > 0
+        fixed_shape = _image_spacing_shape(case.fixed_image)[1]
+        if tuple(mask.shape) != tuple(fixed_shape):
+            raise MedDiftError(f"the mask {case.fixed_mask} is {'x'.join(map(str, mask.shape[::-1]))} (x,y,z) but "
+                               f"{case.fixed_image} is {'x'.join(map(str, fixed_shape[::-1]))}; give the mask of the "
+                               "fixed image")
         idx = np.rint(f_kp).astype(np.int64)
         inside = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1)
         inside[inside] = mask[tuple(idx[inside].T)]
         f_kp, m_kp = f_kp[inside], m_kp[inside]
+        if not len(f_kp):
+            raise MedDiftError(f"no keypoint of {case.fixed_keypoints} lies inside the mask {case.fixed_mask} "
+                               f"({'x'.join(map(str, mask.shape[::-1]))} x,y,z); check that the mask belongs to "
+                               f"{case.fixed_image}, or use --no-keypoints")
 
     spacing, shape = _image_spacing_shape(case.fixed_image)
     m_spacing, m_shape = _image_spacing_shape(case.moving_image)
@@ -298,7 +307,9 @@ def evaluate_l2r(
     summary["settings"] = settings.to_dict() if bb is not None else None
     summary["radius"] = radius
     summary["levels"] = list(levels) if levels is not None else None
-    write_text(out / f"l2r_{tag}.json", json.dumps(summary, indent=2), "report")
+    from .metrics import json_ready
+
+    write_text(out / f"l2r_{tag}.json", json.dumps(json_ready(summary), indent=2, allow_nan=False), "report")
     return result
 
 
