@@ -798,3 +798,13 @@ def test_evaluate_json_has_no_nan_tokens(tmp_path, capsys):
     assert "NaN" not in out
     regions = json.loads(out)["regions"]
     assert regions["outside lung mask"]["n"] == 0 and regions["inside lung mask"]["n"] == 2
+
+
+def test_a_store_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_disk):
+    from napari_meddift.io import store as S
+
+    lv = {"up0": np.random.default_rng(0).standard_normal((8, 32, 32, 32)).astype(np.float32)}  # 512 kB
+    with pytest.raises(MedDiftError, match="check free disk space") as e:
+        S.write_store(tiny_disk / "s.zarr", lv, _store_attrs())
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tiny_disk.iterdir()) == []  # no partial, no lock
