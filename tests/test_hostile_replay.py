@@ -33,7 +33,7 @@ def _pickle_ops(path: Path) -> list[tuple[str, object]]:
 
 @pytest.fixture()
 def enums_pickled_by_getattr(monkeypatch):
-    """Pickle MONAI's enum members as Python 3.11.0-3.11.x (Debian's 3.11.2) and 3.12 do:
+    """Pickle MONAI's enum members as early Python 3.11 releases (Debian's 3.11.2) and 3.12 do:
     ``getattr(EnumClass, "NAME")``, whatever Python runs the test."""
     from monai.utils import enums
 

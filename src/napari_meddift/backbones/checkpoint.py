@@ -21,7 +21,7 @@ def _unsafe_global(message: str) -> str | None:
 def enum_members_by_getattr(enums: Sequence[type[enum.Enum]]) -> tuple[Callable[..., Any], str]:
     """A stand-in for ``builtins.getattr`` that only looks up a member of one of ``enums``.
 
-    Python 3.11.0-3.11.x (Debian's 3.11.2) and 3.12 pickle an enum member as
+    Early Python 3.11 releases (Debian's 3.11.2) and 3.12 pickle an enum member as
     ``getattr(EnumClass, "NAME")``, so a checkpoint saved there holds ``builtins.getattr``.
     Allowing the real ``getattr`` would let a pickle fetch any attribute of any allowed object;
     this resolver, registered under the name ``builtins.getattr`` (an entry for

@@ -132,8 +132,8 @@ def _safe_globals() -> list:
     """The only non-tensor types a MAISI checkpoint may hold: MONAI's MetaTensor (the
     ``scale_factor``), the enums its metadata uses as keys and values, and the plain numpy values
     of its image metadata. None can run code. Enum members pickled as ``getattr(Enum, "NAME")``
-    (Python 3.11.0-3.11.x, 3.12) resolve through :func:`checkpoint.enum_members_by_getattr`,
-    which accepts nothing but a member of these enums."""
+    (early Python 3.11 releases such as Debian's 3.11.2, and 3.12) resolve through
+    :func:`checkpoint.enum_members_by_getattr`, which accepts nothing but a member of these enums."""
     import numpy as np
     import numpy.dtypes as npd
     from monai.data import MetaTensor
