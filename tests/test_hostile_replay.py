@@ -808,3 +808,30 @@ def test_a_store_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_disk):
         S.write_store(tiny_disk / "s.zarr", lv, _store_attrs())
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in tiny_disk.iterdir()) == []  # no partial, no lock
+
+
+def test_learn2reg_mask_of_another_shape_is_one_line(shared_data, tmp_path):
+    """A lung mask of another shape used to give keypoints ``"n": 0`` and NaN tokens in the JSON."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    from napari_meddift.evaluation.l2r import evaluate_l2r
+
+    labels = shared_data / "landmarks" / "learn2reg_lungct"
+    root = tmp_path / "l2r"
+    (root / "imagesTr").mkdir(parents=True)
+    for sub in ("landmarksTr", "keypointsTr"):
+        shutil.copytree(labels / sub, root / sub)
+    shutil.copy(labels / "LungCT_VAL_evaluation_config.json", root)
+    (root / "masksTr").mkdir()
+    for cid in ("0001", "0002", "0003"):
+        ref = sitk.ReadImage(str(labels / "masksTr" / f"LungCT_{cid}_0000.nii.gz"))
+        for suffix in ("0000", "0001"):
+            sitk.WriteImage(ref, str(root / "imagesTr" / f"LungCT_{cid}_{suffix}.nii.gz"))
+        small = sitk.GetImageFromArray(np.ones((20, 20, 20), np.uint8))  # the mask of something else
+        sitk.WriteImage(small, str(root / "masksTr" / f"LungCT_{cid}_0000.nii.gz"))
+    with pytest.raises(MedDiftError, match="is 20x20x20 \\(x,y,z\\) but .* give the mask of the fixed image") as e:
+        evaluate_l2r(root, "identity", cases=[1], out_dir=tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out" / "l2r_identity.json").exists()
