@@ -9,11 +9,16 @@ A *corrupted* outcome is a store that opens with other values or fails the full 
 outcome is no store at all although one existed before the kill. The next write must then
 succeed and leave no ``.partial-*``/``.old-*``/``.lock`` behind.
 
+Part 3, register outputs: a writer process writes what ``meddift register`` writes (the
+displacement field, a warped image, a Jacobian map as .nii.gz/.mha, the mapped points as CSV)
+over a complete earlier set, and is SIGKILLed at a random time or right before a rename. Every
+file must then read back exactly as the old or the new one (never 0 bytes, never truncated).
+
 Part 2, corruption: random damage to complete stores (delete, truncate or overwrite chunk
 files, flip one byte); every damaged store must be refused by open, by reading, or by
 ``meddift check`` -- never read back silently as different values.
 
-    python benchmarks/crash_trials.py --kills 120 --steps 10 --damage 100 [--json out.json]
+    python benchmarks/crash_trials.py --kills 120 --steps 10 --damage 100 --outputs 60 [--json out.json]
 """
 
 from __future__ import annotations
@@ -76,6 +81,88 @@ import zarr  # imported before "ready": random kills land inside the write itsel
 print("ready", flush=True)
 S.write_store(path, levels, {"image_shape": (192, 192, 208), "spacing": (1.5, 1.5, 1.5)})
 """
+
+
+OUTPUT_WRITER = r"""
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+folder, seed, step = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+import SimpleITK as sitk
+from napari_meddift.io.landmarks import write_points_csv
+from napari_meddift.io.outputs import write_image
+from napari_meddift.io.volume import Volume, write_volume
+real_replace = os.replace
+def replace(src, dst):
+    if step == "before-rename" and ".partial-" in str(src):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.replace = replace
+rng = np.random.default_rng(seed)
+field = sitk.GetImageFromArray(rng.standard_normal((64, 64, 64, 3)).astype(np.float32), isVector=True)
+vol = Volume(rng.standard_normal((64, 64, 64)).astype(np.float32))
+pts = rng.uniform(0, 60, (2000, 3))
+print("ready", flush=True)
+write_image(field, os.path.join(folder, "field.nii.gz"), "field")
+write_image(field, os.path.join(folder, "field.mha"), "field")
+write_volume(vol, os.path.join(folder, "warped.nii.gz"))
+write_volume(vol, os.path.join(folder, "jacobian.mha"))
+write_points_csv(os.path.join(folder, "matched.csv"), pts)
+"""
+
+OUTPUT_NAMES = ("field.nii.gz", "field.mha", "warped.nii.gz", "jacobian.mha", "matched.csv")
+
+
+def _read_output(path: Path):
+    import SimpleITK as sitk
+
+    if path.suffix == ".csv":
+        return path.read_text()
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).tobytes()
+
+
+def output_trials(n_random: int, n_steps: int, rng: random.Random) -> dict:
+    """Part 3: SIGKILL while register's outputs are written over earlier ones."""
+    out = {"trials": 0, "files_checked": 0, "old": 0, "new": 0, "corrupted": 0, "lost": 0, "debris_after_next_write": 0}
+    plan = [("random", "none")] * n_random + [("before-rename", "before-rename")] * n_steps
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        refs = {}
+        t0 = time.perf_counter()
+        for seed in (0, 1):  # the reference contents of both sets, written whole
+            subprocess.run([sys.executable, "-c", OUTPUT_WRITER, str(SRC), str(folder), str(seed), "none"], check=True,
+                           capture_output=True)
+            refs[seed] = {n: _read_output(folder / n) for n in OUTPUT_NAMES}
+        write_s = (time.perf_counter() - t0) / 2
+        current = 1
+        for kind, step in plan:
+            new = 1 - current
+            proc = subprocess.Popen([sys.executable, "-c", OUTPUT_WRITER, str(SRC), str(folder), str(new), step],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc.stdout.readline()
+            if kind == "random":
+                time.sleep(rng.uniform(0, 1.5 * write_s))
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            out["trials"] += 1
+            for name in OUTPUT_NAMES:
+                out["files_checked"] += 1
+                path = folder / name
+                if not path.exists():
+                    out["lost"] += 1
+                    continue
+                try:
+                    got = _read_output(path)
+                except Exception:  # noqa: BLE001 - unreadable counts as corrupted
+                    out["corrupted"] += 1
+                    continue
+                out["old" if got == refs[current][name] else "new" if got == refs[new][name] else "corrupted"] += 1
+            # the next full write succeeds and leaves no partial folder behind
+            subprocess.run([sys.executable, "-c", OUTPUT_WRITER, str(SRC), str(folder), str(current), "none"], check=True,
+                           capture_output=True)
+            out["debris_after_next_write"] += sum(".partial-" in p.name for p in folder.iterdir())
+    out["write_seconds"] = round(write_s, 2)
+    return out
 
 
 def levels_for(seed: int) -> dict[str, np.ndarray]:
@@ -202,13 +289,16 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=120)
     ap.add_argument("--steps", type=int, default=10, help="trials per injected step")
     ap.add_argument("--damage", type=int, default=100)
+    ap.add_argument("--outputs", type=int, default=60, help="random kills of register-output writers (part 3)")
+    ap.add_argument("--output-steps", type=int, default=10, help="kills right before an output's rename")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the result here")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     t0 = time.perf_counter()
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-              "kills": kill_trials(a.kills, a.steps, rng), "damage": damage_trials(a.damage, rng)}
+              "kills": kill_trials(a.kills, a.steps, rng), "damage": damage_trials(a.damage, rng),
+              "outputs": output_trials(a.outputs, a.output_steps, rng)}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     print(text)

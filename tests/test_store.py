@@ -97,8 +97,8 @@ def test_version_incomplete_and_damaged(tmp_path):
 
 def test_failure_mid_write_leaves_nothing(tmp_path):
     levels = _levels()
-    levels["bad"] = np.zeros((3, 3, 3))  # not (C, z, y, x): fails after up0/up1 are written
-    with pytest.raises(ValueError):
+    levels["bad"] = np.full((2, 3, 3, 3), np.nan)  # NaN: found after up0/up1 are written
+    with pytest.raises(MedDiftError, match="'bad' holds 54 NaN/inf"):
         S.write_store(tmp_path / "f.zarr", levels, ATTRS)
     assert not (tmp_path / "f.zarr").exists() and _leftovers(tmp_path) == []
 

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import enum
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import MedDiftError, is_out_of_memory
 
 
 def _unsafe_global(message: str) -> str | None:
     """The Python object a refused pickle names, from torch's weights-only error text."""
-    m = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"got <class '([\w.]+)'>", message)
+    m = (re.search(r"(getattr\([^)]{0,120}\))", message) or re.search(r"GLOBAL ([\w.]+)", message)
+         or re.search(r"got <class '([\w.]+)'>", message))
     return m.group(1) if m else None
+
+
+def enum_members_by_getattr(enums: Sequence[type[enum.Enum]]) -> tuple[Callable[..., Any], str]:
+    """A stand-in for ``builtins.getattr`` that only looks up a member of one of ``enums``.
+
+    Early Python 3.11 releases (Debian's 3.11.2) and 3.12 pickle an enum member as
+    ``getattr(EnumClass, "NAME")``, so a checkpoint saved there holds ``builtins.getattr``.
+    Allowing the real ``getattr`` would let a pickle fetch any attribute of any allowed object;
+    this resolver, registered under the name ``builtins.getattr`` (an entry for
+    ``torch.serialization.safe_globals``), accepts exactly ``(one of enums, a member name)`` and
+    refuses anything else with an ``UnpicklingError``. It reads the class's member table; it
+    never calls ``getattr`` or any other code of the object it is given.
+    """
+    allowed = tuple(enums)
+
+    def getattr_enum_member(obj: Any, name: Any = None, *default: Any) -> Any:
+        cls = obj if any(obj is e for e in allowed) else None
+        if cls is not None and not default and type(name) is str and name in cls.__members__:
+            return cls.__members__[name]
+        what = f"{obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        shown = name if type(name) is str else type(name).__name__
+        raise pickle.UnpicklingError(f"Unsupported global: getattr({what}, {shown!r:.60}) is not a member of an "
+                                     "allowed enum")
+
+    return getattr_enum_member, "builtins.getattr"
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint", allowed: Sequence[Any] = ()) -> Any:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import MedDiftError
+from .checkpoint import enum_members_by_getattr
 from .checkpoint import load_checkpoint as _load_checkpoint
 
 BUNDLE = "maisi_ct_generative"
@@ -129,13 +130,17 @@ _UNUSED_OUT_PROJ = re.compile(r"^(?:.+\.)?attn\.out_proj\.(?:weight|bias)$")
 
 def _safe_globals() -> list:
     """The only non-tensor types a MAISI checkpoint may hold: MONAI's MetaTensor (the
-    ``scale_factor``) and the plain numpy values of its image metadata. None can run code."""
+    ``scale_factor``), the enums its metadata uses as keys and values, and the plain numpy values
+    of its image metadata. None can run code. Enum members pickled as ``getattr(Enum, "NAME")``
+    (early Python 3.11 releases such as Debian's 3.11.2, and 3.12) resolve through
+    :func:`checkpoint.enum_members_by_getattr`, which accepts nothing but a member of these enums."""
     import numpy as np
     import numpy.dtypes as npd
     from monai.data import MetaTensor
-    from monai.utils.enums import SpaceKeys
+    from monai.utils.enums import MetaKeys, SpaceKeys, TraceKeys
 
-    allowed: list = [MetaTensor, SpaceKeys, np.ndarray, np.dtype]
+    enums = [MetaKeys, SpaceKeys, TraceKeys]
+    allowed: list = [MetaTensor, *enums, enum_members_by_getattr(enums), np.ndarray, np.dtype]
     try:
         from numpy._core import multiarray as ma
     except ImportError:  # numpy < 2

@@ -227,6 +227,13 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise MedDiftError(f"cannot read mini weights metadata {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise MedDiftError(f"mini weights metadata {meta_path} is not a JSON object; restore it from the package")
+    arch = meta.get("arch", MINI_ARCH)
+    unknown = sorted(set(arch) - set(MINI_ARCH)) if isinstance(arch, dict) else ["(not an object)"]
+    if unknown:
+        raise MedDiftError(f"{meta_path}: unknown key(s) {', '.join(map(str, unknown))} in 'arch'; it holds only "
+                           f"{', '.join(MINI_ARCH)}: restore the file written with the weights")
     digest = file_sha256(path)
     expected = meta.get("sha256")
     if expected is None:
@@ -236,7 +243,11 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
             f"mini weights {path} are corrupt or were replaced: sha256 {digest[:16]}... "
             f"does not match {expected[:16]}... recorded in {meta_path.name}"
         )
-    unet = build_unet(meta.get("arch", MINI_ARCH))
+    try:
+        unet = build_unet(arch)
+    except (TypeError, ValueError, KeyError, AssertionError) as exc:
+        raise MedDiftError(f"{meta_path}: its 'arch' does not describe a network ({exc}); restore the file written "
+                           "with the weights") from None
     from .checkpoint import load_checkpoint  # tensors only; one clear line for a refused pickle
 
     state = load_checkpoint(path, "mini weights")

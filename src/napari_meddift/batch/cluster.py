@@ -130,6 +130,25 @@ def local_cluster(
                        silence_logs=silence_logs, name="meddift")
 
 
+_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
+
+
+def check_scheduler_address(address: object) -> str:
+    """``address`` if it reads as a Dask scheduler address (``[scheme://]host:port``), else one
+    MedDiftError line -- before any cluster is started or contacted."""
+    text = str(address if address is not None else "").strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    host, colon, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if scheme == "inproc" and rest or (scheme in _SCHEMES and colon and host and "/" not in host
+                                        and port.isdigit() and 1 <= int(port) <= 65535):
+        return text
+    raise MedDiftError(f"--scheduler {text!r} is not a Dask scheduler address; give one like tcp://10.0.0.5:8786 "
+                       f"(scheme {', '.join(_SCHEMES)}; a host; a port 1-65535), or leave it out for a local cluster")
+
+
 @contextlib.contextmanager
 def connect(
     workers: int | None = None,
@@ -149,9 +168,10 @@ def connect(
     if scheduler is not None and workers is not None:
         raise MedDiftError("give either --workers (a local cluster) or --scheduler (an existing one), not both")
     if scheduler is not None:
+        check_scheduler_address(scheduler)
         try:
             client = Client(scheduler, timeout=timeout)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise MedDiftError(
                 f"cannot reach the Dask scheduler at {scheduler} ({exc}); start one with `dask scheduler` "
                 "and workers with `dask worker ADDRESS`, or leave out --scheduler for a local cluster"

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from . import build_demo, check, demo, evaluate, evaluate_l2r, extract, extract_many, match, register, train_mini
-from ._common import Parser, run_guarded
+from ._common import Parser, check_bounds, run_guarded
 
 #: the sub-commands in the order ``meddift --help`` lists them; add a new one here
 SUBCOMMANDS = (extract, extract_many, match, register, evaluate, check, demo, train_mini, evaluate_l2r, build_demo)
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)  # usage errors are one line too (Parser.error)
+    check_bounds(args)  # every numeric option within its documented bound, before any work
     return args.func(args)
 
 

@@ -65,11 +65,61 @@ def run_guarded(run: Callable[[], int | None]) -> int:
         raise
 
 
+def _num(v) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+
 def check_range(value, name: str, low=None, high=None, what: str = "") -> None:
     """MedDiftError unless ``low <= value <= high`` (either bound optional), before any work."""
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        bounds = f">= {_num(low)}" if high is None else f"<= {_num(high)}" if low is None else f"in [{_num(low)}, {_num(high)}]"
         raise MedDiftError(f"{name} must be {bounds}{what}, got {value}")
+
+
+#: the bound of every numeric option, by its argparse ``dest`` (docs/cli.md, "Bounds"); checked by
+#: :func:`check_bounds` for every sub-command before its work starts. ``--timestep`` and
+#: ``--radius`` are checked by their commands (their range depends on the backbone / image).
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "seed": (0, 2**32 - 1, ""),
+    "samples": (1, 64, " (noise samples averaged)"),
+    "workers": (1, 256, " worker processes"),
+    "threads": (1, 256, " threads"),
+    "retries": (0, 10, " extra attempts"),
+    "grid_spacing": (1, 32, " voxels"),
+    "search_radius": (1, 64, " voxels"),
+    "search_step": (1, 16, " voxels"),
+    "smoothness": (0, 1e4, ""),
+    "iterations": (0, 5000, " Adam steps"),
+    "minutes": (0.01, 7 * 24 * 60, " minutes"),
+    "crop": (16, 512, " voxels"),
+    "spacing": (0.1, 20, " mm"),
+    "batch": (1, 256, " crops"),
+    "lr": (1e-8, 1.0, ""),
+    "max_steps": (1, 10**7, " steps"),
+}
+
+
+#: options whose sub-command checks the low end itself, with its own messages (train-mini's
+#: ``check_training_args``: positive, crop a multiple of the network's factor); only their upper
+#: bound is checked here
+OWN_LOWER_BOUNDS = {"train-mini": frozenset({"minutes", "crop", "spacing", "batch", "lr", "max_steps", "threads"})}
+
+
+def check_bounds(args: argparse.Namespace) -> None:
+    """MedDiftError for the first numeric option outside :data:`BOUNDS` (NaN and inf included)."""
+    import math
+
+    own = OWN_LOWER_BOUNDS.get(getattr(args, "command", None) or "", frozenset())
+    for dest, (low, high, unit) in BOUNDS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if dest in own and not (math.isfinite(value) and value > high):
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MedDiftError(f"{flag} must be a finite number in [{_num(low)}, {_num(high)}]{unit}, got {value}")
+        check_range(value, flag, low, high, unit)
 
 
 def tqdm_progress(desc: str, unit: str = "step") -> ProgressCallback:
@@ -186,6 +236,13 @@ def window_text(radius, spacing) -> str:
     if radius is None:
         return "global (the whole target)"
     return f"{radius} = {voxel_radius(radius, spacing)} voxels (z, y, x)"
+
+
+def add_allow_mixed_argument(p: argparse.ArgumentParser) -> None:
+    """--allow-mixed: compare stores of different backbones, weights or settings anyway."""
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="compare stores extracted with different backbones, weights, timesteps or preprocessing "
+                        "(refused otherwise: their descriptors are not comparable)")
 
 
 def add_device_argument(p: argparse.ArgumentParser, default: str = "auto", auto: bool = True) -> None:

@@ -53,9 +53,18 @@ def run(args: argparse.Namespace) -> int:
             from ..io.volume import read_volume
 
             mask = read_volume(args.mask)  # index z grows superiorly when direction[2][2] > 0 (LPS)
+            if args.image and mask.shape != read_volume(args.image).shape:
+                raise MedDiftError(f"--mask {args.mask} is {'x'.join(map(str, mask.shape))} (z,y,x) but --image "
+                                   f"{args.image} is not; give the mask of the truth image")
+            outside = ((true < -0.5) | (true > np.asarray(mask.shape) - 0.5)).any(axis=1)
+            if outside.any():
+                raise MedDiftError(f"{int(outside.sum())} point(s) of {args.truth} lie outside --mask {args.mask} "
+                                   f"({'x'.join(map(str, mask.shape))} z,y,x); give the mask of the truth image")
             sign = float(np.sign(np.asarray(mask.direction, float)[2, 2]) or 1.0)
             summary["regions"] = region_summary(errors, true, mask.array > 0.5, superior_sign=sign)
-        print(json.dumps(summary))
+        from ..evaluation.metrics import json_ready
+
+        print(json.dumps(json_ready(summary)))  # an empty region's NaN statistics are null
     else:
         print(format_summary_table({Path(args.predicted).name: summary}))
     return 0

@@ -91,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         log=lambda line: print(line, file=sys.stderr),
     )
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        from ..evaluation.metrics import json_ready
+
+        print(json.dumps(json_ready(result.to_dict()), indent=2))
     else:
         print(result.table, end="")
         print(f"results in {result.out_dir}", file=sys.stderr)

@@ -10,6 +10,7 @@ from ._common import (
     add_device_argument,
     add_levels_argument,
     add_spacing_argument,
+    check_range,
     tqdm_progress,
 )
 
@@ -45,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from ..backbones.base import ExtractionSettings
     from ..backbones.levels import resolve_levels
     from ..batch import extract_many
+    from ..batch.cluster import check_scheduler_address
 
+    # everything that can be checked before a cluster starts (the numeric bounds: cli/_common.py)
+    if args.timestep is not None:
+        check_range(args.timestep, "--timestep", 0, 999)
+    if args.scheduler is not None:
+        check_scheduler_address(args.scheduler)
     settings = ExtractionSettings(
         timestep=args.timestep,
         levels=resolve_levels(args.levels, backbone_levels(args.backbone)[0]),  # the workers build the backbone

@@ -6,9 +6,11 @@ import argparse
 
 from ..errors import MedDiftError
 from ._common import (
+    add_allow_mixed_argument,
     add_device_argument,
     add_levels_argument,
     add_search_arguments,
+    check_range,
     search_radius,
     tqdm_progress,
     window_text,
@@ -16,6 +18,10 @@ from ._common import (
 
 NAME = "match"
 HELP = "match points from a source store into a target store"
+
+#: points beyond which a run would take hours on a CPU (windowed search / --global); refused
+#: up front unless --no-size-limit
+MAX_POINTS, MAX_GLOBAL_POINTS = 200_000, 5_000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_search_arguments(p, global_help="search the whole target")
     add_levels_argument(p, "levels to fuse: indices or names; default all in the stores")
     add_device_argument(p, default="cpu", auto=False)
+    add_allow_mixed_argument(p)
+    p.add_argument("--no-size-limit", action="store_true",
+                   help=f"match more than {MAX_POINTS:,} points ({MAX_GLOBAL_POINTS:,} with --global) in one run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,12 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from ..matching import Matcher
 
     from ..backbones.base import resolve_device
-    from ..io.paths import check_output_file
+    from ..io.metadata import check_same_extraction
+    from ..io.outputs import check_outputs
 
     radius = search_radius(args)
     resolve_device(args.device)
-    check_output_file(args.output, "-o/--output")
+    check_outputs({"-o/--output": args.output},
+                  {"source": args.source, "target": args.target, "--points": args.points})
     src, tgt = open_store(args.source), open_store(args.target)
+    check_same_extraction(src, tgt, args.allow_mixed)
     levels = resolve_levels(args.levels, src.level_names)
     if levels is None and src.level_names != tgt.level_names:
         raise MedDiftError(
@@ -48,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(tgt.level_names)}); extract both with the same --levels, or name the levels to fuse with --levels"
         )
     points = read_points(args.points)
+    limit = MAX_GLOBAL_POINTS if args.global_search else MAX_POINTS
+    if len(points) > limit and not args.no_size_limit:
+        raise MedDiftError(
+            f"{args.points} holds {len(points):,} points; more than {limit:,} {'global searches' if args.global_search else 'points'} "
+            "would take hours: split the file into smaller runs, or pass --no-size-limit to run them all")
     check_points_inside(points, src.image_shape, args.points)
-    matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device)
+    matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device, allow_mixed=args.allow_mixed)
     print(f"search window: {window_text(radius, tgt.spacing)}")
     table = matcher.match_points(points, radius, progress=tqdm_progress("match"))
     write_points_csv(

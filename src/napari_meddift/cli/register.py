@@ -17,7 +17,7 @@ import numpy as np
 from pathlib import Path
 
 from ..errors import MedDiftError
-from ._common import add_device_argument, add_levels_argument, tqdm_progress
+from ._common import add_allow_mixed_argument, add_device_argument, add_levels_argument, tqdm_progress
 
 NAME = "register"
 HELP = "dense smooth displacement field from two descriptor stores (ConvexAdam on descriptors)"
@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-image", help="with --method unigradicon: the source CT")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_device_argument(p)
+    add_allow_mixed_argument(p)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -65,6 +66,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise MedDiftError("--points and --matched go together: give the points to map and the CSV to write")
     if bool(args.warped) != bool(args.moving):
         raise MedDiftError("--warped and --moving go together: give the target-side image and where to write it warped")
+    from ..io.outputs import check_outputs
+
+    # never an input (same inode: links and other spellings too), never two outputs in one file,
+    # writable, not a folder or a special file: all before the stores are opened
+    check_outputs({"-o/--output": args.output, "--matched": args.matched, "--warped": args.warped,
+                   "--jacobian": args.jacobian},
+                  {"source": args.source, "target": args.target, "--points": args.points, "--moving": args.moving,
+                   "--source-image": args.source_image, "--unigradicon-weights": args.unigradicon_weights})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,8 +85,12 @@ def run(args: argparse.Namespace) -> int:
 
     _check_outputs(args)
     src, tgt = open_store(args.source), open_store(args.target)
-    check_stores(src, tgt)
+    check_stores(src, tgt, args.allow_mixed)
     points = read_points(args.points) if args.points else None
+    if points is not None:
+        from .match import check_points_inside
+
+        check_points_inside(points, src.image_shape, args.points)  # a field is not extrapolated
     moving = read_volume(args.moving) if args.moving else None
     if moving is not None and tuple(moving.shape) != tuple(tgt.image_shape):
         raise MedDiftError(f"--moving {args.moving} is {'x'.join(map(str, moving.shape))} (z,y,x) but the target store's "
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             regulariser=args.regulariser, iterations=args.iterations, inverse_consistent=args.inverse_consistent,
             device=args.device)
         settings.check()
-        result = register_stores(src, tgt, settings, progress=tqdm_progress("register"))
+        result = register_stores(src, tgt, settings, progress=tqdm_progress("register"), allow_mixed=args.allow_mixed)
 
     fld = result.field
     fld.write(args.output)

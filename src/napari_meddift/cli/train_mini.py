@@ -35,6 +35,10 @@ def run(a: argparse.Namespace) -> int:
         from ..io.paths import check_output_file
 
         check_output_file(a.plot, "--plot")
+        if Path(a.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+            from ..errors import MedDiftError
+
+            raise MedDiftError(f"--plot {a.plot}: give a .png, .pdf or .svg name (checked before training)")
     train_mini(a.data, a.out, a.minutes, crop=a.crop, spacing=a.spacing, batch=a.batch, seed=a.seed,
                hold_out=tuple(a.hold_out), progress=not a.quiet, lr=a.lr, max_steps=a.max_steps,
                threads=a.threads)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import MedDiftError
 from ..io.cache import safe_filename
+from ..io.outputs import write_text
 from ..matching.window import DEFAULT_RADIUS_MM, Radius, radius_tag
 # the case layout and the results live apart; their names stay importable from here
 from .l2r_cases import CONFIG_NAME, L2R_SOURCE, L2RCase, check_files, l2r_cases  # noqa: F401
@@ -134,10 +135,19 @@ def evaluate_case(
         from ..io.volume import read_volume
 
         mask = read_volume(case.fixed_mask).array > 0
+        fixed_shape = _image_spacing_shape(case.fixed_image)[1]
+        if tuple(mask.shape) != tuple(fixed_shape):
+            raise MedDiftError(f"the mask {case.fixed_mask} is {'x'.join(map(str, mask.shape[::-1]))} (x,y,z) but "
+                               f"{case.fixed_image} is {'x'.join(map(str, fixed_shape[::-1]))}; give the mask of the "
+                               "fixed image")
         idx = np.rint(f_kp).astype(np.int64)
         inside = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1)
         inside[inside] = mask[tuple(idx[inside].T)]
         f_kp, m_kp = f_kp[inside], m_kp[inside]
+        if not len(f_kp):
+            raise MedDiftError(f"no keypoint of {case.fixed_keypoints} lies inside the mask {case.fixed_mask} "
+                               f"({'x'.join(map(str, mask.shape[::-1]))} x,y,z); check that the mask belongs to "
+                               f"{case.fixed_image}, or use --no-keypoints")
 
     spacing, shape = _image_spacing_shape(case.fixed_image)
     m_spacing, m_shape = _image_spacing_shape(case.moving_image)
@@ -299,12 +309,14 @@ def evaluate_l2r(
     table = format_l2r_table(results, method, overall, overall0, okp, okp0)
     result = L2RResult(method, results, overall, overall0, okp, okp0, table, out)
     tag = safe_filename(method, "method")
-    (out / f"l2r_{tag}.md").write_text(table, encoding="utf-8")
+    write_text(out / f"l2r_{tag}.md", table, "report")
     summary = result.to_dict()
     summary["settings"] = settings.resolved(bb).to_dict() if bb is not None else None
     summary["radius"] = radius_tag(radius)
     summary["levels"] = list(levels) if levels is not None else None
-    (out / f"l2r_{tag}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    from .metrics import json_ready
+
+    write_text(out / f"l2r_{tag}.json", json.dumps(json_ready(summary), indent=2, allow_nan=False), "report")
     return result
 
 

@@ -52,6 +52,17 @@ def tre_mm(pred_zyx: ArrayLike, true_zyx: ArrayLike, spacing_zyx: ArrayLike) -> 
     return np.linalg.norm((pred - true) * _spacing(spacing_zyx), axis=1)
 
 
+def json_ready(obj):
+    """``obj`` with NaN/inf floats as None, so ``json.dumps`` writes valid JSON (``null``, never ``NaN``)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
 def summarize(errors: ArrayLike) -> dict[str, float]:
     """Summary statistics of per-point errors.
 

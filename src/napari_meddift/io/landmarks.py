@@ -200,7 +200,9 @@ def read_points(
         MedDiftError: an unknown format or unit, a malformed file (with the line), or mm
             coordinates without a geometry.
     """
-    path = Path(path).expanduser()
+    from .paths import check_not_special
+
+    path = check_not_special(path, "points file")
     if fmt not in FORMATS:
         raise MedDiftError(f"unknown landmark format '{fmt}'; use one of {', '.join(FORMATS)}")
     if units not in UNITS:
@@ -344,16 +346,15 @@ def write_points_csv(
         if len(np.asarray(columns[name]).reshape(-1)) != pts.shape[0]:
             raise MedDiftError(f"column '{name}' has {len(np.asarray(columns[name]).reshape(-1))} values for {pts.shape[0]} points")
     extra = [np.asarray(columns[n]).reshape(-1) for n in names]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as f:
+    from .outputs import replacing
+
+    with replacing(path, "points file") as tmp:  # whole or not at all; the old file stays on failure
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             if header:
                 w.writerow(["x", "y", "z", *names])
             for i, (z, y, x) in enumerate(pts):
                 w.writerow([_cell(x), _cell(y), _cell(z), *(_cell(c[i]) for c in extra)])
-    except OSError as exc:
-        raise MedDiftError(f"{path}: cannot be written ({exc.strerror or exc}); check the folder exists and is writable") from None
 
 
 def write_points_elastix(path, points_zyx, volume: Volume | None = None, units: str = "voxel") -> None:
@@ -375,8 +376,6 @@ def write_points_elastix(path, points_zyx, volume: Volume | None = None, units: 
     else:
         kind = "point" if units == "mm" else "index"
     lines = [kind, str(pts.shape[0])] + [" ".join(repr(float(c)) for c in row[::-1]) for row in pts]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise MedDiftError(f"{path}: cannot be written ({exc.strerror or exc}); check the folder exists and is writable") from None
+    from .outputs import write_text
+
+    write_text(path, "\n".join(lines) + "\n", "points file")

@@ -117,8 +117,11 @@ class StoreLock:
             if not same:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            try:  # the pid is only for messages; on a full disk the flock alone still locks
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            except OSError:
+                pass
             self._fd = fd
             return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from ..errors import MedDiftError
@@ -51,6 +52,20 @@ def check_output_folder(path: str | os.PathLike, what: str = "output folder") ->
     if path.exists() and not path.is_dir():
         raise MedDiftError(f"{what} {path} is a file, not a folder; give a folder")
     check_can_create_in(nearest_existing(path), path, what)
+    return path
+
+
+def check_not_special(path: str | os.PathLike, what: str = "input") -> Path:
+    """MedDiftError for a pipe (FIFO), device or socket given as a file to read: reading one
+    would wait forever. Missing paths and regular files and folders pass (their own checks follow)."""
+    path = Path(path).expanduser()
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise MedDiftError(f"{what} {path} is {kind}, not a file; reading it could wait forever: give a regular file")
     return path
 
 

@@ -28,7 +28,9 @@ from ..errors import MedDiftError
 from .geometry import Grid
 from .integrity import level_digest, missing_chunk_files, verify_level
 from .locking import StoreLock, recover, sibling_path, siblings
-from .paths import check_can_create_in, nearest_existing
+from .metadata import METADATA_CHECKSUM, check_level_values, check_new_store, geometry_problems, metadata_digest
+from .metadata import metadata_problem, stored_attributes
+from .paths import check_can_create_in, check_not_special, nearest_existing
 
 if TYPE_CHECKING:
     from .volume import Volume
@@ -101,6 +103,13 @@ def is_store(path) -> bool:
     """
     path = Path(path)
     return path.is_dir() and _is_our_group(path)
+
+
+def _store_path(path: Any) -> Path:
+    """``path`` as a Path; MedDiftError for None, an empty string or a non-path."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise MedDiftError(f"a descriptor store path must be a folder name like scan.zarr, got {path!r}")
+    return Path(path).expanduser()
 
 
 def _rmtree(path: Path) -> None:
@@ -295,7 +304,9 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
     """
     import zarr
 
-    path = Path(path)
+    path = _store_path(path)
+    for part in (path, path / "zarr.json"):
+        check_not_special(part, "descriptor store")  # a FIFO as the store or its metadata: never read
     _roll_back_if_interrupted(path)
     if not path.exists():
         raise MedDiftError(f"no descriptor store at {path}; run `meddift extract` first")
@@ -351,6 +362,9 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
         raise _damaged(path, f"level array(s) {', '.join(missing)} missing")
     if incomplete:
         raise _damaged(path, "; ".join(incomplete))
+    problem = metadata_problem(path, attrs) or "; ".join(geometry_problems(attrs))  # io/metadata.py
+    if problem:
+        raise _damaged(path, problem)
     try:
         check_level_geometry(attrs, {n: tuple(group[f"levels/{n}"].shape) for n in levels})
     except MedDiftError as exc:
@@ -492,26 +506,23 @@ def write_store(
         The written store, opened.
 
     Raises:
-        MedDiftError: an unknown dtype, no levels, ``path`` holding something that is not a
-            descriptor store, another writer holding the lock past its timeout, or a failed
-            write (disk full, permissions); nothing is left behind then.
-        ValueError: a programming error: a level not 4-D or ``attrs`` without the two keys.
+        MedDiftError: an unknown dtype, no levels, a level name that is not a plain name, a level
+            not (C, z, y, x) with every size >= 1 or holding NaN/inf, ``attrs`` without a sound
+            ``image_shape``/``spacing``/``origin``/``direction``, ``path`` holding something
+            that is not a descriptor store, another writer holding the lock past its timeout, or
+            a failed write (disk full, permissions); nothing is left behind then, and a store
+            that was at ``path`` is kept.
     """
     import zarr
     from zarr.codecs import ZstdCodec
 
-    path = Path(path)
+    path = _store_path(path)
     if dtype not in _DTYPES:
         raise MedDiftError(f"store dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     if not levels:
         raise MedDiftError("no feature levels to write")
-    for key in ("image_shape", "spacing"):
-        if key not in attrs:
-            raise ValueError(f"write_store attrs need {key!r}")
-    for name, data in levels.items():
-        if len(getattr(data, "shape", ())) != 4:
-            raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {tuple(getattr(data, 'shape', ()))}")
-    geometry = _default_geometry(_jsonable(dict(attrs)), levels)  # before anything is touched
+    check_new_store(levels, attrs)  # names, shapes, geometry: before anything is touched
+    geometry = _default_geometry(_jsonable(dict(attrs)), levels)  # recorded level grids, checked
     _check_writable_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -547,8 +558,7 @@ def write_store(
             shapes, digests = {}, {}
             for name, data in levels.items():
                 values = _to_numpy(data, dtype)
-                if values.ndim != 4:
-                    raise ValueError(f"level {name!r} must be (C, z, y, x), got shape {values.shape}")
+                check_level_values(str(name), values)
                 z = lv.create_array(
                     str(name), shape=values.shape, chunks=level_chunks(values.shape), dtype=dtype,
                     compressors=ZstdCodec(level=0, checksum=True), config={"write_empty_chunks": True},
@@ -557,7 +567,9 @@ def write_store(
                 shapes[str(name)] = [int(n) for n in values.shape]
                 digests[str(name)] = level_digest(values)
             group.attrs.update({"level_shapes": shapes, "checksums": digests})
-            group.attrs.update({"complete": True})  # last: only now is the store whole
+            # the metadata as written, checksummed like the levels (io/metadata.py), then complete
+            group.attrs.update({METADATA_CHECKSUM: metadata_digest(partial, stored_attributes(partial)),
+                                "complete": True})  # last: only now is the store whole
 
             if path.exists():
                 old = sibling_path(path, "old")

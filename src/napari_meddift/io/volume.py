@@ -192,6 +192,10 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
         raise MedDiftError(f"{source}: is empty (size {size_txt}); the file holds no voxels, re-export the volume")
     if 1 in size:
         raise MedDiftError(f"{source}: is a single slice (size {size_txt}), i.e. 2D; give a 3D volume")
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise MedDiftError(f"{source}: holds complex voxel values ({image.GetPixelIDTypeAsString()}); give a real-valued "
+                           "CT (e.g. the magnitude, saved as a scalar image)")
+    check_geometry(image.GetSpacing()[::-1], image.GetOrigin()[::-1], image.GetDirection(), source)
     arr = sitk.GetArrayFromImage(image)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
@@ -204,6 +208,105 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
         direction=np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3),
         name=name,
     )
+
+
+def check_geometry(spacing_zyx, origin_zyx, direction, source: str = "image") -> None:
+    """MedDiftError unless the geometry can place a voxel: finite positive spacing, finite origin,
+    an orthonormal direction matrix (io/metadata.py's rules, shared with stores)."""
+    from .metadata import geometry_problems
+
+    problems = geometry_problems({"image_shape": [1, 1, 1], "spacing": list(spacing_zyx), "origin": list(origin_zyx),
+                                  "direction": np.asarray(direction, dtype=np.float64).reshape(3, 3).tolist()})
+    if problems:
+        raise MedDiftError(f"{source}: has impossible geometry ({'; '.join(problems)}); fix the header (spacing, "
+                           "origin, orientation) and save again")
+
+
+#: NIfTI datatype codes of complex and multi-component voxels
+_NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
+_NIFTI_VECTOR = {128: "RGB", 2304: "RGBA"}
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Geometry ITK would paper over, read from the raw header with nibabel: a spacing of 0,
+    NaN or inf (ITK substitutes 1 mm), a NaN quaternion or offset, NaN sform rows; complex and
+    colour voxels."""
+    import nibabel as nib
+
+    try:  # check=False: nibabel would otherwise "fix" a zero pixdim to 1 as ITK does
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            block = f.read(540)
+        kind = nib.Nifti2Header if len(block) >= 540 and 540 in struct.unpack("<i", block[:4]) + struct.unpack(
+            ">i", block[:4]) else nib.Nifti1Header
+        import io
+
+        hdr = kind.from_fileobj(io.BytesIO(block), check=False)
+    except Exception as exc:  # noqa: BLE001 - nibabel's many header errors are one user problem
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise MedDiftError(f"{path}: has a corrupt NIfTI header ({first}); export the volume again") from None
+    code = int(hdr["datatype"])
+    if code in _NIFTI_COMPLEX:
+        raise MedDiftError(f"{path}: holds complex voxel values ({_NIFTI_COMPLEX[code]}); give a real-valued CT "
+                           "(e.g. the magnitude, saved as a scalar image)")
+    if code in _NIFTI_VECTOR:
+        raise MedDiftError(f"{path}: holds {_NIFTI_VECTOR[code]} colour voxels; give a single-channel (scalar) 3D CT")
+    pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
+    if not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
+        raise MedDiftError(f"{path}: has voxel spacing {pixdim.tolist()} in its header (pixdim); spacing must be finite "
+                           "and non-zero: fix the header and save again")
+    bad = []
+    if int(hdr["qform_code"]) > 0:
+        q = [float(hdr[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")]
+        if not np.isfinite(q).all():
+            bad.append(f"the qform (quaternion/offset {q}) holds NaN/inf")
+    if int(hdr["sform_code"]) > 0:
+        rows = np.asarray([hdr["srow_x"], hdr["srow_y"], hdr["srow_z"]], dtype=np.float64)
+        if not np.isfinite(rows).all():
+            bad.append("the sform rows hold NaN/inf")
+        elif abs(np.linalg.det(rows[:, :3])) < 1e-12:
+            bad.append("the sform matrix is singular")
+    if bad:
+        raise MedDiftError(f"{path}: has an impossible orientation in its header ({'; '.join(bad)}); fix the header "
+                           "and save again")
+
+
+#: MetaImage header keys holding geometry, and how many numbers each must be (per dimension: 3)
+_META_GEOMETRY = {"elementspacing": 3, "elementsize": 3, "offset": 3, "origin": 3, "position": 3,
+                  "transformmatrix": 9, "rotation": 9, "orientation": 9}
+
+
+def _check_meta_header(path: Path) -> None:
+    """The raw MetaImage (.mha/.mhd) header: ITK reads a NaN offset as 0 and a negative spacing as
+    a flipped axis; both are refused here, before SimpleITK reads the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as exc:
+        raise MedDiftError(f"{path}: cannot be read ({exc.strerror or exc}); check the path and permissions") from None
+    for raw in head.split(b"\n"):
+        key, sep, value = raw.decode("latin-1").partition("=")
+        key = key.strip().lower()
+        if key == "elementdatafile":
+            break
+        if not sep or key not in _META_GEOMETRY:
+            continue
+        try:
+            numbers = [float(v) for v in value.split()]
+        except ValueError:
+            numbers = []
+        if len(numbers) != _META_GEOMETRY[key] or not all(np.isfinite(numbers)):
+            raise MedDiftError(f"{path}: has an impossible {key} in its header ({value.strip()[:60]!r}); fix the "
+                               "header and save again")
+        if _META_GEOMETRY[key] == 9:
+            from .metadata import direction_problem
+
+            problem = direction_problem(numbers)
+            if problem:
+                raise MedDiftError(f"{path}: has an impossible {key} in its header ({problem}); fix the header and "
+                                   "save again")
+        if key in ("elementspacing", "elementsize") and min(numbers) <= 0:
+            raise MedDiftError(f"{path}: has voxel spacing {value.strip()[:60]} in its header; spacing must be positive: "
+                               "fix the header and save again")
 
 
 def volume_to_sitk(volume: Volume):
@@ -335,6 +438,55 @@ def _check_nifti(path: Path) -> None:
         )
 
 
+def _check_dicom_series(path: Path, files, in_series: set[str]) -> None:
+    """A DICOM series that ITK would stack without a word: files of the folder that are DICOM but
+    belong to no series (truncated or corrupt slices, which GDCM drops), slices at one position,
+    and unevenly spaced slices (a missing slice)."""
+    import SimpleITK as sitk
+
+    try:
+        entries = [e for e in os.scandir(path) if e.is_file()]
+    except OSError:
+        entries = []
+    dropped = []
+    for e in entries:
+        if os.path.abspath(e.path) in in_series:
+            continue
+        try:
+            with open(e.path, "rb") as f:
+                magic = f.read(132)[128:]
+        except OSError:
+            continue
+        if magic == b"DICM":
+            dropped.append(e.name)
+    if dropped:
+        raise MedDiftError(f"{path}: {len(dropped)} DICOM file(s) cannot be read as part of a series (e.g. {dropped[0]}: "
+                           "truncated or corrupt); copy the series again")
+    positions, normal = [], None
+    info = sitk.ImageFileReader()
+    for f in files:
+        info.SetFileName(f)
+        try:
+            info.ReadImageInformation()
+            pos = [float(v) for v in info.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                o = [float(v) for v in info.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(o[:3], o[3:6])
+        except (RuntimeError, ValueError, IndexError):
+            return  # no usable position tags: ITK's own ordering is all there is
+        positions.append(float(np.dot(pos, normal)))
+    if len(positions) < 2 or normal is None or not np.isfinite(positions).all():
+        return
+    d = np.diff(np.sort(positions))
+    if (d < 1e-3).any():
+        raise MedDiftError(f"{path}: {int((d < 1e-3).sum()) + 1} slices of the series sit at the same position; it is "
+                           "not one volume (several series or phases mixed?): give a folder with one series")
+    gap = float(np.median(d))
+    if d.max() - d.min() > 0.01 * gap + 1e-3:
+        raise MedDiftError(f"{path}: the slices are unevenly spaced ({d.min():.3g} to {d.max():.3g} mm apart): a slice "
+                           "is missing or the series is mixed; copy the complete series")
+
+
 def _read_dicom_folder(path: Path) -> Volume:
     import SimpleITK as sitk
 
@@ -347,7 +499,9 @@ def _read_dicom_folder(path: Path) -> Volume:
         raise MedDiftError(
             f"{path}: is a folder without a DICOM series; give a folder of DICOM slices or a .nii.gz/.mha/.nrrd file"
         )
-    files = max((reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series), key=len)
+    all_files = [reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series]
+    files = max(all_files, key=len)
+    _check_dicom_series(path, files, {os.path.abspath(f) for group in all_files for f in group})
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
@@ -374,7 +528,9 @@ def read_volume(path: str | os.PathLike) -> Volume:
     """
     import SimpleITK as sitk
 
-    path = Path(path).expanduser()
+    from .paths import check_not_special
+
+    path = check_not_special(path, "image")
     if not path.exists():
         raise MedDiftError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
@@ -388,6 +544,9 @@ def read_volume(path: str | os.PathLike) -> Volume:
         )
     if suffix in (".nii", ".nii.gz"):
         _check_nifti(path)
+        _check_nifti_header(path)
+    elif suffix in (".mha", ".mhd"):
+        _check_meta_header(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -406,17 +565,13 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> None:
         path: a .nii/.nii.gz/.mha/.mhd/.nrrd file; missing folders are created.
 
     Raises:
-        MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be written.
+        MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be
+            written (full disk, read-only folder: the file that was there is kept).
     """
-    import SimpleITK as sitk
-
     path = Path(path).expanduser()
     suffix = _suffix(path)
     if suffix not in VOLUME_SUFFIXES:
         raise MedDiftError(f"{path}: cannot write '{suffix or path.name}'; use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd")
-    image = volume_to_sitk(volume)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, str(path))
-    except (OSError, RuntimeError) as exc:
-        raise MedDiftError(f"{path}: cannot be written ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}); check the folder exists and is writable") from None
+    from .outputs import write_image
+
+    write_image(volume_to_sitk(volume), path, "output")  # whole or not at all (io/outputs.py)

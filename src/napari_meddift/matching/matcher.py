@@ -120,8 +120,15 @@ class Matcher:
         levels: Sequence[str] | None = None,
         weights: Mapping[str, float] | None = None,
         device: str | torch.device = "cpu",
+        allow_mixed: bool = False,
     ) -> Matcher:
-        """Build from two descriptor stores (anything with ``.image_shape`` and ``.load_levels``)."""
+        """Build from two descriptor stores (anything with ``.image_shape`` and ``.load_levels``).
+
+        Stores of different backbones, weights, timesteps, backbone configurations or
+        preprocessing are refused with one line unless ``allow_mixed``."""
+        from ..io.metadata import check_same_extraction
+
+        check_same_extraction(src_store, tgt_store, allow_mixed)
         if levels is not None:
             levels = list(levels)
             for which, store in (("source", src_store), ("target", tgt_store)):

