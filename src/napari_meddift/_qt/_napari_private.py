@@ -14,7 +14,7 @@ import contextlib
 from typing import Callable
 
 __all__ = ["TESTED_NAPARI", "qt_viewer_class", "skip_thumbnails", "refresh_blocker", "reslice_callback",
-           "layer_ranges", "layers_change_callback", "show_activity", "canvas_widget", "check_private_api"]
+           "layer_ranges", "layers_change_callback", "show_activity", "hide_activity", "canvas_widget", "check_private_api"]
 
 #: the napari versions these private names were checked on (pyproject's bound says the same)
 TESTED_NAPARI = ">=0.9,<0.10"
@@ -74,6 +74,14 @@ def show_activity(viewer) -> bool:
         return True
     except (AttributeError, RuntimeError):
         return False
+
+
+def hide_activity(viewer) -> None:
+    """Close napari's activity dock again (the status bar's *activity* button reopens it)."""
+    try:
+        viewer.window._qt_window._activity_dialog.hide()
+    except (AttributeError, RuntimeError):
+        pass
 
 
 def canvas_widget(viewer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._layers import volume_layer_kwargs
-from ._napari_private import show_activity
+from ._napari_private import hide_activity, show_activity
 
 __all__ = ["launch_explorer"]
 
@@ -82,9 +82,11 @@ def launch_demo(inhale, exhale, landmarks, prepare, radius: int | None = None, n
 
     viewer = napari.Viewer(title="MedDIFT correspondence explorer")
     layers = add_pair_layers(viewer, inhale, exhale)
+    viewer.layers.selection.active = layers[0]
     viewer.reset_view()
 
     def ready(result):
+        hide_activity(viewer)  # it covered the canvas; the status bar's button reopens it
         src_store, tgt_store, truth, lung_mask = result
         launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=landmarks, viewer=viewer, radius=radius,
                         truth=truth, lung_mask=lung_mask, match_landmarks=True, layers=layers)
