@@ -77,7 +77,9 @@ class Driver:
         from napari_meddift._qt._explorer import explorer_in
 
         s = self.stamps
-        if "window" in s and "shot1" not in s and (self.task.relay.applied > 2 or self.now() > s["window"] + 20):
+        bar = self.task.bar
+        counting = bar is not None and bar.total > 0 and bar.n > 0
+        if "window" in s and "shot1" not in s and (counting or self.now() > s["window"] + 120):
             s["shot1"] = round(self.now(), 2)
             self.grab("first_launch.png")
         if self.ex is None:

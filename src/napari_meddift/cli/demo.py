@@ -32,6 +32,8 @@ def extract_demo_stores(inhale, exhale, cache_dir: Path, random_weights: bool = 
     from ..backbones.base import ExtractionSettings
     from ..backbones.extraction import extract_to_store
 
+    if progress is not None:
+        progress(0, 2, "inhale: loading the mini backbone")
     backbone = get_backbone("mini", random_weights=random_weights)
     settings = ExtractionSettings(timestep=20, seed=0, samples=1, device="cpu")
     stores = []
