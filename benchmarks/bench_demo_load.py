@@ -116,7 +116,8 @@ class Driver:
         shape = np.asarray(layer.data.shape, float)
         vox = [0.0] + [self.rng.uniform(0.3, 0.7) * n for n in shape[1:]]
         world = np.asarray(layer.data_to_world(vox), float)
-        cam = self.viewer.camera
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 (viewer.camera is deprecated there)
+        cam = scene.camera if scene is not None and hasattr(scene, "camera") else self.viewer.camera
         cy, cx = cam.center[-2:]
         pos = QPointF(float(w / 2 + (world[-1] - cx) * cam.zoom), float(h / 2 + (world[-2] - cy) * cam.zoom))
         self.ex.session.last_query = None
@@ -176,7 +177,10 @@ def parent(args) -> dict:
     hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
     try:
         with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "BENCH_T0": repr(time.time()), "MEDDIFT_CACHE": cache}
+            # a first launch: empty cache, and napari's own settings fresh too (no window size
+            # remembered from an earlier run)
+            env = {**os.environ, "BENCH_T0": repr(time.time()), "MEDDIFT_CACHE": cache,
+                   "NAPARI_CONFIG": os.path.join(cache, "napari-settings.yaml")}
             cmd = [sys.executable, os.path.abspath(__file__), "--child", "--cache", cache, "--events", str(args.events)]
             if args.screenshots:
                 cmd += ["--screenshots", os.path.abspath(args.screenshots)]

@@ -78,6 +78,7 @@ class ProgressRelay(QObject):
         self._shown: tuple[int, int, str] | None = None
         self.applied = 0
         self.closed = False
+        self._desc = desc
         self.bar = progress(total=0, desc=desc)  # shown in napari's activity dock
         self._timer = QTimer(self)
         self._timer.setInterval(APPLY_INTERVAL_MS)
@@ -115,7 +116,8 @@ class ProgressRelay(QObject):
         if done != bar.n:
             bar.update(done - bar.n)  # napari's value event (a processEvents inside)
         desc = f"{self.desc}: {message}" if message else self.desc
-        if bar.desc != desc:
+        if desc != self._desc:
+            self._desc = desc
             bar.set_description(desc)  # napari's description event (another processEvents)
         self.progressed.emit(done, total, message)
 
