@@ -110,7 +110,7 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
         print(f"meddift demo: opening the window; descriptors cached in {cache}", flush=True)
     else:
         print("meddift demo: window open; extracting the demo descriptors in the background (once, about "
-              "15 s on an idle 2-core CPU, a minute or more on a busy one; progress in the activity dock); "
+              "15 s on an idle 2-core CPU, minutes on a busy one; progress in the activity dock); "
               f"the explorer connects itself when they are ready (cache: {cache})", flush=True)
     viewer, task = launch_demo(inhale, exhale, (src_pts, tgt_pts), prepare, radius=radius,
                                note=lambda text: print(text, flush=True))
