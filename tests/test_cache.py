@@ -8,8 +8,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from napari_meddift.io.cache import default_cache_dir, safe_filename
 
 SRC = Path(__file__).resolve().parents[1] / "src"
