@@ -125,6 +125,7 @@ def run(args) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_meddift._qt._explorer import ExplorerWidget
+    from napari_meddift._qt._napari_private import canvas_widget
     from napari_meddift.matching import Matcher
 
     if args.threads:
@@ -154,7 +155,7 @@ def run(args) -> dict:
     for _ in range(20):
         app.processEvents()
         time.sleep(0.01)
-    canvas = viewer.window._qt_viewer.canvas.native  # the vispy canvas widget (benchmark only)
+    canvas = canvas_widget(viewer)  # the vispy canvas widget (napari internals: _napari_private)
     w, h = canvas.width(), canvas.height()
 
     def move(x, y):

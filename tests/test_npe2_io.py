@@ -49,10 +49,17 @@ def _reader(pm, path):
 
 
 def test_tif_csv_and_other_files_are_not_offered(pm, tmp_path):
-    for name in ("scan.tif", "scan.tiff", "points.csv", "movie.mp4", "notes.txt", "image.png", "data.npy"):
+    for name in ("scan.tif", "scan.tiff", "movie.mp4", "image.png", "data.npy"):
         f = tmp_path / name
         f.write_bytes(b"\0" * 400)
         assert _ours(pm, f) == [], name  # not even listed: no choose-reader dialog for these
+    for name, text in (("points.csv", "\0" * 400), ("notes.txt", "hello world\n"),
+                       ("table.csv", "a,b,c,d\n1,2,3,4\n"), ("four.csv", "1,2,3,4\n5,6,7,8\n"),
+                       ("wide.txt", "1 2 3 4\n5 6 7 8\n")):
+        f = tmp_path / name
+        f.write_text(text)
+        assert [r.command for r in _ours(pm, f)] == ["napari-meddift.read_landmarks"], name
+        assert _reader(pm, f) is None, name  # listed by name, declined by content
 
 
 def test_plain_folders_and_impostors_are_declined(pm, tmp_path):
@@ -191,3 +198,132 @@ def test_l2r_writer_without_scan_metadata(pm, tmp_path):
                   "axis_labels": ("0", "1", "2"), "metadata": {}, "name": "Points"}
     with pytest.raises(MedDiftError, match="not tied to a scan.*elastix"):
         w.exec(kwargs={"path": str(tmp_path / "b.csv"), "data": pts, "attributes": napari_own}, _registry=pm.commands)
+
+
+# --- header first: only 3D scalar volumes ---------------------------------------------------
+
+@pytest.mark.parametrize("what", ["2d", "4d", "rgb", "one slice"])
+def test_volume_reader_declines_what_is_not_a_3d_scalar_volume(pm, tmp_path, what):
+    if what == "2d":
+        img = sitk.GetImageFromArray(np.zeros((6, 5), np.int16))
+    elif what == "4d":
+        img = sitk.GetImageFromArray(np.zeros((3, 4, 6, 5), np.int16))  # a 4D-CT: 3 phases
+    elif what == "rgb":
+        img = sitk.GetImageFromArray(np.zeros((4, 6, 5, 3), np.uint8), isVector=True)
+    else:
+        img = sitk.GetImageFromArray(np.zeros((1, 6, 5), np.int16))
+    path = tmp_path / "x.nii.gz"
+    sitk.WriteImage(img, str(path))
+    assert [r.command for r in _ours(pm, path)] == ["napari-meddift.read_volume"]  # listed by name
+    assert _reader(pm, path) is None  # declined on its header: another plugin may take it
+
+
+# --- DICOM selections: one layer per series -------------------------------------------------
+
+def test_dicom_selection_opens_one_layer_per_series(pm, tmp_path):
+    from napari_meddift._qt import _reader as R
+
+    folder = tmp_path / "two"
+    _dicom_series(folder, n=4)
+    other = tmp_path / "b"
+    _dicom_series_uid(other, "1.2.826.0.1.3680043.2.1125.99.2", n=3)
+    for f in other.iterdir():
+        f.rename(folder / f"b_{f.name}")
+    files = sorted(str(f) for f in folder.iterdir())
+    assert len(files) == 7
+    fn = R.get_volume_reader(files)  # a stacked selection: one call with every file
+    layers = fn(files)
+    shapes = sorted(data.shape for data, _, _ in layers)
+    assert shapes == [(3, 6, 5), (4, 6, 5)]
+    assert {kw["metadata"]["meddift_dicom_series"] for _, kw, _ in layers} == {
+        "1.2.826.0.1.3680043.2.1125.99.1", "1.2.826.0.1.3680043.2.1125.99.2"}
+    # one file at a time (napari's default for a selection): the series once, then nothing
+    R._RECENT_SERIES.clear()
+    a = [f for f in files if "b_" not in f]
+    first = _reader(pm, a[0])[1](a[0])
+    assert len(first) == 1 and first[0][0].shape == (4, 6, 5)
+    for f in a[1:]:
+        assert _reader(pm, f)[1](f) == [(None,)]  # napari's "nothing to add" sentinel
+
+
+def _dicom_series_uid(folder: Path, uid: str, n: int) -> None:
+    _dicom_series(folder, n)
+    for f in sorted(folder.iterdir()):
+        img = sitk.ReadImage(str(f))
+        img.SetMetaData("0020|000e", uid)
+        img.SetMetaData("0008|0018", f"{uid}.{f.stem[-1]}")
+        w = sitk.ImageFileWriter()
+        w.KeepOriginalImageUIDOn()
+        w.SetFileName(str(f))
+        w.Execute(img)
+
+
+# --- landmark files -> Points layers in the scan's world, round trip through the writers ------
+
+def _exec_writer(pm, path, data, attrs):
+    w, out = pm.get_writer(str(path), ["points"], PLUGIN)
+    w.exec(kwargs={"path": out, "data": data, "attributes": attrs}, _registry=pm.commands)
+    return w.command
+
+
+def _world(kw, data):
+    """World (z, y, x mm) of layer data under the layer kwargs: napari's own transform."""
+    from napari.utils.transforms import Affine
+
+    phys = Affine(scale=kw["scale"], translate=kw["translate"], ndim=3)
+    return Affine(affine_matrix=np.asarray(kw["affine"], float)).compose(phys)(np.asarray(data, float))
+
+
+def test_learn2reg_csv_lands_on_the_scan_and_round_trips(pm, tmp_path, monkeypatch):
+    from napari_meddift._qt import _reader as R
+
+    vol = read_volume(DEMO / "inhale.nii.gz")
+    monkeypatch.setattr(R, "current_scan", lambda: vol)
+    src = DEMO / "landmarks_inhale.csv"
+    assert _reader(pm, src)[0] == "napari-meddift.read_landmarks"
+    (data, kw, kind), = _reader(pm, src)[1](src)
+    assert kind == "points"
+    np.testing.assert_allclose(data, read_points(src, fmt="l2r"))
+    img = sitk.ReadImage(str(DEMO / "inhale.nii.gz"))  # the independent reference: ITK's own map
+    ref = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in p[::-1]]) for p in data[:20]])
+    np.testing.assert_allclose(_world(kw, data[:20]), ref[:, ::-1], atol=1e-4)
+    # saved again as Learn2Reg CSV through npe2: the same numbers as the file we read
+    out = tmp_path / "again.csv"
+    assert _exec_writer(pm, out, data, {**kw, "rotate": np.eye(3), "shear": np.zeros(3)}) == \
+        "napari-meddift.write_l2r_points"
+    np.testing.assert_allclose(np.loadtxt(out, delimiter=","), np.loadtxt(src, delimiter=","), atol=1e-9)
+
+
+def test_voxel_landmarks_without_a_scan_say_what_to_do(pm, monkeypatch):
+    from napari_meddift._qt import _reader as R
+    from napari_meddift.errors import MedDiftError
+
+    monkeypatch.setattr(R, "current_scan", lambda: None)
+    with pytest.raises(MedDiftError, match="voxel indices of a scan; open that scan first"):
+        _reader(pm, DEMO / "landmarks_inhale.csv")[1](DEMO / "landmarks_inhale.csv")
+
+
+def test_real_elastix_and_dirlab_files(pm, tmp_path, monkeypatch, shared_data):
+    from napari_meddift._qt import _reader as R
+
+    monkeypatch.setattr(R, "current_scan", lambda: None)
+    ela = shared_data / "landmarks" / "elastix_lung" / "3DCT_lung_baseline_landmarks.txt"
+    (data, kw, kind), = _reader(pm, ela)[1](ela)  # physical mm: world points, no scan needed
+    raw = np.loadtxt(ela, skiprows=2)
+    assert kind == "points" and data.shape == (100, 3) and kw["metadata"]["meddift_points"] == "world"
+    np.testing.assert_allclose(data, raw[:, ::-1])
+    out = tmp_path / "again.txt"
+    attrs = {"scale": (1.0, 1.0, 1.0), "translate": (0.0, 0.0, 0.0), **kw}
+    assert _exec_writer(pm, out, data, attrs) == "napari-meddift.write_elastix_points"
+    np.testing.assert_allclose(np.loadtxt(out, skiprows=2), raw, atol=1e-9)
+    with pytest.raises(Exception, match="not tied to a scan"):  # mm points are no voxel indices
+        _exec_writer(pm, tmp_path / "no.csv", data, attrs)
+
+    # DIR-Lab case 1: 1-based voxel x y z of a 256x256x94 scan of 0.97x0.97x2.5 mm
+    dl = shared_data / "landmarks" / "dirlab_4dct_case1" / "Case1_300_T00_xyz.txt"
+    scan = Volume(np.zeros((1, 1, 1), np.float32), spacing=(2.5, 0.97, 0.97), name="case1 T00")
+    monkeypatch.setattr(R, "current_scan", lambda: scan)
+    (data, kw, _), = _reader(pm, dl)[1](dl)
+    np.testing.assert_allclose(data, np.loadtxt(dl)[:, ::-1] - 1.0)
+    np.testing.assert_allclose(_world(kw, data), (np.loadtxt(dl)[:, ::-1] - 1.0) * [2.5, 0.97, 0.97], atol=1e-9)
+    assert kw["name"] == "Case1_300_T00_xyz (on case1 T00)"

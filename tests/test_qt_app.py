@@ -195,3 +195,42 @@ def test_connect_button_uses_the_layers_stores(make_napari_viewer, tmp_path, qtb
     c.connect_button.clicked()
     qtbot.waitUntil(lambda: "no descriptor store" in w.error_label.text(), timeout=20000)
     w.close_explorer()
+
+
+def test_launch_demo_shows_the_window_first_and_connects_when_ready(qtbot, tmp_path):
+    """``meddift demo``'s window: the pair at once, the preparation's progress in the activity
+    dock, the explorer connecting itself only when the worker hands over the stores."""
+    import threading
+
+    from napari_meddift._qt._explorer import explorer_in
+    from napari_meddift._qt.app import launch_demo
+
+    src, tgt = _volume(0, "inhale"), _volume(1, "exhale")
+    s, t = _store(tmp_path / "src.zarr", 0), _store(tmp_path / "tgt.zarr", 1)
+    pts = np.stack([np.arange(3, 9)] * 3, 1).astype(float)
+    gate = threading.Event()
+
+    def prepare(progress):
+        for i in range(200):
+            progress(i, 400, "inhale: extracting")
+        gate.wait(60)
+        progress(400, 400, "exhale: done")
+        return s, t, None, None
+
+    notes = []
+    viewer, task = launch_demo(src, tgt, (pts, pts), prepare, note=notes.append)
+    try:
+        assert [ly.name for ly in viewer.layers] == ["inhale", "exhale"]  # the pair, at once
+        qtbot.waitUntil(lambda: task.relay.applied > 0, timeout=20000)
+        assert explorer_in(viewer) is None and task.running and task.bar.total == 400
+        gate.set()
+        qtbot.waitUntil(lambda: explorer_in(viewer) is not None and explorer_in(viewer).result is not None,
+                        timeout=180000)  # generous: a busy 2-core machine
+        assert task.bar is None and not task.running
+        assert notes == ["meddift demo: descriptors ready, explorer connected"]
+        ex = explorer_in(viewer)
+        assert ex.source_layer is viewer.layers["inhale"]  # the layers shown first, not copies
+        assert [ly.name for ly in viewer.layers][:2] == ["inhale", "exhale"]
+    finally:
+        gate.set()
+        viewer.close()

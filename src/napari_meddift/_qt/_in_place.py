@@ -7,9 +7,9 @@ search window's outline) are napari vectors (N, 2, 3): start voxel and displacem
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
+
+from ._napari_private import refresh_blocker
 
 __all__ = ["box_outline", "crosshair", "no_refresh", "set_points", "set_vectors", "set_visible"]
 
@@ -21,8 +21,7 @@ def set_visible(layer, value: bool) -> None:
 
 def no_refresh(layer):
     """napari's refresh blocker where it exists (one refresh per update instead of two)."""
-    blocker = getattr(layer, "_block_refresh", None)
-    return blocker() if callable(blocker) else contextlib.nullcontext()
+    return refresh_blocker(layer)
 
 
 def _refresh_now(layer) -> None:

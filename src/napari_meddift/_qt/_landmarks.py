@@ -203,7 +203,7 @@ class LandmarksWidget(QWidget):
         if task is not None:
             self.match_button.setEnabled(False)
             self.cancel_button.setEnabled(True)
-            task.worker.finished.connect(self._finished)
+            task.finished.connect(self._finished)
         return task
 
     def cancel(self, *_):

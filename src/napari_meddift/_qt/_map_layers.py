@@ -26,6 +26,7 @@ import numpy as np
 from ..explorer import MAP_RANGES, display_limits
 from ._in_place import box_outline, crosshair, no_refresh, set_points, set_vectors, set_visible
 from ._layers import box_translate, same_geometry  # the scan's full geometry (direction in the affine)
+from ._napari_private import layer_ranges, layers_change_callback
 
 __all__ = ["MapLayers", "SIM_COLORMAP", "same_geometry", "box_translate"]
 
@@ -174,21 +175,17 @@ class MapLayers:
                 break
         if inside:
             return
-        try:
-            ranges = viewer.layers._ranges
-        except AttributeError:  # pragma: no cover - napari without this internal: the full update
-            viewer._on_layers_change()
-            return
-        if len(ranges) != dims.ndim:  # pragma: no cover - not from a move
-            viewer._on_layers_change()
+        ranges = layer_ranges(viewer)
+        if ranges is None or len(ranges) != dims.ndim:  # pragma: no cover - the full update
+            layers_change_callback(viewer)()
         elif tuple(map(tuple, ranges)) != tuple(map(tuple, dims.range)):
             dims.range = ranges
 
     def _set_translate(self, layer, translate) -> None:
         """Move ``layer`` without redrawing it (the caller redraws it once with its new data)."""
-        sync = getattr(self.target_viewer, "_on_layers_change", None)
+        sync = layers_change_callback(self.target_viewer)
         with no_refresh(layer):
-            if self._moved is not None and callable(sync):
+            if self._moved is not None and sync is not None:
                 with layer.events.translate.blocker(sync):  # only the viewer's ranges wait; vispy moves
                     layer.translate = translate
                 self._moved.append(layer)

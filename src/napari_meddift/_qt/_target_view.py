@@ -8,6 +8,8 @@ import weakref
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QVBoxLayout, QWidget
 
+from ._napari_private import qt_viewer_class, reslice_callback, skip_thumbnails
+
 __all__ = ["TargetView", "CloseWatcher", "DockArranger", "set_slice"]
 
 
@@ -15,8 +17,9 @@ class TargetView(QWidget):
     """A second napari canvas: its own ViewerModel (layers, dims, camera) in a QtViewer."""
 
     def __init__(self, title: str = "MedDIFT target", parent=None):
-        from napari._qt.qt_viewer import QtViewer
         from napari.components import ViewerModel
+
+        QtViewer = qt_viewer_class()  # noqa: N806 (a class)
 
         super().__init__(parent)
         self.viewer = ViewerModel(title=title)
@@ -34,16 +37,10 @@ class TargetView(QWidget):
         self.viewer.layers.clear()
 
 
-def _no_thumbnail(*_args, **_kwargs) -> None:
-    return None
-
-
 def _skip_thumbnails(event) -> None:
     """This canvas has no layer list, so its layers' thumbnails are never seen; napari would
     recompute one (downsample, colour map) on every refresh and re-slice of the live path."""
-    layer = getattr(event, "value", None)
-    if layer is not None and callable(getattr(layer, "_update_thumbnail", None)):
-        layer._update_thumbnail = _no_thumbnail
+    skip_thumbnails(getattr(event, "value", None))
 
 
 def set_slice(viewer, world) -> None:
@@ -62,8 +59,8 @@ def set_slice(viewer, world) -> None:
         # napari re-slices every layer on the ``point`` event and again on ``current_step``
         # (a workaround of its own; the second pass finds nothing changed but still walks every
         # layer): the viewer's own ``current_step`` update waits, other listeners (sliders) do not
-        update = getattr(viewer, "_update_layers", None)
-        blocker = dims.events.current_step.blocker(update) if callable(update) else contextlib.nullcontext()
+        update = reslice_callback(viewer)
+        blocker = dims.events.current_step.blocker(update) if update is not None else contextlib.nullcontext()
         with blocker:
             dims.point = tuple(point)
 

@@ -52,6 +52,8 @@ def _scan(attributes: dict):
 def _on_a_scan_grid(attributes: dict) -> bool:
     """True for a layer napari-meddift placed on a scan's voxel grid (mm units, z/y/x labels, no
     sub-box offset recorded): its data are that scan's voxel indices (e.g. the explorer's points)."""
+    if (attributes.get("metadata") or {}).get("meddift_points") == "world":  # physical mm, no scan
+        return False
     units = [str(u) for u in (attributes.get("units") or ())]
     labels = tuple(attributes.get("axis_labels") or ())
     return bool(units) and all(u in ("mm", "millimeter") for u in units) and labels == AXIS_LABELS

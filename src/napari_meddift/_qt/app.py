@@ -5,12 +5,24 @@ from __future__ import annotations
 import numpy as np
 
 from ._layers import volume_layer_kwargs
+from ._napari_private import hide_activity, show_activity
 
 __all__ = ["launch_explorer"]
 
 
+def add_pair_layers(viewer, source, target):
+    """The pair's two image layers (the target hidden: it is shown in the docked target canvas)."""
+    src_layer = viewer.add_image(source.array, **volume_layer_kwargs(source, name=source.name or "source"))
+    tgt_layer = viewer.add_image(target.array, **volume_layer_kwargs(target, name=target.name or "target",
+                                                                    visible=False))
+    if tgt_layer.name == src_layer.name:
+        tgt_layer.name = f"{tgt_layer.name} (target)"
+    return src_layer, tgt_layer
+
+
 def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer=None, show: bool = True,
-                    radius=None, truth=None, lung_mask=None, match_landmarks: bool = False):
+                    radius=None, truth=None, lung_mask=None, match_landmarks: bool = False,
+                    layers=None):
     """Open napari with ``source`` (main canvas) and ``target`` (docked second canvas) ready to explore.
 
     ``source``/``target``: :class:`~napari_meddift.io.volume.Volume`; ``src_store``/``tgt_store``:
@@ -31,11 +43,7 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
 
     if viewer is None:
         viewer = napari.Viewer(title="MedDIFT correspondence explorer", show=show)
-    src_layer = viewer.add_image(source.array, **volume_layer_kwargs(source, name=source.name or "source"))
-    tgt_layer = viewer.add_image(target.array, **volume_layer_kwargs(target, name=target.name or "target",
-                                                                    visible=False))
-    if tgt_layer.name == src_layer.name:
-        tgt_layer.name = f"{tgt_layer.name} (target)"
+    src_layer, tgt_layer = layers if layers is not None else add_pair_layers(viewer, source, target)
     explorer = ExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Correspondence explorer", area="right")
     if radius is not None:
@@ -67,3 +75,34 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
 
     QTimer.singleShot(150, viewer.reset_view)  # once the docks have their final sizes
     return viewer
+
+
+def launch_demo(inhale, exhale, landmarks, prepare, radius: int | None = None, note=print):
+    """``meddift demo``'s window, open at once: the pair is shown while ``prepare(progress)``
+    (extracting or reusing the demo stores; returns ``(src_store, tgt_store, truth, lung_mask)``)
+    runs on a worker with its progress in the activity dock; the explorer connects itself when
+    it is done. ``note(text)``: one line for the terminal. Returns ``(viewer, task)``."""
+    import napari
+
+    from ._tasks import LongTask
+
+    viewer = napari.Viewer(title="MedDIFT correspondence explorer")
+    layers = add_pair_layers(viewer, inhale, exhale)
+    viewer.layers.selection.active = layers[0]
+    viewer.reset_view()
+
+    def ready(result):
+        hide_activity(viewer)  # it covered the canvas; the status bar's button reopens it
+        src_store, tgt_store, truth, lung_mask = result
+        launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=landmarks, viewer=viewer, radius=radius,
+                        truth=truth, lung_mask=lung_mask, match_landmarks=True, layers=layers)
+        note("meddift demo: descriptors ready, explorer connected")
+
+    def failed(exc):
+        from ._tasks import error_text
+
+        note(f"meddift demo: the demo descriptors could not be prepared: {error_text(exc)}")
+
+    task = LongTask("Preparing the demo descriptors", prepare, ready, failed).start()
+    show_activity(viewer)  # the extraction's bar in view, not behind the status-bar button
+    return viewer, task

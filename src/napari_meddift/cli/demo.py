@@ -20,19 +20,31 @@ HELP = "open the demo pair in napari (or --headless: print a TRE table)"
 DEMO_METHODS = {"mini": ("mini", False), "mini (random weights)": ("mini", True)}
 
 
+def demo_store_path(cache_dir: Path, name: str, random_weights: bool = False) -> Path:
+    """Where the demo store of ``name`` ("inhale"/"exhale") is cached."""
+    return Path(cache_dir) / f"demo-{'mini-random' if random_weights else 'mini'}-{name}.zarr"
+
+
 def extract_demo_stores(inhale, exhale, cache_dir: Path, random_weights: bool = False, progress=None):
-    """Descriptor stores of the demo pair from mini, cached: a second run reuses them at once."""
+    """Descriptor stores of the demo pair from mini, cached: a second run reuses them at once.
+    ``progress(done, total, message)`` sees both extractions as one count (inhale, then exhale)."""
     from ..backbones import get_backbone
     from ..backbones.base import ExtractionSettings
     from ..backbones.extraction import extract_to_store
 
+    if progress is not None:
+        progress(0, 2, "inhale: loading the mini backbone")
     backbone = get_backbone("mini", random_weights=random_weights)
     settings = ExtractionSettings(timestep=20, seed=0, samples=1, device="cpu")
-    tag = "mini-random" if random_weights else "mini"
     stores = []
-    for name, volume in (("inhale", inhale), ("exhale", exhale)):
-        store, _ = extract_to_store(volume, backbone, settings, cache_dir / f"demo-{tag}-{name}.zarr",
-                                    progress=progress)
+    for k, (name, volume) in enumerate((("inhale", inhale), ("exhale", exhale))):
+        step = None
+        if progress is not None:
+            def step(done, total, message="", k=k, name=name):
+                total = max(int(total), 1)
+                progress(k * total + min(int(done), total), 2 * total, f"{name}: {message}")
+        store, _ = extract_to_store(volume, backbone, settings, demo_store_path(cache_dir, name, random_weights),
+                                    progress=step)
         stores.append(store)
     return stores[0], stores[1]
 
@@ -95,16 +107,27 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
     except ImportError:  # pragma: no cover - depends on the install
         print("meddift demo needs napari: pip install 'napari-meddift[all]' (or use --headless)", file=sys.stderr)
         return 2
-    from .._qt.app import launch_explorer
-
-    from ..explorer import FieldTruth
-    from ..synthetic.demo import load_demo_field, load_demo_lungs
+    from .._qt.app import launch_demo
 
     inhale, exhale, src_pts, tgt_pts = load_demo_pair()
-    src_store, tgt_store = extract_demo_stores(inhale, exhale, cache)
-    truth = FieldTruth(load_demo_field().u_voxels())  # the known breathing motion: truth at every voxel
-    launch_explorer(inhale, exhale, src_store, tgt_store, landmarks=(src_pts, tgt_pts), radius=radius,
-                    truth=truth, lung_mask=load_demo_lungs()[1], match_landmarks=True)
+    cached = all(demo_store_path(cache, name).exists() for name in ("inhale", "exhale"))
+
+    def prepare(progress):  # on a worker: the window is already open
+        from ..explorer import FieldTruth
+        from ..synthetic.demo import load_demo_field, load_demo_lungs
+
+        src_store, tgt_store = extract_demo_stores(inhale, exhale, cache, progress=progress)
+        truth = FieldTruth(load_demo_field().u_voxels())  # the known breathing motion: truth at every voxel
+        return src_store, tgt_store, truth, load_demo_lungs()[1]
+
+    if cached:
+        print(f"meddift demo: opening the window; descriptors cached in {cache}", flush=True)
+    else:
+        print("meddift demo: window open; extracting the demo descriptors in the background (once, about "
+              "15 s on an idle 2-core CPU, minutes on a busy one; progress in the activity dock); "
+              f"the explorer connects itself when they are ready (cache: {cache})", flush=True)
+    viewer, task = launch_demo(inhale, exhale, (src_pts, tgt_pts), prepare, radius=radius,
+                               note=lambda text: print(text, flush=True))
     napari.run()
     return 0
 

@@ -13,14 +13,17 @@ def default_cache_dir() -> Path:
     """The folder for descriptor stores nobody named a path for.
 
     Returns:
-        ``$MEDDIFT_CACHE``, else ``$XDG_CACHE_HOME/napari-meddift``, else
-        ``~/.cache/napari-meddift``; it may not exist yet.
+        ``$MEDDIFT_CACHE``, else the platform's user cache folder from ``platformdirs``:
+        ``$XDG_CACHE_HOME/napari-meddift`` or ``~/.cache/napari-meddift`` on Linux,
+        ``~/Library/Caches/napari-meddift`` on macOS, ``%LOCALAPPDATA%\\napari-meddift\\Cache``
+        on Windows; it may not exist yet.
     """
     env = os.environ.get("MEDDIFT_CACHE")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-meddift"
+    from platformdirs import user_cache_path
+
+    return user_cache_path("napari-meddift", appauthor=False)
 
 
 def safe_filename(text: str, fallback: str = "file") -> str:

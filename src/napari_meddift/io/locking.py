@@ -2,8 +2,10 @@
 
 A store at ``X.zarr`` is replaced in three steps: the new store is built in
 ``X.zarr.partial-<pid>-<hex>``, the old store is renamed to ``X.zarr.old-<pid>-<hex>``, the new
-one is renamed to ``X.zarr``, and the old one is deleted. Writers hold ``X.zarr.lock`` (an
-``flock`` on Linux/macOS, released by the kernel when a process dies) for all of it, so
+one is renamed to ``X.zarr``, and the old one is deleted. Writers hold ``X.zarr.lock`` (a
+``filelock.FileLock``: ``flock`` on Linux/macOS, ``msvcrt`` byte locks on Windows, both released
+by the operating system when a process dies; where neither exists, filelock's soft lock, which
+records the holder's pid and breaks the lock of a dead holder) for all of it, so
 whoever holds the lock knows that no other process is between those steps: a missing
 ``X.zarr`` beside a complete ``X.zarr.old-*`` is an interrupted replace (the old store is
 renamed back), and ``.partial-*``/``.old-*`` folders of dead processes are debris (removed).
@@ -15,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import time
 from pathlib import Path
 
 from ..errors import MedDiftError
@@ -68,72 +69,81 @@ def siblings(path: Path) -> list[tuple[Path, str, int | None]]:
 class StoreLock:
     """``with StoreLock(path):`` -- exclusive right to change the store at ``path``.
 
-    Waits up to ``timeout`` seconds for another writer, then raises MedDiftError naming it.
-    The lock file is removed on release (and re-checked on acquire, so a waiter never holds a
-    lock on a file that was already unlinked).
+    A thin layer over :class:`filelock.FileLock` (one lock per instance, not per thread, so
+    two StoreLocks of one path exclude each other even inside one process). Waits up to
+    ``timeout`` seconds for another writer, then raises MedDiftError naming it (its pid, which
+    a native lock's holder writes into the lock file and a soft lock records itself).
     """
 
     def __init__(self, path: str | os.PathLike, timeout: float | None = None, poll: float = 0.05) -> None:
+        from filelock import FileLock
+
         self.path = Path(path)
         self.lock = lock_path(self.path)
         self.timeout = LOCK_TIMEOUT_S if timeout is None else float(timeout)
         self.poll = poll
-        self._fd: int | None = None
+        self._lock = FileLock(str(self.lock), timeout=self.timeout, poll_interval=poll, thread_local=False)
+
+    @property
+    def soft(self) -> bool:
+        """True when this lock is filelock's soft lock (no ``fcntl``/``msvcrt`` here)."""
+        try:
+            self._lock.pid  # native locks have no marker to read and raise AttributeError
+        except AttributeError:
+            return False
+        except Exception:  # noqa: BLE001 - a marker that cannot be read is still a soft lock
+            return True
+        return True
 
     def _holder(self) -> str:
-        try:
-            text = self.lock.read_text().strip()
-        except OSError:
-            return "another process"
-        return f"process {text}" if text.isdigit() else "another process"
+        pid = None
+        if self.soft:
+            try:
+                pid = self._lock.pid
+            except Exception:  # noqa: BLE001
+                pid = None
+        else:
+            try:
+                text = self.lock.read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            pid = int(text) if text.isdigit() else None
+        return f"process {pid}" if pid else "another process"
 
     def acquire(self) -> "StoreLock":
-        import fcntl
+        from filelock import Timeout
 
-        deadline = time.monotonic() + self.timeout
-        while True:
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise MedDiftError(
+                f"{self._holder()} is writing {self.path} (lock {self.lock.name}); "
+                "wait for it to finish or choose another output path"
+            ) from None
+        except OSError as exc:
+            raise MedDiftError(
+                f"cannot create the lock file {self.lock} ({exc.strerror or exc}); "
+                f"choose an output folder you can write to"
+            ) from None
+        if not self.soft:  # name the holder for a waiter's message (a soft lock records it itself)
             try:
-                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise MedDiftError(
-                    f"cannot create the lock file {self.lock} ({exc.strerror}); "
-                    f"choose an output folder you can write to"
-                ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise MedDiftError(
-                        f"{self._holder()} is writing {self.path} (lock {self.lock.name}); "
-                        "wait for it to finish or choose another output path"
-                    ) from None
-                time.sleep(self.poll)
-                continue
-            try:  # the file we locked must still be the one at the lock path
-                same = os.fstat(fd).st_ino == os.stat(self.lock).st_ino
-            except OSError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            try:  # the pid is only for messages; on a full disk the flock alone still locks
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())
-            except OSError:
+                fd = os.open(self.lock, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, str(os.getpid()).encode())
+                finally:
+                    os.close(fd)
+            except OSError:  # pragma: no cover - a courtesy for the message only
                 pass
-            self._fd = fd
-            return self
+        return self
+
+    @property
+    def locked(self) -> bool:
+        return self._lock.is_locked
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            os.unlink(self.lock)
-        except OSError:
-            pass
-        os.close(self._fd)
-        self._fd = None
+        if self._lock.is_locked:
+            self._lock.release(force=True)
 
     def __enter__(self) -> "StoreLock":
         return self.acquire()
