@@ -38,7 +38,7 @@ from .metrics import summarize, tre_mm
 
 __all__ = [
     "Configuration", "FeatureReport", "configurations", "parse_fusion", "noise_signal", "feature_report",
-    "METRICS", "COLUMNS", "pairs_by_timestep",
+    "METRICS", "COLUMNS", "pairs_by_timestep", "extract_pairs", "check_points",
 ]
 
 #: the metric columns of a row: (column, label, True when lower is better)
@@ -455,3 +455,33 @@ def feature_report(
             "spacing_zyx_mm": list(spacing), "within_mm": within_mm, "exclusion": int(exclusion),
             "fb_threshold": float(fb_threshold)}
     return FeatureReport(rows, matches, configs, timesteps, radii, list(regions), src_q, truth, spacing, meta)
+
+
+def extract_pairs(source_volume, target_volume, backbone, settings, timesteps: Sequence[int], cache_dir,
+                  progress: ProgressCallback | None = None) -> dict[int, tuple[Any, Any]]:
+    """The report's stores: ``{t: (source_store, target_store)}`` for ``timesteps``, each extracted
+    with ``backbone`` and ``settings`` (but the timestep) into ``cache_dir`` under its cache key;
+    a store already there is reused at once, so an interrupted run resumes where it stopped.
+    ``progress`` counts images and may raise CancelledError between (and inside) extractions."""
+    import dataclasses
+
+    from ..backbones.extraction import cached_store_path, extract_to_store
+
+    out: dict[int, tuple[Any, Any]] = {}
+    total = 2 * len(timesteps)
+    done = 0
+    for t in timesteps:
+        s = dataclasses.replace(settings, timestep=int(t))
+        pair = []
+        for label, vol in (("source", source_volume), ("target", target_volume)):
+            def inner(d, n, m, _done=done, _msg=f"t={t}: extracting the {label}"):
+                if progress is not None:
+                    progress(_done, total, _msg)
+            inner(0, 1, "")
+            store, _ = extract_to_store(vol, backbone, s, cached_store_path(vol, backbone, s, cache_dir), progress=inner)
+            pair.append(store)
+            done += 1
+        out[int(t)] = (pair[0], pair[1])
+    if progress is not None:
+        progress(total, total, "stores ready")
+    return out

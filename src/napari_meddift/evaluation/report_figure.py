@@ -44,7 +44,16 @@ def _require_matplotlib():
 def _fmt(v: float, metric: str) -> str:
     if not math.isfinite(v):
         return ""
-    return f"{v:.0f}" if metric.endswith("_pct") else f"{v:.2f}"
+    if metric.endswith("_pct"):
+        return f"{v:.0f}"
+    return f"{v:.3f}" if metric == "ambiguity_mean" else f"{v:.2f}"
+
+
+def _column(report: FeatureReport, t) -> str:
+    """``t=20`` and, where known, the noise/signal ratio under it."""
+    head = "t=?" if t is None else f"t={t}"
+    ns = next((r["noise_signal"] for r in report.rows if r["timestep"] == t), math.nan)
+    return head if not math.isfinite(ns) else f"{head}\nn/s {ns:.2f}"
 
 
 def draw_report(fig, report: FeatureReport, radius=..., region: str = "all", metrics=None,
@@ -62,7 +71,7 @@ def draw_report(fig, report: FeatureReport, radius=..., region: str = "all", met
     fig.clear()
     fig.set_facecolor(face)
     rows = [c.name for c in report.configurations]
-    cols = ["t=?" if t is None else f"t={t}" for t in report.timesteps]
+    cols = [_column(report, t) for t in report.timesteps]
     panels = []
     n = len(metrics)
     ncols = 2 if n > 1 else 1
@@ -112,7 +121,7 @@ def save_report_figure(report: FeatureReport, path, radius=..., region: str = "a
     from matplotlib.figure import Figure
 
     rows, n = len(report.configurations), len(panel_metrics(report))
-    fig = Figure(figsize=(max(7.0, 1.2 * len(report.timesteps) * 2 + 3), 1.0 + 0.35 * rows * math.ceil(n / 2) + 1.2))
+    fig = Figure(figsize=(max(8.0, 1.6 * len(report.timesteps) + 4), 1.2 + (0.32 * rows + 0.9) * math.ceil(n / 2)))
     draw_report(fig, report, radius, region)
     path = Path(path)
     fig.savefig(path, dpi=dpi, facecolor=fig.get_facecolor())
