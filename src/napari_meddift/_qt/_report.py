@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import Container, Label, LineEdit
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
 from ._explorer import explorer_in
@@ -78,9 +78,12 @@ class FeatureQualityWidget(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(320)
         self.canvas.mpl_connect("button_press_event", self._on_click)
+        self.scroll = QScrollArea()  # a tall report scrolls inside the dock
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(self.canvas)
         lay = QVBoxLayout(self)
         lay.addWidget(self.form.native)
-        lay.addWidget(self.canvas, 1)
+        lay.addWidget(self.scroll, 1)
 
     # ------------------------------------------------------------------ the explorer
 
@@ -183,11 +186,15 @@ class FeatureQualityWidget(QWidget):
 
     def show_report(self, report, pairs=None) -> None:
         """Draw ``report`` (and keep its stores per timestep)."""
-        from ..evaluation.report_figure import draw_report
+        from ..evaluation.report_figure import draw_report, panel_metrics
 
         self.report = report
         self.pairs = dict(pairs or {})
-        self.panels = draw_report(self.figure, report, colors=self.colors)
+        rows, n = len(report.configurations), len(panel_metrics(report))
+        inches = 0.6 + n * (0.9 + 0.24 * rows)  # one panel per row: readable in a narrow dock
+        self.figure.set_size_inches(self.figure.get_figwidth(), inches)
+        self.canvas.setMinimumHeight(int(inches * self.figure.dpi / (self.canvas.device_pixel_ratio or 1)))
+        self.panels = draw_report(self.figure, report, colors=self.colors, ncols=1, fontsize=7)
         self.canvas.draw()
         self.report_ready.emit(report)
 

@@ -46,22 +46,26 @@ def _fmt(v: float, metric: str) -> str:
         return ""
     if metric.endswith("_pct"):
         return f"{v:.0f}"
-    return f"{v:.3f}" if metric == "ambiguity_mean" else f"{v:.2f}"
+    if metric == "ambiguity_mean":  # near 1 on trained features: three decimals, no leading zero
+        return f"{v:.3f}".removeprefix("0")
+    return f"{v:.2f}"
 
 
 def _column(report: FeatureReport, t) -> str:
-    """``t=20`` and, where known, the noise/signal ratio under it."""
+    """``t=20`` and, where known, the noise/signal ratio under it (the title says so)."""
     head = "t=?" if t is None else f"t={t}"
     ns = next((r["noise_signal"] for r in report.rows if r["timestep"] == t), math.nan)
-    return head if not math.isfinite(ns) else f"{head}\nn/s {ns:.2f}"
+    return head if not math.isfinite(ns) else f"{head}\n{ns:.2f}"
 
 
 def draw_report(fig, report: FeatureReport, radius=..., region: str = "all", metrics=None,
-                colors: dict | None = None, title: str | None = None) -> list[Panel]:
+                colors: dict | None = None, title: str | None = None, ncols: int | None = None,
+                fontsize: float = 8) -> list[Panel]:
     """Draw one heatmap per metric into ``fig`` (cleared first); returns the panels.
 
     ``radius``: which search (None: global; not given: the report's first); ``colors``: ``{"text", "background"}``
-    (e.g. napari's theme) for labels and the figure face. Each cell is annotated with its value;
+    (e.g. napari's theme) for labels and the figure face; ``ncols``: panels per row (default 2,
+    a narrow dock takes 1). Each cell is annotated with its value;
     the colour scale runs from worse (dark) to better (bright) for every metric.
     """
     _require_matplotlib()
@@ -74,7 +78,7 @@ def draw_report(fig, report: FeatureReport, radius=..., region: str = "all", met
     cols = [_column(report, t) for t in report.timesteps]
     panels = []
     n = len(metrics)
-    ncols = 2 if n > 1 else 1
+    ncols = max(1, min(n, ncols or 2))
     nrows = int(math.ceil(n / ncols))
     for k, metric in enumerate(metrics):
         ax = fig.add_subplot(nrows, ncols, k + 1)
@@ -88,9 +92,9 @@ def draw_report(fig, report: FeatureReport, radius=..., region: str = "all", met
             vmax = vmin + 1e-9
         im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                        interpolation="nearest")
-        ax.set_xticks(range(len(cols)), cols, color=text, fontsize=8)
-        ax.set_yticks(range(len(rows)), rows if k % ncols == 0 else [""] * len(rows), color=text, fontsize=8)
-        ax.set_title(label, color=text, fontsize=9)
+        ax.set_xticks(range(len(cols)), cols, color=text, fontsize=fontsize - 1)
+        ax.set_yticks(range(len(rows)), rows if k % ncols == 0 else [""] * len(rows), color=text, fontsize=fontsize)
+        ax.set_title(label, color=text, fontsize=fontsize + 1)
         ax.tick_params(colors=text, length=0)
         for s in ax.spines.values():
             s.set_visible(False)
@@ -100,18 +104,18 @@ def draw_report(fig, report: FeatureReport, radius=..., region: str = "all", met
                 if math.isfinite(v):
                     bright = (v - vmin) / (vmax - vmin)
                     bright = 1.0 - bright if lower_better else bright
-                    ax.text(j, i, _fmt(v, metric), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, _fmt(v, metric), ha="center", va="center", fontsize=fontsize - 1,
                             color="black" if bright > 0.6 else "white")
         cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-        cb.ax.tick_params(colors=text, labelsize=7)
+        cb.ax.tick_params(colors=text, labelsize=fontsize - 1)
         cb.outline.set_visible(False)
         panels.append(Panel(ax, metric))
     radius = report.radii[0] if radius is ... else radius
     search = "global search" if radius is None else f"window radius {radius}"
     head = title or (f"{report.meta.get('n_points', '')} landmarks, {search}"
                      + ("" if region == "all" else f", region {region}"))
-    fig.suptitle(head, color=text, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(head + "\ncolumns: timestep t and its noise/signal", color=text, fontsize=fontsize + 1)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the two-line title
     return panels
 
 
