@@ -115,7 +115,8 @@ def draw_report(fig, report: FeatureReport, radius=..., region: str = "all", met
     head = title or (f"{report.meta.get('n_points', '')} landmarks, {search}"
                      + ("" if region == "all" else f", region {region}"))
     fig.suptitle(head + "\ncolumns: timestep t and its noise/signal", color=text, fontsize=fontsize + 1)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the two-line title
+    # a layout engine, not one tight_layout call: a canvas resized later (a dock) lays out again
+    fig.set_layout_engine("tight", rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return panels
 
 
