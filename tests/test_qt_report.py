@@ -92,3 +92,13 @@ def test_refuses_without_landmarks_in_one_line(make_napari_viewer):
     fq = FeatureQualityWidget(viewer)
     assert fq.run() is None
     assert fq.panel.error.value == "connect a pair in the Correspondence explorer first"
+
+
+def test_cancel_stops_the_report(docks, qtbot):
+    viewer, ex, fq, pairs, pts = docks
+    task = fq.run(pairs=pairs)
+    fq.panel.cancel_button.native.click()  # the dock's own Cancel button
+    qtbot.waitUntil(lambda: not task.running, timeout=60000)
+    assert fq.report is None and "cancelled" in fq.panel.message.value
+    assert fq.panel.run_button.enabled and not fq.panel.cancel_button.enabled
+    assert ex.session.timesteps == [0]  # nothing half-applied to the explorer
