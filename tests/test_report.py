@@ -188,3 +188,19 @@ def test_user_errors_before_work(pairs, points):
         feature_report(pairs, src, levels=["up7"])
     with pytest.raises(MedDiftError, match="same timestep"):
         pairs_by_timestep([(pairs[0][0], pairs[50][1])])
+
+
+def test_label_regions(pairs, points):
+    """A label image: one row per label value found at the landmarks, each the subset's numbers."""
+    src, truth = points
+    labels = np.zeros(SHAPE, np.int16)
+    labels[:, :12] = 3
+    labels[:, 12:] = 7
+    rep = feature_report({0: pairs[0]}, src, truth, levels=("up0",), radii=(3,), mask=labels)
+    assert rep.regions == ["all", "label 3", "label 7"]
+    in3 = np.rint(src[:, 1]) < 12
+    for region, sel in (("label 3", in3), ("label 7", ~in3)):
+        _, want = _independent(pairs, ("up0",), None, 0, 3, src, truth, sel)
+        row = rep.cell("up0", 0, 3, region)
+        assert row["n"] == want["n"] > 0
+        assert row["tre_mean_mm"] == pytest.approx(want["tre_mean_mm"], rel=1e-12)

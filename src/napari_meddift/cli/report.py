@@ -79,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise MedDiftError(f"{args.points} has {len(points)} points but {args.truth} has {len(truth)}; they must be pairs")
     mask = None
     if args.mask:
+        import numpy as np
+
         m = read_volume(args.mask).array
-        mask = m > 0.5 if set(map(float, _unique(m))) <= {0.0, 1.0} else m.astype("int64")
+        mask = m > 0.5 if set(np.unique(m).tolist()) <= {0.0, 1.0} else np.rint(m).astype(np.int64)
 
     if stores[0]:
         from ..io.store import open_store
@@ -117,12 +119,6 @@ def run(args: argparse.Namespace) -> int:
     best = report.best(metric)
     print(f"best by {metric}: {best['configuration']} at t={best['timestep']} ({best[metric]:.2f})")
     return 0
-
-
-def _unique(a):
-    import numpy as np
-
-    return np.unique(a)
 
 
 def _image_pairs(args, points):
