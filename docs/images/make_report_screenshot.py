@@ -69,10 +69,13 @@ def main(argv=None):
         dock = dock.parentWidget()
     dock.raise_()
     pump(app, 1.0)
+    with_result = []
+    ex.result_applied.connect(with_result.append)
     fq.choose(*cell)
-    for _ in range(4):
-        ex._worker.wait_idle(20)
-        pump(app, 0.5)
+    end = time.perf_counter() + 30
+    while not with_result and time.perf_counter() < end:  # the worst landmark's map is drawn
+        pump(app, 0.2)
+    pump(app, 2.0)  # its consistency check and the landmark layers
     viewer.screenshot(args.out, canvas_only=False)
     print("clicked", cell, "->", fq.panel.message.value)
     print("wrote", args.out)
