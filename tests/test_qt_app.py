@@ -234,3 +234,16 @@ def test_launch_demo_shows_the_window_first_and_connects_when_ready(qtbot, tmp_p
     finally:
         gate.set()
         viewer.close()
+
+
+def test_the_demo_has_the_feature_quality_dock(app):
+    """launch_explorer (what `meddift demo` opens) docks Feature quality beside the explorer; it
+    reports on the explorer's pair and landmarks, and a chosen cell sets the explorer's levels."""
+    viewer, ex, s, t, pts = app
+    fq = viewer.window.dock_widgets["Feature quality"]
+    assert fq.explorer is ex
+    fq.run(run_async=False, pairs={None: (s, t)})  # stores without a timestep: one column
+    assert [c.name for c in fq.report.configurations][:4] == ["up0", "up1", "up2", "fused (default)"]
+    fq.choose("up1+up2", None)
+    assert ex.state.levels == ("up1", "up2") and ex.engine.matcher.levels == ["up1", "up2"]
+    assert ex.session.landmarks.settings["source"] == "feature quality report"

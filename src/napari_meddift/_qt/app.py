@@ -65,7 +65,14 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
             lw.match()
     fv = FeatureViewWidget(viewer, explorer=explorer)
     docks.append(viewer.window.add_dock_widget(fv, name="Feature view (PCA)", area="right"))
-    # [layers | source canvas | target canvas | explorer, landmarks, feature view as tabs]
+    try:  # the feature-quality report (needs matplotlib, in the napari extra)
+        from ._report import FeatureQualityWidget
+
+        fq = FeatureQualityWidget(viewer, explorer=explorer)
+        docks.append(viewer.window.add_dock_widget(fq, name="Feature quality", area="right"))
+    except ImportError:  # pragma: no cover - depends on the install
+        pass
+    # [layers | source canvas | target canvas | explorer, landmarks, feature view, feature quality as tabs]
     explorer.arrange_docks(docks)
     # start at the centre of the source with a first map on screen
     centre = tuple(int(s) // 2 for s in np.shape(src_layer.data))
