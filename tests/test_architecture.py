@@ -8,6 +8,7 @@ the same layers.
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 import sys
 import tomllib
@@ -184,8 +185,18 @@ def test_user_facing_imports_still_work():
     from napari_meddift.store import DescriptorStore, open_store
 
     assert callable(main) and callable(open_store)
-    assert Matcher.from_stores.__qualname__ == "Matcher.from_stores"
     assert DescriptorStore.__module__ == "napari_meddift.io.store"
+    # Matcher.from_stores is a classmethod whose parameters and defaults are the ones
+    # docs/architecture.md's key contracts promise
+    assert isinstance(inspect.getattr_static(Matcher, "from_stores"), classmethod)
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    [documented] = re.findall(r"^Matcher\.from_stores\((.*)\)\s*$", text, flags=re.M)
+    doc = ast.parse(f"def f({documented}): pass").body[0].args
+    doc_defaults = [None] * (len(doc.args) - len(doc.defaults)) + [ast.literal_eval(d) for d in doc.defaults]
+    promised = [(a.arg, d) for a, d in zip(doc.args, doc_defaults)]
+    actual = [(n, None if p.default is inspect.Parameter.empty else p.default)
+              for n, p in inspect.signature(Matcher.from_stores).parameters.items()]
+    assert actual == promised, f"docs/architecture.md says Matcher.from_stores{promised}; the code has {actual}"
 
 
 # --- declared dependencies match the imports -------------------------------------------------
