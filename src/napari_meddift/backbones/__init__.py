@@ -1,13 +1,17 @@
-"""Backbone registry. Backbones are imported lazily: naming one imports only its module."""
+"""Backbone registry. Backbones are imported lazily: naming one imports only its module, and
+importing the registry imports no PyTorch (``Backbone`` and ``ExtractionSettings`` come from
+:mod:`.base` on first use), so the command line lists the names without it."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MedDiftError
-from .base import Backbone, ExtractionSettings
+
+if TYPE_CHECKING:
+    from .base import Backbone, ExtractionSettings
 
 #: name -> "module:Class"; every class takes (weights=None, random_weights=False, **kw)
 _REGISTRY: dict[str, str] = {
@@ -91,6 +95,23 @@ def get_backbone(name: str, weights=None, random_weights: bool = False, **kw: An
     backbone = _backbone_class(name)(weights=weights, random_weights=random_weights, **kw)
     _check_backbone(backbone, name)
     return backbone
+
+
+#: name -> the module that defines it
+_LAZY = {"Backbone": ".base", "ExtractionSettings": ".base"}
+
+
+def __getattr__(name: str):
+    """Import what ``name`` lives in on first use (PEP 562), so importing the package stays light."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_levels", "get_backbone", "register_backbone"]
