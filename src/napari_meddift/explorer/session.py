@@ -91,10 +91,6 @@ class ExplorerSession:
 
     # ------------------------------------------------------------------ pair and timesteps
 
-    @property
-    def is_connected(self) -> bool:
-        return bool(self.engines)
-
     def connect(self, matcher, source_spacing=(1.0, 1.0, 1.0), target_spacing=(1.0, 1.0, 1.0),
                 timestep: int | None = None, stores: tuple | None = None) -> None:
         """Explore with ``matcher`` (a core Matcher); spacings (z, y, x) mm give errors in mm.
