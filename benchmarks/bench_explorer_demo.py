@@ -1,9 +1,9 @@
-"""What the explorer shows on the demo pair, measured: ambiguity, its link to error, timesteps.
+"""What the explorer shows on the demo pair, measured: rivalry, its link to error, timesteps.
 
 Runs the explorer's own model (``napari_meddift.explorer``, no window) on the packaged demo pair
 (mini, window radius 8 voxels as ``meddift demo``):
 
-* ambiguity and PSR at the 300 landmarks and at random lung voxels (truth from the demo's known
+* rivalry and PSR at the 300 landmarks and at random lung voxels (truth from the demo's known
   deformation), their distribution, and their Spearman correlation with the error in mm,
   beside the old ratio "best rival / best score";
 * timesteps 0, 20, 50, 100, 200 extracted into cached stores (time), TRE per timestep, and the
@@ -74,16 +74,16 @@ def main(argv=None) -> int:
                  "timestep": s.connected_timestep}
     res["landmarks"] = {
         "n": len(lm), "tre_mean_mm": round(float(err.mean()), 2), "match_all_s": round(match_s, 2),
-        "ambiguity": dist(lm.ambiguity), "psr": dist(lm.psr), "ratio_rival_over_best": dist(table.ambiguity),
+        "rivalry": dist(lm.rivalry), "psr": dist(lm.psr), "ratio_rival_over_best": dist(table.ambiguity),
         "score": dist(lm.score),
-        "spearman_with_error": {"ambiguity": spearman(lm.ambiguity, err), "psr": spearman(lm.psr, err),
+        "spearman_with_error": {"rivalry": spearman(lm.rivalry, err), "psr": spearman(lm.psr, err),
                                 "ratio_rival_over_best": spearman(table.ambiguity, err),
                                 "score": spearman(lm.score, err)},
     }
     # worst decile vs the rest
     hi = err >= np.percentile(err, 90)
-    res["landmarks"]["ambiguity_mean_worst_decile"] = round(float(np.nanmean(lm.ambiguity[hi])), 3)
-    res["landmarks"]["ambiguity_mean_rest"] = round(float(np.nanmean(lm.ambiguity[~hi])), 3)
+    res["landmarks"]["rivalry_mean_worst_decile"] = round(float(np.nanmean(lm.rivalry[hi])), 3)
+    res["landmarks"]["rivalry_mean_rest"] = round(float(np.nanmean(lm.rivalry[~hi])), 3)
 
     # random lung voxels, truth from the field
     lungs = load_demo_lungs()[0]
@@ -93,12 +93,12 @@ def main(argv=None) -> int:
     amb, psr, e2 = [], [], []
     for v in vox:
         r = s.compute(s.request(v))
-        amb.append(r.ambiguity)
+        amb.append(r.rivalry)
         psr.append(r.peak.psr)
         e2.append(r.error_mm)
-    res["lung_voxels"] = {"n": len(vox), "tre_mean_mm": round(float(np.mean(e2)), 2), "ambiguity": dist(amb),
+    res["lung_voxels"] = {"n": len(vox), "tre_mean_mm": round(float(np.mean(e2)), 2), "rivalry": dist(amb),
                           "psr": dist(psr),
-                          "spearman_with_error": {"ambiguity": spearman(amb, e2), "psr": spearman(psr, e2)}}
+                          "spearman_with_error": {"rivalry": spearman(amb, e2), "psr": spearman(psr, e2)}}
 
     # timesteps
     ts = parse_timesteps(args.timesteps)
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
         res["timesteps"]["per_timestep"][t] = {
             "tre_mean_mm": round(float(lm_t.errors_mm.mean()), 2),
             "tre_p95_mm": round(float(np.percentile(lm_t.errors_mm, 95)), 2),
-            "ambiguity_median": round(float(np.nanmedian(lm_t.ambiguity)), 3),
-            "spearman_ambiguity_error": spearman(lm_t.ambiguity, lm_t.errors_mm),
+            "rivalry_median": round(float(np.nanmedian(lm_t.rivalry)), 3),
+            "spearman_rivalry_error": spearman(lm_t.rivalry, lm_t.errors_mm),
             "switch_compute_ms_p95": round(float(np.percentile(times, 95)), 1)}
     s.state.compare_timesteps = True
     s.state.timestep = 20
@@ -141,15 +141,15 @@ def main(argv=None) -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-        ax[0].hist([np.asarray(amb)[np.isfinite(amb)], lm.ambiguity[np.isfinite(lm.ambiguity)]], bins=25,
+        ax[0].hist([np.asarray(amb)[np.isfinite(amb)], lm.rivalry[np.isfinite(lm.rivalry)]], bins=25,
                    density=True, label=[f"{len(vox)} random lung voxels", f"{len(lm)} landmarks"])
-        ax[0].set_xlabel("ambiguity 1 - (s1 - s2) / (s1 - median)")
+        ax[0].set_xlabel("rivalry 1 - (s1 - s2) / (s1 - median)")
         ax[0].set_ylabel("density")
         ax[0].legend(fontsize=8)
-        ax[1].scatter(lm.ambiguity, err, s=8, alpha=0.6)
-        ax[1].set_xlabel("ambiguity")
+        ax[1].scatter(lm.rivalry, err, s=8, alpha=0.6)
+        ax[1].set_xlabel("rivalry")
         ax[1].set_ylabel("error (mm)")
-        ax[1].set_title(f"landmarks: Spearman {res['landmarks']['spearman_with_error']['ambiguity']}", fontsize=9)
+        ax[1].set_title(f"landmarks: Spearman {res['landmarks']['spearman_with_error']['rivalry']}", fontsize=9)
         tt = list(res["timesteps"]["per_timestep"])
         ax[2].plot(tt, [res["timesteps"]["per_timestep"][t]["tre_mean_mm"] for t in tt], "o-", label="mean")
         ax[2].plot(tt, [res["timesteps"]["per_timestep"][t]["tre_p95_mm"] for t in tt], "s--", label="p95")

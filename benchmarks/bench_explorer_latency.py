@@ -80,7 +80,7 @@ def _setup_full(ex, args, rng) -> None:
     ex.set_truth(FieldTruth(u))
     pts = np.stack([rng.uniform(10, n - 10, 300) for n in IMAGE], 1)
     lm = LandmarkSet(pts, pts + rng.normal(0, 2, pts.shape), ex.session.target_spacing,
-                     predicted=pts + rng.normal(0, 3, pts.shape), score=rng.random(300), ambiguity=rng.random(300),
+                     predicted=pts + rng.normal(0, 3, pts.shape), score=rng.random(300), rivalry=rng.random(300),
                      psr=rng.random(300) * 10)
     ex.session.apply_landmarks(lm)
     for k in range(1, args.compare):

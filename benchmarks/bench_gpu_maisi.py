@@ -37,7 +37,7 @@ from napari_meddift.backbones import maisi as maisi_module  # noqa: E402
 from napari_meddift.backbones.base import ExtractionSettings  # noqa: E402
 from napari_meddift.backbones.extraction import extract_to_store  # noqa: E402
 from napari_meddift.matching import Matcher  # noqa: E402
-from napari_meddift.store import open_store  # noqa: E402
+from napari_meddift.io.store import open_store  # noqa: E402
 from napari_meddift.io.volume import Volume  # noqa: E402
 
 

@@ -8,18 +8,23 @@ the same layers.
 from __future__ import annotations
 
 import ast
+import inspect
+import re
+import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "src" / "napari_meddift"
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "src" / "napari_meddift"
 ROOT = "napari_meddift"
 
 #: top-level units of the package, by layer (a unit is a subpackage or a top-level module).
 #: Packages other work adds later already have their place: registration/ and explorer/ are core,
 #: batch/ is a harness.
-CORE = {"__init__", "errors", "progress", "io", "backbones", "matching", "registration", "explorer", "pca", "store"}
+CORE = {"__init__", "errors", "progress", "io", "backbones", "matching", "registration", "explorer", "pca"}
 HARNESSES = {"evaluation", "synthetic", "training", "batch"}
 CLI = {"cli"}
 WIDGETS = {"_qt"}
@@ -177,8 +182,121 @@ def test_the_checker_sees_function_level_imports(tmp_path):
 def test_user_facing_imports_still_work():
     from napari_meddift.cli import main
     from napari_meddift.matching import Matcher
-    from napari_meddift.store import DescriptorStore, open_store
+    from napari_meddift.io.store import DescriptorStore, open_store
 
     assert callable(main) and callable(open_store)
-    assert Matcher.from_stores.__qualname__ == "Matcher.from_stores"
     assert DescriptorStore.__module__ == "napari_meddift.io.store"
+    # Matcher.from_stores is a classmethod whose parameters and defaults are the ones
+    # docs/architecture.md's key contracts promise
+    assert isinstance(inspect.getattr_static(Matcher, "from_stores"), classmethod)
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    [documented] = re.findall(r"^Matcher\.from_stores\((.*)\)\s*$", text, flags=re.M)
+    doc = ast.parse(f"def f({documented}): pass").body[0].args
+    doc_defaults = [None] * (len(doc.args) - len(doc.defaults)) + [ast.literal_eval(d) for d in doc.defaults]
+    promised = [(a.arg, d) for a, d in zip(doc.args, doc_defaults)]
+    actual = [(n, None if p.default is inspect.Parameter.empty else p.default)
+              for n, p in inspect.signature(Matcher.from_stores).parameters.items()]
+    assert actual == promised, f"docs/architecture.md says Matcher.from_stores{promised}; the code has {actual}"
+
+
+# --- declared dependencies match the imports -------------------------------------------------
+
+#: import name -> the distributions that provide it, where the names differ
+PROVIDERS = {"itk": {"itk-elastix", "itk"}}
+#: declared, needed at run time, never imported by name
+INDIRECT = {"einops"}  # MONAI's diffusion UNets import it for attention
+#: core modules may import these optional packages (inside functions, with a message naming the extra)
+OPTIONAL_IN_CORE = {"unigradicon": "unigradicon"}
+
+
+def _canonical(requirement: str) -> str:
+    """``'SimpleITK>=2.3'`` -> ``'simpleitk'``; ``'napari-meddift[all]'`` -> ``'napari-meddift'`` (PEP 503)."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+def _extra(name: str, extras: dict[str, list[str]]) -> set[str]:
+    """Distributions an extra installs, following ``napari-meddift[a,b]`` into the extras it names."""
+    out: set[str] = set()
+    for req in extras[name]:
+        if _canonical(req) == "napari-meddift":
+            for inner in re.search(r"\[(.*)\]", req).group(1).split(","):
+                out |= _extra(inner.strip(), extras)
+        else:
+            out.add(_canonical(req))
+    return out
+
+
+def third_party_imports(layers: set[str]) -> dict[str, set[str]]:
+    """{top-level import name: {importing module, ...}} over the modules of ``layers``; the standard
+    library and the package itself left out."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for path in modules():
+        name = module_name(path)
+        if layer_of(unit_of(name)) not in layers:
+            continue
+        for target in imports_of(path):
+            top = target.split(".")[0]
+            if top and top != ROOT and top != "__future__" and top not in sys.stdlib_module_names:
+                out[top].add(name)
+    return out
+
+
+def _providers(top: str) -> set[str]:
+    return PROVIDERS.get(top, {_canonical(top)})
+
+
+def test_core_imports_are_declared_dependencies():
+    """What the core imports is installed with the package itself (psygnal, numba, scipy, psutil
+    included); the one optional import sits in its extra."""
+    project = _project()
+    deps = {_canonical(r) for r in project["dependencies"]}
+    core = third_party_imports({"core"})
+    assert {"torch", "monai", "zarr", "psygnal", "numba", "scipy", "psutil"} <= set(core)  # the parser sees them
+    undeclared = {f"{top} (imported by {', '.join(sorted(core[top]))})" for top in core
+                  if not _providers(top) & deps and top not in OPTIONAL_IN_CORE}
+    assert not undeclared, "declare these in pyproject's [project] dependencies:\n" + "\n".join(sorted(undeclared))
+    for top, extra in OPTIONAL_IN_CORE.items():
+        assert _providers(top) & _extra(extra, project["optional-dependencies"]), (top, extra)
+
+
+def test_every_import_is_declared_and_every_dependency_used():
+    project = _project()
+    extras = project["optional-dependencies"]
+    deps = {_canonical(r) for r in project["dependencies"]}
+    everywhere = third_party_imports({"core", "harness", "cli", "widgets"})
+    declared = deps.union(*(_extra(e, extras) for e in extras))
+    undeclared = sorted(top for top in everywhere if not _providers(top) & declared)
+    assert not undeclared, f"imported but declared neither as a dependency nor in an extra: {undeclared}"
+    used = set().union(*(_providers(top) for top in everywhere)) | INDIRECT
+    assert not deps - used, f"declared dependencies nothing imports: {sorted(deps - used)}"
+
+
+def test_dask_is_the_batch_extra():
+    """dask/distributed are needed only by batch/ (extract-many, --workers/--scheduler): an extra of
+    their own, which `all` (what .ci/run installs) includes."""
+    project = _project()
+    extras = project["optional-dependencies"]
+    assert not {"dask", "distributed"} & {_canonical(r) for r in project["dependencies"]}
+    assert {"dask", "distributed"} <= _extra("batch", extras) <= _extra("all", extras)
+    users = set().union(*(third_party_imports({"core", "harness", "cli", "widgets"}).get(t, set())
+                          for t in ("dask", "distributed")))
+    assert users and all(u.startswith(f"{ROOT}.batch.") for u in users), sorted(users)
+    assert '".[all,test]"' in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_missing_dask_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    from napari_meddift.cli import main
+
+    for name in ("dask", "distributed"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    scan = tmp_path / "a.nii.gz"
+    scan.write_bytes(b"")  # never read: the cluster is refused first
+    assert main(["extract-many", str(scan), "-o", str(tmp_path / "out"), "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["meddift: error: Dask is not installed: extract-many and --workers/--scheduler need it; "
+                   "install it with `pip install napari-meddift[batch]`"]

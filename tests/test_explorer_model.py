@@ -44,15 +44,15 @@ def test_peak_stats_definition_by_hand():
     f[0, 0, 0] = 0.6  # the best rival outside
     pk = peak_stats(f, (4, 4, 4), exclusion=2)
     assert pk.best == 1.0 and pk.rival == pytest.approx(0.6) and pk.median == 0.0
-    assert pk.ambiguity == pytest.approx(1 - (1.0 - 0.6) / (1.0 - 0.0))
+    assert pk.rivalry == pytest.approx(1 - (1.0 - 0.6) / (1.0 - 0.0))
     side = f[np.ones_like(f, bool) & ~((np.indices(f.shape) - 4) ** 2).sum(0).__le__(4)]
     assert pk.psr == pytest.approx((1.0 - side.mean()) / side.std(), rel=1e-5)
     # unchanged when every score is scaled and shifted (mini's maps are all near 1)
     pk2 = peak_stats(0.99 + 0.01 * f, (4, 4, 4), exclusion=2)
-    assert pk2.ambiguity == pytest.approx(pk.ambiguity, abs=1e-3)
+    assert pk2.rivalry == pytest.approx(pk.rivalry, abs=1e-3)
     # an equal rival: fully ambiguous
     f[8, 8, 8] = 1.0
-    assert peak_stats(f, (4, 4, 4), exclusion=2).ambiguity == pytest.approx(1.0)
+    assert peak_stats(f, (4, 4, 4), exclusion=2).rivalry == pytest.approx(1.0)
 
 
 def test_display_modes():
@@ -90,7 +90,7 @@ def test_compute_matches_the_core_and_state_changes_ask_for_a_rerun():
     m = ref.match((10, 12, 11), (4, 6, 7))
     np.testing.assert_allclose(res.fused, sim.fused, atol=1e-6)
     assert res.target_zyx == tuple(m.target_zyx) and res.offset == sim.offset
-    assert 0.0 <= res.ambiguity <= 1.0
+    assert 0.0 <= res.rivalry <= 1.0
     s.state.radius = 2.0
     s.state.display_mode = DISPLAY_MODES[2]
     assert len(reruns) == 2
@@ -146,10 +146,10 @@ def test_match_landmarks_gives_the_live_answer_per_landmark():
     for i in range(len(src)):
         live = s.compute(s.request(src[i]))
         assert tuple(lm.predicted[i]) == live.target_zyx
-        assert lm.ambiguity[i] == pytest.approx(live.ambiguity)
+        assert lm.rivalry[i] == pytest.approx(live.rivalry)
     np.testing.assert_allclose(lm.errors_mm, np.linalg.norm((lm.predicted - src - 1) * [2.0, 1.5, 1.25], axis=1))
     assert lm.shown(lm.errors_mm.max()).sum() >= 1 and lm.shown(0).all()
-    assert math.isfinite(lm.ambiguity_error_correlation())
+    assert math.isfinite(lm.rivalry_error_correlation())
 
 
 def test_timesteps_switch_and_compare_strip():

@@ -162,7 +162,7 @@ def test_display_modes_and_limits(explorer, qtbot):
     raw = w.result.fused
     ok = np.isfinite(raw)
     assert np.all(np.argsort(raw[ok], kind="stable") == np.argsort(d[ok], kind="stable"))
-    assert 0.0 <= w.result.ambiguity <= 1.0 and "ambiguity" in w.status_label.text()
+    assert 0.0 <= w.result.rivalry <= 1.0 and "rivalry" in w.status_label.text()
 
 
 def test_crosshairs_and_search_window(explorer, qtbot):

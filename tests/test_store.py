@@ -155,9 +155,11 @@ def test_cache_key_sensitivity():
     assert S.cache_key(v, "maisi", "h", ExtractionSettings(device="cpu"), {"multiple": 128}) == k
 
 
-def test_flat_store_import_still_works():
-    """Scripts written against the flat layout keep ``from napari_meddift.store import open_store``."""
-    from napari_meddift import store as flat
-
-    assert flat.open_store is S.open_store and flat.write_store is S.write_store
-    assert flat.DescriptorStore is S.DescriptorStore
+def test_the_store_has_one_import_path():
+    """``napari_meddift.io.store`` is the store's one home (the flat alias ``napari_meddift.store``
+    is gone, so docs and scripts cannot drift between two spellings); its public names are there."""
+    with pytest.raises(ImportError):
+        from napari_meddift.store import open_store  # noqa: F401
+    for name in ("DescriptorStore", "cache_key", "level_chunks", "open_store", "verify_store", "write_store"):
+        assert callable(getattr(S, name)), name
+    assert S.DescriptorStore.__module__ == "napari_meddift.io.store"

@@ -89,7 +89,7 @@ class ExplorerControls(Container):
         #: the per-axis voxel radius the window searches (set by the explorer: its session's)
         self.window_voxels: Callable[[], tuple | None] = lambda: None
         self.exclusion = SpinBox(label="Rival exclusion (vox)", min=1, max=32,
-                                 tooltip="the ambiguity compares the best score with the best one farther than "
+                                 tooltip="the rivalry compares the best score with the best one farther than "
                                          "this from it")
         self.levels = Container(label="Levels (weight)", labels=False)
         self.display_mode = ComboBox(label="Map display", choices=list(DISPLAY_MODES))

@@ -1,7 +1,7 @@
 """Every landmark at a glance: points coloured by error in both viewers, truth -> prediction vectors.
 
 Source landmarks in the source viewer, true targets in the target viewer, both Points layers
-with napari features (index, error_mm, score, ambiguity, psr: napari's features table shows
+with napari features (index, error_mm, score, rivalry, psr: napari's features table shows
 and sorts them) coloured by ``error_mm``; a Vectors layer from each truth to its prediction.
 ``state.min_error_mm`` hides the smaller errors. A click on a landmark (in either viewer)
 calls ``on_pick(index)``.

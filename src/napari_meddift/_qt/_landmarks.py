@@ -36,7 +36,7 @@ from ._tasks import error_text, notify_error
 
 __all__ = ["LandmarksWidget", "region_text"]
 
-COLUMNS = ["#", "error (mm)", "source z,y,x", "true z,y,x", "predicted z,y,x", "score", "ambiguity", "PSR"]
+COLUMNS = ["#", "error (mm)", "source z,y,x", "true z,y,x", "predicted z,y,x", "score", "rivalry", "PSR"]
 
 
 class _NumItem(QTableWidgetItem):
@@ -223,10 +223,10 @@ class LandmarksWidget(QWidget):
 
         e, before = lm.errors_mm, lm.initial_mm
         s = summarize(e)
-        corr = lm.ambiguity_error_correlation()
+        corr = lm.rivalry_error_correlation()
         self.summary.setText(
             f"{len(e)} pairs: TRE mean {s['mean']:.2f} mm, median {s['median']:.2f} mm, p95 {s['p95']:.2f} mm, "
-            f"max {s['max']:.2f} mm (before matching: mean {before.mean():.2f} mm). Spearman(ambiguity, error) "
+            f"max {s['max']:.2f} mm (before matching: mean {before.mean():.2f} mm). Spearman(rivalry, error) "
             f"= {corr:.2f}. Click a row or a point to inspect it.")
         mask = self.lung_mask
         if mask is not None and mask.shape != tuple(np.shape(self._connected().target_layer.data)[-3:]):
@@ -250,7 +250,7 @@ class LandmarksWidget(QWidget):
                     QTableWidgetItem(_fmt(lm.target_zyx[i])),
                     QTableWidgetItem(pred),
                     _NumItem("" if math.isnan(f["score"][i]) else f"{f['score'][i]:.4f}", f["score"][i]),
-                    _NumItem("" if math.isnan(f["ambiguity"][i]) else f"{f['ambiguity'][i]:.2f}", f["ambiguity"][i]),
+                    _NumItem("" if math.isnan(f["rivalry"][i]) else f"{f['rivalry'][i]:.2f}", f["rivalry"][i]),
                     _NumItem("" if math.isnan(f["psr"][i]) else f"{f['psr'][i]:.1f}", f["psr"][i]),
                 ]
                 for c, item in enumerate(cells):

@@ -1,12 +1,17 @@
-"""Backbone registry. Backbones are imported lazily: naming one imports only its module."""
+"""Backbone registry. Backbones are imported lazily: naming one imports only its module, and
+importing the registry imports no PyTorch (``Backbone`` and ``ExtractionSettings`` come from
+:mod:`.base` on first use), so the command line lists the names without it."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import inspect
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MedDiftError
-from .base import Backbone, ExtractionSettings
+
+if TYPE_CHECKING:
+    from .base import Backbone, ExtractionSettings
 
 #: name -> "module:Class"; every class takes (weights=None, random_weights=False, **kw)
 _REGISTRY: dict[str, str] = {
@@ -23,15 +28,48 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _key(name: str) -> str:
+    """The registry's spelling of a backbone name: stripped, lower case (``MyNet`` -> ``mynet``)."""
+    return str(name).strip().lower()
+
+
 def register_backbone(name: str, target: str) -> None:
-    """Register ``"package.module:Class"`` under ``name`` (for plugins and tests)."""
+    """Register ``"package.module:Class"`` under ``name`` (for plugins and tests).
+
+    Names are case-insensitive: ``register_backbone("MyNet", ...)`` is found by
+    ``get_backbone("MyNet")`` and ``get_backbone("mynet")``. The class is imported, and checked
+    against the :class:`Backbone` protocol, when the backbone is first built.
+    """
+    if not _key(name):
+        raise ValueError("a backbone name must not be empty")
     if ":" not in target:
         raise ValueError("target must look like 'package.module:Class'")
-    _REGISTRY[name] = target
+    _REGISTRY[_key(name)] = target
+
+
+#: what :func:`get_backbone` checks a built backbone has (``Backbone``'s members; ``scheduler`` and
+#: ``default_timestep`` are optional)
+_PROTOCOL_ATTRIBUTES = ("name", "level_names", "default_levels", "preprocessing", "grid_spacing",
+                        "weights_hash", "config", "description")
+
+
+def _check_backbone(backbone: Any, name: str) -> None:
+    """MedDiftError (one line) naming what ``backbone`` lacks of the :class:`Backbone` protocol.
+
+    Looked up statically, so a property (``weights_hash`` may hash a checkpoint) is not evaluated.
+    """
+    missing = object()
+    lacking = [a for a in _PROTOCOL_ATTRIBUTES if inspect.getattr_static(backbone, a, missing) is missing]
+    if not callable(getattr(backbone, "extract", None)):
+        lacking.append("extract()")
+    if lacking:
+        target = _REGISTRY.get(ALIASES.get(_key(name), _key(name)), type(backbone).__qualname__)
+        raise MedDiftError(f"backbone {name!r} ({target}) does not meet the Backbone protocol "
+                           f"(napari_meddift.backbones.base): it lacks {', '.join(lacking)}")
 
 
 def _backbone_class(name: str):
-    key = str(name).lower()
+    key = _key(name)
     key = ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise MedDiftError(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
@@ -63,8 +101,28 @@ def backbone_grid_spacing(name: str, weights=None, random_weights: bool = False)
 
 
 def get_backbone(name: str, weights=None, random_weights: bool = False, **kw: Any) -> Backbone:
-    """Build the backbone called ``name``; MedDiftError for an unknown name."""
-    return _backbone_class(name)(weights=weights, random_weights=random_weights, **kw)
+    """Build the backbone called ``name`` (any case); MedDiftError for an unknown name or for a
+    registered class that does not meet the :class:`Backbone` protocol."""
+    backbone = _backbone_class(name)(weights=weights, random_weights=random_weights, **kw)
+    _check_backbone(backbone, name)
+    return backbone
+
+
+#: name -> the module that defines it
+_LAZY = {"Backbone": ".base", "ExtractionSettings": ".base"}
+
+
+def __getattr__(name: str):
+    """Import what ``name`` lives in on first use (PEP 562), so importing the package stays light."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_grid_spacing", "backbone_levels",

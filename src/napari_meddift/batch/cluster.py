@@ -20,6 +20,18 @@ from ..errors import MedDiftError
 THREADS_ENV = "MEDDIFT_THREADS"
 
 
+def require_distributed() -> None:
+    """MedDiftError (one line) unless Dask's ``distributed`` can be imported: it comes with the
+    ``batch`` extra, which only ``extract-many`` and ``--workers``/``--scheduler`` need."""
+    try:
+        import distributed  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("dask", "distributed"):
+            raise  # a broken install of something else: its own message is the useful one
+        raise MedDiftError("Dask is not installed: extract-many and --workers/--scheduler need it; "
+                           "install it with `pip install napari-meddift[batch]`") from None
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (the affinity mask where the OS has one)."""
     try:
@@ -108,6 +120,7 @@ def local_cluster(
     machine's memory split between the workers; None: no limit). A worker process that dies is
     restarted by its nanny and its task is run again by the scheduler.
     """
+    require_distributed()
     from distributed import Scheduler, SpecCluster
     from distributed.worker_memory import parse_memory_limit
 
@@ -161,8 +174,10 @@ def connect(
     """A ``distributed.Client``: to ``scheduler`` (``tcp://host:port``) if given, else to a new
     local cluster of ``workers`` processes, closed again on exit.
 
-    MedDiftError when the scheduler cannot be reached or has no worker within ``timeout`` s.
+    MedDiftError when the scheduler cannot be reached or has no worker within ``timeout`` s, or
+    when Dask is not installed (:func:`require_distributed`).
     """
+    require_distributed()
     from distributed import Client
 
     if scheduler is not None and workers is not None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from ..backbones.base import ProgressCallback
+from ..progress import ProgressCallback
 from ..errors import CancelledError, MedDiftError
 
 #: exit status of a user-fixable problem (``MedDiftError``), the same as argparse's usage errors

@@ -26,7 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import MedDiftError
-from ..io.volume import Volume, voxel_to_world, world_to_voxel
+from ..io.geometry import Grid
+from ..io.volume import Volume
 
 INSTALL_HINT = "the elastix baseline needs itk-elastix: pip install itk-elastix"
 
@@ -57,11 +58,12 @@ class ElastixTransform:
 
     ``parameter_maps``: elastix transform parameter maps (affine, B-spline) as plain dicts of
     string tuples, enough to rebuild the transform or write elastix's TransformParameters files.
+    ``fixed_geometry``, ``moving_geometry``: the two images' voxel grids (:class:`Grid`).
     """
 
     parameter_maps: list[dict[str, tuple[str, ...]]]
-    fixed_geometry: dict[str, Any]
-    moving_geometry: dict[str, Any]
+    fixed_geometry: Grid
+    moving_geometry: Grid
     seconds: float = 0.0
     _itk_transform: Any = field(default=None, repr=False, compare=False)
     _keepalive: Any = field(default=None, repr=False, compare=False)
@@ -86,36 +88,26 @@ class ElastixTransform:
         return paths
 
 
-def _geometry(volume: Volume) -> dict[str, Any]:
-    return {
-        "shape_zyx": tuple(int(s) for s in volume.shape),
-        "spacing_zyx": tuple(float(s) for s in volume.spacing),
-        "origin_zyx": tuple(float(s) for s in volume.origin),
-        "direction_xyz": np.asarray(volume.direction, dtype=np.float64).reshape(3, 3),
-    }
+def _geometry(volume: Volume) -> Grid:
+    """The voxel grid of ``volume`` (io.geometry's :class:`Grid`: the one home of index <-> physical maps)."""
+    return Grid.of(volume)
 
 
-def _grid(geom: dict[str, Any]) -> Volume:
-    """The geometry of a stored ``_geometry`` dict as a voxel-less :class:`Volume` for io.volume's maps."""
-    return Volume(np.empty((0, 0, 0), np.float32), spacing=geom["spacing_zyx"], origin=geom["origin_zyx"],
-                  direction=geom["direction_xyz"])
-
-
-def _index_to_physical(points_zyx: np.ndarray, geom: dict[str, Any]) -> np.ndarray:
+def _index_to_physical(points_zyx: np.ndarray, grid: Grid) -> np.ndarray:
     """Continuous voxel indices (z, y, x), (N, 3) -> ITK physical points (x, y, z) in mm, (N, 3)."""
-    return voxel_to_world(_grid(geom), np.asarray(points_zyx, dtype=np.float64))[:, ::-1]
+    return grid.index_to_physical(np.asarray(points_zyx, dtype=np.float64))[:, ::-1]
 
 
-def _physical_to_index(points_xyz: np.ndarray, geom: dict[str, Any]) -> np.ndarray:
+def _physical_to_index(points_xyz: np.ndarray, grid: Grid) -> np.ndarray:
     """ITK physical points (x, y, z) in mm, (N, 3) -> continuous voxel indices (z, y, x), (N, 3)."""
-    return world_to_voxel(_grid(geom), np.asarray(points_xyz, dtype=np.float64)[:, ::-1])
+    return grid.physical_to_index(np.asarray(points_xyz, dtype=np.float64)[:, ::-1])
 
 
-def _to_itk_image(itk, array: np.ndarray, geom: dict[str, Any], pixel=np.float32):
+def _to_itk_image(itk, array: np.ndarray, grid: Grid, pixel=np.float32):
     image = itk.image_from_array(np.ascontiguousarray(array, dtype=pixel))
-    image.SetSpacing([float(s) for s in geom["spacing_zyx"][::-1]])
-    image.SetOrigin([float(s) for s in geom["origin_zyx"][::-1]])
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(geom["direction_xyz"], dtype=np.float64)))
+    image.SetSpacing([float(s) for s in grid.spacing[::-1]])
+    image.SetOrigin([float(s) for s in grid.origin[::-1]])
+    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(np.reshape(grid.direction, (3, 3)), dtype=np.float64)))
     return image
 
 

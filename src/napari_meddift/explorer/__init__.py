@@ -3,7 +3,7 @@
 ``ExplorerSession`` holds one pair (a matcher per cached timestep), the evented
 ``ExplorerState`` the controls bind to, the pair's truth and landmarks, and the compute step
 that turns a source voxel into everything the views show (maps in three display modes, best
-voxel, ambiguity, true point and error in mm, the compare strip across timesteps).
+voxel, rivalry, true point and error in mm, the compare strip across timesteps).
 """
 
 from .engine import ExplorerEngine, QueryRequest, QueryResult, pick_along_ray

@@ -3,7 +3,7 @@
 A ``QueryRequest`` freezes the settings a search runs under (so a worker thread never reads a
 state the user is changing); ``ExplorerEngine.compute`` turns it into a ``QueryResult``: the
 fused and per-level cosine maps over the window (``Matcher.similarity``), the best voxel by the
-matcher's own rule (``SimilarityResult.best``) and the ambiguity of that map (``maps.peak_stats``).
+matcher's own rule (``SimilarityResult.best``) and the rivalry of that map (``maps.peak_stats``).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class QueryResult:
     compute_ms: float = 0.0
 
     @property
-    def ambiguity(self) -> float:
-        return self.peak.ambiguity
+    def rivalry(self) -> float:
+        return self.peak.rivalry
 
 
 class ExplorerEngine:
@@ -105,7 +105,7 @@ class ExplorerEngine:
             return self.matcher.similarity(tuple(int(v) for v in query_zyx), radius, per_level=per_level)
 
     def compute(self, req: QueryRequest) -> QueryResult:
-        """Similarity map (fused and per level), the best voxel in it and its ambiguity."""
+        """Similarity map (fused and per level), the best voxel in it and its rivalry."""
         t0 = time.perf_counter()
         sim = self.similarity(req.query_zyx, req.radius, req.levels, dict(req.weights), per_level=True)
         # best voxel of the map just computed (the matcher's rule), without a second search

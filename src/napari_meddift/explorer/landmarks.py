@@ -1,4 +1,4 @@
-"""All landmarks of a pair at once: truth, prediction, error (mm), score and ambiguity per pair."""
+"""All landmarks of a pair at once: truth, prediction, error (mm), score and rivalry per pair."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ __all__ = ["LandmarkSet"]
 class LandmarkSet:
     """Landmark pairs in voxel (z, y, x): ``source_zyx`` in the source image, ``target_zyx``
     (the truth) in the target; ``spacing_zyx`` (mm) of the target measures errors.
-    After matching: ``predicted`` (N, 3), ``score``, ``ambiguity``, ``psr`` (N,)."""
+    After matching: ``predicted`` (N, 3), ``score``, ``rivalry``, ``psr`` (N,)."""
 
     source_zyx: np.ndarray
     target_zyx: np.ndarray
     spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
     predicted: np.ndarray | None = None
     score: np.ndarray | None = None
-    ambiguity: np.ndarray | None = None
+    rivalry: np.ndarray | None = None
     psr: np.ndarray | None = None
     settings: dict = field(default_factory=dict)  # levels, radius (mm), timestep the predictions used
 
@@ -65,17 +65,17 @@ class LandmarkSet:
             "index": np.arange(n),
             "error_mm": self.errors_mm,
             "score": nan if self.score is None else np.asarray(self.score, float),
-            "ambiguity": nan if self.ambiguity is None else np.asarray(self.ambiguity, float),
+            "rivalry": nan if self.rivalry is None else np.asarray(self.rivalry, float),
             "psr": nan if self.psr is None else np.asarray(self.psr, float),
         }
 
-    def ambiguity_error_correlation(self) -> float:
-        """Spearman rank correlation of ambiguity with error over matched pairs (NaN if undefined)."""
-        if self.ambiguity is None:
+    def rivalry_error_correlation(self) -> float:
+        """Spearman rank correlation of rivalry with error over matched pairs (NaN if undefined)."""
+        if self.rivalry is None:
             return math.nan
         from scipy.stats import spearmanr
 
-        a, e = np.asarray(self.ambiguity, float), self.errors_mm
+        a, e = np.asarray(self.rivalry, float), self.errors_mm
         ok = np.isfinite(a) & np.isfinite(e)
         if ok.sum() < 3:
             return math.nan

@@ -1,4 +1,4 @@
-"""Similarity maps for display, and how sure a match is: display modes and the ambiguity measure.
+"""Similarity maps for display, and how sure a match is: display modes and the rivalry measure.
 
 Trained descriptors are alike over a whole search window (on the demo pair mini's best score is
 0.993-0.999 at 90% of the landmarks, with much of the window just below it), so a raw cosine map
@@ -7,15 +7,17 @@ in a fixed range looks flat near its peak and the usual ratio "best rival / best
 
 * display modes: ``raw cosine`` (unchanged), ``min-max in window`` ((s - min) / (max - min)) and
   ``rank (percentile)`` (the fraction of the window's voxels scoring lower), the last two in [0, 1];
-* ambiguity (``peak_stats``): with s1 the best score, s2 the best score *outside a sphere of
+* rivalry (``peak_stats``): with s1 the best score, s2 the best score *outside a sphere of
   radius r voxels* around the best voxel, and m the window's median score,
 
-      ambiguity = 1 - (s1 - s2) / (s1 - m)        (clipped to [0, 1])
+      rivalry = 1 - (s1 - s2) / (s1 - m)        (clipped to [0, 1])
 
   0: the peak stands alone (every rival is no better than the median); 1: a rival elsewhere in
   the window is as good as the match. It does not change when all scores are scaled or shifted
   together, so it means the same for MAISI, mini or MIND. Peak-to-sidelobe ratio
-  ``psr = (s1 - mean(outside)) / std(outside)`` is reported beside it.
+  ``psr = (s1 - mean(outside)) / std(outside)`` is reported beside it. (The matcher's
+  ``ambiguity``, what ``meddift match`` writes, is the plain ratio s2 / s1 over a cube: another
+  measure, hence another name.)
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ __all__ = ["PeakStats", "peak_stats", "display_map", "display_limits", "suggest_
 
 @dataclass(frozen=True)
 class PeakStats:
-    """How a map's best voxel stands out: scores and the derived ambiguity / PSR."""
+    """How a map's best voxel stands out: scores and the derived rivalry / PSR."""
 
     best: float
     rival: float  # best score outside the exclusion sphere (nan: no voxel outside)
     median: float
-    ambiguity: float  # in [0, 1]; nan when there is no rival
+    rivalry: float  # in [0, 1]; nan when there is no rival
     psr: float  # peak-to-sidelobe ratio; nan when undefined
 
 
@@ -49,7 +51,7 @@ def _outside_sphere(shape: Sequence[int], center: Sequence[int], radius: float) 
 
 
 def peak_stats(fused: np.ndarray, best_local_zyx: Sequence[int], exclusion: float = 3.0) -> PeakStats:
-    """Ambiguity and PSR of map ``fused`` (z, y, x) whose best voxel is ``best_local_zyx``
+    """Rivalry and PSR of map ``fused`` (z, y, x) whose best voxel is ``best_local_zyx``
     (an index into ``fused``); rivals are sought outside a sphere of ``exclusion`` voxels."""
     f = np.asarray(fused, dtype=np.float32)
     b = tuple(int(v) for v in best_local_zyx)

@@ -91,10 +91,6 @@ class ExplorerSession:
 
     # ------------------------------------------------------------------ pair and timesteps
 
-    @property
-    def is_connected(self) -> bool:
-        return bool(self.engines)
-
     def connect(self, matcher, source_spacing=(1.0, 1.0, 1.0), target_spacing=(1.0, 1.0, 1.0),
                 timestep: int | None = None, stores: tuple | None = None) -> None:
         """Explore with ``matcher`` (a core Matcher); spacings (z, y, x) mm give errors in mm.
@@ -216,7 +212,7 @@ class ExplorerSession:
 
     def match_landmarks(self, progress: Callable[[int, int, str], None] | None = None) -> LandmarkSet:
         """Predict every source landmark with the current settings (any thread): best voxel,
-        score, ambiguity and PSR per pair, exactly as the live view computes them. Returns a new
+        score, rivalry and PSR per pair, exactly as the live view computes them. Returns a new
         ``LandmarkSet``; ``apply_landmarks`` shows it. ``progress`` may raise CancelledError."""
         lm, engine = self.landmarks, self.engine
         if lm is None:
@@ -237,7 +233,7 @@ class ExplorerSession:
             sim = engine.similarity(p, self.search_radius, levels, weights)
             t, s, _ = sim.best(2)
             pk = peak_stats(sim.fused, np.subtract(t, sim.offset), st.exclusion)
-            pred[i], score[i], amb[i], psr[i] = t, s, pk.ambiguity, pk.psr
+            pred[i], score[i], amb[i], psr[i] = t, s, pk.rivalry, pk.psr
         if progress is not None:
             progress(n, n, "done")
         out = LandmarkSet(lm.source_zyx, lm.target_zyx, lm.spacing_zyx, pred, score, amb, psr,
@@ -336,7 +332,7 @@ def format_status(result: QueryResult, src_mm, tgt_mm, pending_fb: bool = False)
     """The explorer's status text (voxels z, y, x; mm in world z, y, x), three lines."""
     q, t = result.request.query_zyx, result.target_zyx
     pk = result.peak
-    amb = "n/a" if not math.isfinite(pk.ambiguity) else f"{pk.ambiguity:.2f}"
+    amb = "n/a" if not math.isfinite(pk.rivalry) else f"{pk.rivalry:.2f}"
     psr = "n/a" if not math.isfinite(pk.psr) else f"{pk.psr:.1f}"
     if pending_fb:
         fb = "checking..."
@@ -347,7 +343,7 @@ def format_status(result: QueryResult, src_mm, tgt_mm, pending_fb: bool = False)
     ts = "" if result.request.timestep is None else f"   t={result.request.timestep}"
     lines = [
         f"query {tuple(q)} vox {_fmt_mm(src_mm)}  ->  match {tuple(t)} vox {_fmt_mm(tgt_mm)}",
-        f"score {result.score:.4f}   ambiguity {amb}   PSR {psr}{ts}   forward-backward: {fb}",
+        f"score {result.score:.4f}   rivalry {amb}   PSR {psr}{ts}   forward-backward: {fb}",
     ]
     if result.truth is not None:
         tz = ", ".join(f"{v:.1f}" for v in result.truth.target_zyx)

@@ -41,7 +41,7 @@ class ExplorerState:
     voxels along each axis of the target (the source's for the back-match), so the window holds
     the same anatomy on an anisotropic scan;
     ``exclusion``: radius (voxels) around the best voxel outside which the best rival is sought
-    for the ambiguity; ``timestep``: which cached extraction is searched (None: the one connected);
+    for the rivalry; ``timestep``: which cached extraction is searched (None: the one connected);
     ``display_mode``: one of ``DISPLAY_MODES``; ``color_range``: a key of ``MAP_RANGES`` (raw mode);
     ``min_error_mm``: landmarks with a smaller error are hidden.
     """

@@ -54,12 +54,6 @@ class FieldTruth:
         # d u_i / d x_j on the grid, once (Newton needs it at every step)
         self.grad = np.stack([np.stack(np.gradient(u[i]), axis=0) for i in range(3)])
 
-    @classmethod
-    def from_mm(cls, u_mm: np.ndarray, spacing_zyx: Sequence[float]) -> "FieldTruth":
-        """From a field in mm (3, Z, Y, X) and the target spacing (z, y, x) mm."""
-        sp = np.asarray(spacing_zyx, dtype=np.float64)[:, None, None, None]
-        return cls(np.asarray(u_mm, dtype=np.float64) / sp)
-
     def _at(self, arr: np.ndarray, p: np.ndarray) -> np.ndarray:
         c = p.reshape(3, 1)
         return np.array([ndi.map_coordinates(a, c, order=1, mode="nearest")[0] for a in arr])

@@ -1,6 +1,6 @@
 """Is a descriptor store whole? A cheap check (every chunk file is there) and a full one.
 
-The cheap check runs on every :func:`~napari_meddift.store.open_store`: it lists the chunk
+The cheap check runs on every :func:`~napari_meddift.io.store.open_store`: it lists the chunk
 files of each level and compares them with the chunk grid the level's shape needs (stores are
 written with every chunk present, including all-zero ones). The full check
 (``meddift check STORE``) also decodes every chunk (zstd with its content checksum), looks for

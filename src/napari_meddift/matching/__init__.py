@@ -19,12 +19,39 @@ Index conventions follow PyTorch: for output index ``o`` of an axis with ``n`` n
 ``N`` image voxels, ``src = max((o + 0.5) * n / N - 0.5, 0)``, ``i0 = floor(src)``,
 ``lam = src - i0``; the native grid is edge-padded by one node at the high end of every axis so
 the second tap ``i0 + 1`` always exists (it equals PyTorch's clamped ``min(i0 + 1, n - 1)``).
+
+Names are imported on first use (PEP 562): ``matching.window`` (what the command line's
+``--radius`` parses with) does not import PyTorch or numba.
 """
 
-from .grid import EPS, axis_taps
-from .matcher import Matcher
-from .results import Match, MatchTable, SimilarityResult
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from .window import DEFAULT_RADIUS_MM, Radius, parse_radius, voxel_radius
+
+if TYPE_CHECKING:
+    from .grid import EPS, axis_taps
+    from .matcher import Matcher
+    from .results import Match, MatchTable, SimilarityResult
+
+#: name -> the module that defines it
+_LAZY = {"EPS": ".grid", "axis_taps": ".grid", "Matcher": ".matcher", "Match": ".results",
+         "MatchTable": ".results", "SimilarityResult": ".results"}
+
+
+def __getattr__(name: str):
+    """Import what ``name`` lives in on first use (PEP 562), so importing the package stays light."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = ["DEFAULT_RADIUS_MM", "EPS", "Matcher", "Match", "MatchTable", "Radius", "SimilarityResult", "axis_taps",
            "parse_radius", "voxel_radius"]

@@ -18,20 +18,21 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MedDiftError
+from ..io.geometry import Grid
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """A voxel grid in world space: shape and spacing/origin in (z, y, x), ITK direction (x, y, z)."""
+class Geometry(Grid):
+    """The source or target grid of a displacement field: an :class:`~napari_meddift.io.geometry.Grid`
+    (shape and spacing/origin in (z, y, x), ITK direction (x, y, z)), whose index <-> physical maps
+    it uses, with 1 mm spacing unless told, built from anything that has a geometry
+    (:meth:`of`), and the SimpleITK reference image a resampling needs."""
 
-    shape: tuple[int, int, int]
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[float, ...] = tuple(np.eye(3).reshape(-1).tolist())
 
     @classmethod
     def of(cls, obj) -> "Geometry":
-        """From a Volume, a DescriptorStore or a SimpleITK image."""
+        """From a Volume, a DescriptorStore, a Grid or a SimpleITK image."""
         if hasattr(obj, "GetSize"):
             return cls(tuple(int(s) for s in obj.GetSize()[::-1]), tuple(float(s) for s in obj.GetSpacing()[::-1]),
                        tuple(float(s) for s in obj.GetOrigin()[::-1]), tuple(float(v) for v in obj.GetDirection()))
@@ -42,24 +43,16 @@ class Geometry:
 
     @property
     def matrix(self) -> np.ndarray:
-        """4x4 affine: homogeneous voxel (z, y, x, 1) -> world (z, y, x, 1) in mm."""
-        d = np.asarray(self.direction, float).reshape(3, 3)
-        sp = np.asarray(self.spacing, float)[::-1]
-        a_xyz = d * sp[None, :]  # world_xyz = origin_xyz + D @ (sp * idx_xyz)
-        a = a_xyz[::-1, ::-1]  # the same map in zyx order on both sides
-        m = np.eye(4)
-        m[:3, :3] = a
-        m[:3, 3] = np.asarray(self.origin, float)
-        return m
+        """4x4 affine: homogeneous voxel (z, y, x, 1) -> world (z, y, x, 1) in mm (:meth:`Grid.affine_zyx`)."""
+        return self.affine_zyx()
 
     def to_world(self, zyx) -> np.ndarray:
-        """Voxel (z, y, x) points (..., 3) -> world mm in (z, y, x) order (ITK's LPS axes, reversed)."""
-        m = self.matrix
-        return np.asarray(zyx, float) @ m[:3, :3].T + m[:3, 3]
+        """Voxel (z, y, x) points (..., 3) -> world mm in (z, y, x) order (:meth:`Grid.index_to_physical`)."""
+        return self.index_to_physical(zyx)
 
     def to_voxel(self, zyx_mm) -> np.ndarray:
-        m = np.linalg.inv(self.matrix)
-        return np.asarray(zyx_mm, float) @ m[:3, :3].T + m[:3, 3]
+        """World (z, y, x) mm points (..., 3) -> continuous voxel (z, y, x) (:meth:`Grid.physical_to_index`)."""
+        return self.physical_to_index(zyx_mm)
 
     def reference_image(self):
         """An empty SimpleITK image of this grid (for resampling onto it)."""

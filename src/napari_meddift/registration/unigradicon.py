@@ -27,14 +27,6 @@ INPUT_SHAPE = (175, 175, 175)
 HU_WINDOW = (-1000.0, 1000.0)
 
 
-def unigradicon_available() -> bool:
-    try:
-        import unigradicon  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
-        return False
-    return True
-
-
 def load_unigradicon(weights: str | Path | None = None, random_seed: int | None = None,
                      input_shape: tuple[int, int, int] = INPUT_SHAPE):
     """The uniGradICON network (eval mode, CPU) from a weight file, or at seeded random weights."""
