@@ -82,7 +82,7 @@ def test_cancel_leaves_nothing(tmp_path, volume):
 
     with pytest.raises(CancelledError):
         extract_to_store(volume, FakeBackbone(), ExtractionSettings(), tmp_path / "v.zarr", progress=cancel)
-    assert list(tmp_path.iterdir()) == []
+    assert [p for p in tmp_path.iterdir() if p.suffix != ".lock"] == []  # the empty lock file may stay
 
 
 def test_failure_mid_write_leaves_no_store(tmp_path, volume, monkeypatch):
@@ -98,7 +98,7 @@ def test_failure_mid_write_leaves_no_store(tmp_path, volume, monkeypatch):
     monkeypatch.setattr(S, "_to_numpy", failing)
     with pytest.raises(MedDiftError, match="disk full"):  # one clear line, nothing left behind
         extract_to_store(volume, FakeBackbone(), ExtractionSettings(), tmp_path / "v.zarr")
-    assert list(tmp_path.iterdir()) == []
+    assert [p for p in tmp_path.iterdir() if p.suffix != ".lock"] == []  # the empty lock file may stay
     with pytest.raises(MedDiftError):
         S.open_store(tmp_path / "v.zarr")
 

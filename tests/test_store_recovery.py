@@ -77,7 +77,9 @@ def test_sigkill_in_replace_window_is_rolled_back_on_next_write(tmp_path):
     assert _run(KILL_IN_REPLACE_WINDOW, path).returncode == -signal.SIGKILL
     S.write_store(path, _levels(2), ATTRS)
     assert _same(_values(path), _levels(2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr"]  # no .old, .partial or .lock
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["a.zarr"]  # no .old, .partial
+    with StoreLock(tmp_path / "a.zarr", timeout=0):  # and the lock is free (its empty file may stay)
+        pass
 
 
 def test_stale_partials_of_dead_processes_are_removed(tmp_path):
@@ -154,7 +156,9 @@ def test_store_written_meanwhile_is_not_overwritten(tmp_path):
 
 def test_concurrent_extractions_of_different_images_never_both_say_wrote(tmp_path):
     """Two CLI extractions of different scans to one store: one writes, the other stops (or
-    waits and replaces); whoever says "wrote" holds the store that is there at that moment."""
+    waits and replaces); whoever says "wrote" holds the store that is there at that moment.
+    (On the scans' own grid: at mini's 2.5 mm these 24^3 scans extract in a blink, and the slow
+    writer's start-up could then come after the fast one's whole run.)"""
     import SimpleITK as sitk
 
     rng = np.random.default_rng(0)
@@ -179,7 +183,7 @@ def test_concurrent_extractions_of_different_images_never_both_say_wrote(tmp_pat
     sys.exit(main(sys.argv[2:]))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", slow, str(delay), "extract", str(scan), "-o", str(out),
-                               "--random-weights"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               "--random-weights", "--spacing", "native"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               encoding="utf-8", errors="replace")  # lenient: one unexplained decode error seen under load
              for delay, scan in ((8.0, scans[0]), (0.0, scans[1]))]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
