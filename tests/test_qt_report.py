@@ -10,6 +10,7 @@ pytest.importorskip("napari")
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.gui
 
+from napari_meddift.matching.window import Radius  # noqa: E402
 from test_report import SHAPE, SPACING, _pair  # noqa: E402  (the synthetic store pairs)
 
 from napari_meddift.evaluation.metrics import tre_mm  # noqa: E402
@@ -57,12 +58,13 @@ def test_click_a_cell_sets_the_explorer(docks, qtbot):
     qtbot.waitUntil(lambda: not task.running, timeout=10000)
     rep = fq.report
     assert [c.name for c in rep.configurations][-1] == "up0:2+up2" and rep.timesteps == [0, 50]
-    assert rep.radii == [3] and len(fq.panels) == 4  # the explorer's radius; TRE, within, FB, ambiguity
+    # the explorer's radius (mm; (2, 2, 3) voxels on this grid); TRE, within, FB, ambiguity
+    assert rep.radii == [Radius.mm(3)] and len(fq.panels) == 4
     assert sorted(ex.session.timesteps) == [0, 50]  # the t=50 stores joined the explorer
     assert fq.panel.message.value.startswith("best:")
     # the report's cell equals an independent matcher run with the explorer's landmarks
     table = Matcher.from_stores(*pairs[50], levels=["up0", "up2"], weights={"up0": 2, "up2": 1}).match_points(
-        pts.astype(int), 3)
+        pts.astype(int), Radius.mm(3))
     want = tre_mm(table.target_zyx, pts + np.array([1, -2, 2]), SPACING).mean()
     assert rep.cell("up0:2+up2", 50)["tre_mean_mm"] == pytest.approx(want, rel=1e-12)
 

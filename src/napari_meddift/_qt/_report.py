@@ -22,6 +22,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
+from ..matching.window import Radius, radius_tag
 from ._explorer import explorer_in
 from ._task_panel import TaskPanel
 
@@ -135,7 +136,8 @@ class FeatureQualityWidget(QWidget):
         lm = session.landmarks
         ref = session.stores[0]
         vols = layer_to_volume(ex.source_layer), layer_to_volume(ex.target_layer)
-        radius = ex.state.radius  # the explorer's search, passed through as the matcher takes it
+        # the explorer's search window: state.radius is millimetres (None: the whole target)
+        radius = None if ex.state.radius is None else Radius.mm(ex.state.radius)
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         have = set(session.engines)
 
@@ -231,9 +233,9 @@ class FeatureQualityWidget(QWidget):
         old = ex.session.landmarks
         lm = LandmarkSet(rep.source_points, rep.target_points if rep.has_truth else old.target_zyx,
                          old.spacing_zyx, predicted=table.target_zyx.astype(float),
-                         score=table.score.astype(float), ambiguity=table.ambiguity.astype(float),
+                         score=table.score.astype(float),
                          settings={"levels": list(config.levels), "weights": config.weight_map,
-                                   "radius": rep.radii[0], "timestep": timestep, "source": "feature quality report"})
+                                   "radius": radius_tag(rep.radii[0]), "timestep": timestep, "source": "feature quality report"})
         ex.session.apply_landmarks(lm)
         err = lm.errors_mm
         self.chosen = (configuration, timestep)
