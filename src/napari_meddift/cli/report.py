@@ -33,7 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion", action="append", default=[], metavar="FUSION",
                    help="an extra fusion, e.g. up0+up2 or up0:2+up1:1 (weights after ':'); repeatable")
     p.add_argument("--mask", help="mask or label image on the source grid: one row per region as well")
-    p.add_argument("--radius", type=int, default=8, help="search window half-width in voxels (default 8)")
+    from ..matching.window import DEFAULT_RADIUS_MM, parse_radius
+
+    p.add_argument("--radius", type=parse_radius, default=None, metavar="R",
+                   help=f"half-width of the search window: millimetres like {DEFAULT_RADIUS_MM:g}mm (per axis "
+                   f"ceil(R / spacing) voxels), or a bare number of voxels; default {DEFAULT_RADIUS_MM:g}mm")
     p.add_argument("--global", dest="global_search", action="store_true",
                    help="also search the whole target (slow: minutes per configuration for big scans)")
     p.add_argument("--exclusion", type=int, default=2, help="ambiguity: the rival is sought outside this "
@@ -63,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from ..io.paths import check_output_folder
     from ..io.volume import read_volume
 
-    check_range(args.radius, "--radius", 0, None, " voxels")
+    from ..matching.window import DEFAULT_RADIUS_MM, Radius
+
+    radius = args.radius if args.radius is not None else Radius.mm(DEFAULT_RADIUS_MM)
     check_range(args.exclusion, "--exclusion", 0, None, " voxels")
     resolve_device(args.device)
     out = check_output_folder(args.output, "-o/--output folder")
@@ -99,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         level_names = next(iter(pairs.values()))[0].level_names
     check_points(points, next(iter(pairs.values()))[0].image_shape, args.points)
     levels = resolve_levels(args.levels, level_names)
-    radii = [args.radius] + ([None] if args.global_search else [])
+    radii = [radius] + ([None] if args.global_search else [])
     report = feature_report(pairs, points, truth, levels=levels, fusions=args.fusion, radii=radii, mask=mask,
                             exclusion=args.exclusion, device=args.device, progress=tqdm_progress("report", unit="match"))
     out.mkdir(parents=True, exist_ok=True)

@@ -288,8 +288,11 @@ def _json_value(v):
 
 
 def _radius_cell(radius):
-    """The radius as a row holds it: the value given, or ``"global"`` for a whole-target search."""
-    return "global" if radius is None else radius
+    """The radius as a row holds it: as ``--radius`` takes it (``40mm``, ``16`` voxels), or
+    ``"global"`` for a whole-target search."""
+    from ..matching.window import radius_tag
+
+    return "global" if radius is None else radius_tag(radius)
 
 
 def _regions(mask, points: np.ndarray) -> dict[str, np.ndarray]:
