@@ -62,7 +62,7 @@ def test_report_on_the_demo_pair(tmp_path, capsys):
 
     # the stores themselves (their own timestep only), with a user fusion and no truth
     assert main(["report", row["source_store"], row["target_store"], "--points", _demo("src"),
-                 "--fusion", "up0:3+up1", "-o", str(tmp_path / "stores")]) == 0
+                 "--fusion", "up0:3+up1", "--radius", "8", "-o", str(tmp_path / "stores")]) == 0
     rows2 = list(csv.DictReader(open(tmp_path / "stores" / "report.csv")))
     assert [r["configuration"] for r in rows2] == ["up0", "up1", "fused (default)", "up0:3+up1"]
     assert rows2[1]["fb_consistent_pct"] == row["fb_consistent_pct"] and rows2[1]["tre_mean_mm"] == ""
