@@ -136,6 +136,18 @@ def test_cli_match_takes_millimetres(stores, tmp_path, capsys):
     assert f"{DEFAULT_RADIUS_MM:g} mm = {want_r} voxels" in capsys.readouterr().out
 
 
+def test_cli_a_window_of_one_voxel_is_refused(stores, tmp_path, capsys):
+    """--radius 0 (or 0.1mm) would search the centre voxel alone: no match, no rival (NaN ambiguity)."""
+    a, b, _, _ = stores
+    pts = _points_csv(tmp_path / "p.csv", [(7, 15, 13)])
+    for value in ("0", "0mm"):
+        argv = ["match", str(a.path), str(b.path), "--points", str(pts), "-o", str(tmp_path / "m.csv"), "--radius", value]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "only the window's centre voxel" in err[0] and "e.g. 40mm" in err[0]
+        assert not (tmp_path / "m.csv").exists()
+
+
 @pytest.mark.parametrize("value", ["25cm", "-4mm", "1.5", "wide"])
 def test_cli_bad_radius_is_one_line(stores, tmp_path, capsys, value):
     a, b, _, _ = stores

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.landmarks import read_points, write_points_csv
     from ..io.store import open_store
     from ..matching import Matcher
+    from ..matching.window import voxel_radius
 
     from ..backbones.base import resolve_device
     from ..io.metadata import check_same_extraction
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
             f"{args.points} holds {len(points):,} points; more than {limit:,} {'global searches' if args.global_search else 'points'} "
             "would take hours: split the file into smaller runs, or pass --no-size-limit to run them all")
     check_points_inside(points, src.image_shape, args.points)
+    if radius is not None and max(voxel_radius(radius, tgt.spacing)) == 0:
+        raise MedDiftError(f"--radius {radius} searches only the window's centre voxel of the target "
+                           f"({tgt.spacing} mm voxels): nothing to match or compare; give at least one voxel, e.g. 40mm")
     matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device, allow_mixed=args.allow_mixed)
     print(f"search window: {window_text(radius, tgt.spacing)}")
     table = matcher.match_points(points, radius, progress=tqdm_progress("match"))
