@@ -24,7 +24,7 @@ ROOT = "napari_meddift"
 #: top-level units of the package, by layer (a unit is a subpackage or a top-level module).
 #: Packages other work adds later already have their place: registration/ and explorer/ are core,
 #: batch/ is a harness.
-CORE = {"__init__", "errors", "progress", "io", "backbones", "matching", "registration", "explorer", "pca"}
+CORE = {"__init__", "errors", "progress", "lazy", "io", "backbones", "matching", "registration", "explorer", "pca"}
 HARNESSES = {"evaluation", "synthetic", "training", "batch"}
 CLI = {"cli"}
 WIDGETS = {"_qt"}

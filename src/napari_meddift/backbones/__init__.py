@@ -5,6 +5,8 @@ importing the registry imports no PyTorch (``Backbone`` and ``ExtractionSettings
 from __future__ import annotations
 
 import importlib
+
+from ..lazy import lazy_attributes
 import inspect
 from typing import TYPE_CHECKING, Any
 
@@ -112,17 +114,7 @@ def get_backbone(name: str, weights=None, random_weights: bool = False, **kw: An
 _LAZY = {"Backbone": ".base", "ExtractionSettings": ".base"}
 
 
-def __getattr__(name: str):
-    """Import what ``name`` lives in on first use (PEP 562), so importing the package stays light."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_grid_spacing", "backbone_levels",

@@ -26,9 +26,9 @@ Names are imported on first use (PEP 562): ``matching.window`` (what the command
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from ..lazy import lazy_attributes
 from .window import DEFAULT_RADIUS_MM, Radius, parse_radius, voxel_radius
 
 if TYPE_CHECKING:
@@ -41,17 +41,7 @@ _LAZY = {"EPS": ".grid", "axis_taps": ".grid", "Matcher": ".matcher", "Match": "
          "MatchTable": ".results", "SimilarityResult": ".results"}
 
 
-def __getattr__(name: str):
-    """Import what ``name`` lives in on first use (PEP 562), so importing the package stays light."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = ["DEFAULT_RADIUS_MM", "EPS", "Matcher", "Match", "MatchTable", "Radius", "SimilarityResult", "axis_taps",
            "parse_radius", "voxel_radius"]

@@ -7,8 +7,9 @@ reads ``RegistrationSettings``' defaults for its ``--help`` without it.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_attributes
 
 from .settings import RegistrationSettings
 
@@ -23,17 +24,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    """Import what ``name`` lives in on first use (PEP 562), so importing the package stays light."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "DisplacementField",
