@@ -136,38 +136,12 @@ _RECENT_SERIES: dict[tuple[str, str], float] = {}
 SERIES_WINDOW_S = 30.0
 
 
-def _series_files(folder: Path, uid: str | None) -> list[str]:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    try:
-        ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    except RuntimeError:
-        ids = ()
-    if uid is None or uid not in ids:
-        return []
-    return list(reader.GetGDCMSeriesFileNames(str(folder), uid))
-
-
 def _dicom_series_layer(folder: Path, uid: str | None):
-    """One Image layer of the series ``uid`` in ``folder`` (``None``: the folder's largest)."""
-    import SimpleITK as sitk
+    """One Image layer of the series ``uid`` in ``folder`` (``None``: the folder's largest), read and
+    checked as ``read_volume`` reads a DICOM folder."""
+    from ..io.volume import read_dicom_series
 
-    from ..errors import MedDiftError
-    from ..io.volume import read_volume, volume_from_sitk
-
-    files = _series_files(folder, uid)
-    if not files:
-        volume = read_volume(folder)
-    else:
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-            raise MedDiftError(f"{folder}: the DICOM series cannot be read ({msg}); check that all slices are complete") from None
-        volume = volume_from_sitk(image, name=folder.name, source=str(folder))
+    volume = read_dicom_series(folder, uid)
     meta = {"meddift_path": str(folder)}
     if uid:
         meta["meddift_dicom_series"] = uid

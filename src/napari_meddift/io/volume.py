@@ -487,9 +487,13 @@ def _check_dicom_series(path: Path, files, in_series: set[str]) -> None:
                            "is missing or the series is mixed; copy the complete series")
 
 
-def _read_dicom_folder(path: Path) -> Volume:
+def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """One DICOM series of the folder ``path``: ``series_uid``, or the largest when it is None or not
+    there. Its slices are checked (complete, distinct, evenly spaced) before it is read; every problem
+    is a MedDiftError naming the folder."""
     import SimpleITK as sitk
 
+    path = Path(path)
     reader = sitk.ImageSeriesReader()
     try:
         series = reader.GetGDCMSeriesIDs(str(path)) or ()
@@ -499,9 +503,9 @@ def _read_dicom_folder(path: Path) -> Volume:
         raise MedDiftError(
             f"{path}: is a folder without a DICOM series; give a folder of DICOM slices or a .nii.gz/.mha/.nrrd file"
         )
-    all_files = [reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series]
-    files = max(all_files, key=len)
-    _check_dicom_series(path, files, {os.path.abspath(f) for group in all_files for f in group})
+    all_files = {sid: reader.GetGDCMSeriesFileNames(str(path), sid) for sid in series}
+    files = all_files[series_uid] if series_uid in all_files else max(all_files.values(), key=len)
+    _check_dicom_series(path, files, {os.path.abspath(f) for group in all_files.values() for f in group})
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
@@ -534,7 +538,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     if not path.exists():
         raise MedDiftError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
-        return _read_dicom_folder(path)
+        return read_dicom_series(path)
     suffix = _suffix(path)
     if suffix == ".dcm":
         raise MedDiftError(f"{path}: is a single DICOM file; give the folder holding the whole series")
