@@ -259,12 +259,20 @@ def run_descriptor(case: Case, label: str, backbone, settings: ExtractionSetting
 # ----------------------------------------------------------------------------- ablation
 
 
-def run_ablation(cases: list[Case], mini, args) -> dict:
-    """mini: every timestep x (each level alone, all fused), windowed search, unseen cases pooled."""
+def contiguous_fusions(levels: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every run of neighbouring levels (each alone, pairs, ..., all): the fusions worth comparing."""
+    n = len(levels)
+    return [levels[i:j] for size in range(1, n + 1) for i in range(n - size + 1) for j in [i + size]]
+
+
+def run_ablation(cases: list[Case], mini, args, configs: list[tuple[str, ...]] | None = None) -> dict:
+    """mini: every timestep x (each level alone, the default and all fused; or ``configs``), windowed
+    search, the cases pooled."""
     from napari_meddift.matching import Matcher
 
     every = tuple(mini.level_names)
-    configs = [(n,) for n in every] + list(dict.fromkeys([tuple(mini.default_levels), every]))
+    if configs is None:
+        configs = [(n,) for n in every] + list(dict.fromkeys([tuple(mini.default_levels), every]))
     errs: dict[tuple[int, str], list[np.ndarray]] = {}
     for case in cases:
         for t in args.timesteps:
@@ -282,7 +290,8 @@ def run_ablation(cases: list[Case], mini, args) -> dict:
                 name = "+".join(cfg) if len(cfg) > 1 else cfg[0]
                 errs.setdefault((t, name), []).append(tre_mm(preds[cfg], case.tgt, case.inhale.spacing))
             del matcher, a, b
-            log(f"ablation {case.name} t={t}: all fused {summarize(errs[(t, '+'.join(every))][-1])['mean']:.2f} mm")
+            best = min(errs, key=lambda k: summarize(errs[k][-1])["mean"] if k[0] == t else np.inf)
+            log(f"ablation {case.name} t={t}: best {best[1]} {summarize(errs[best][-1])['mean']:.2f} mm")
     return {f"{t}|{name}": summarize(np.concatenate(v)) for (t, name), v in errs.items()}
 
 
@@ -383,7 +392,8 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         f"{os.cpu_count()} CPU core(s) ({cpu}), torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU") + ".",
         "",
-        (f"mini weights: sha256 `{args.mini_hash[:16]}...` ({args.mini_weights or 'shipped data/mini_v1.pt'})."
+        (f"mini weights: sha256 `{args.mini_hash[:16]}...` ({args.mini_weights or 'shipped data/mini_v2.pt'})"
+         + (f"; `{args.compare_mini}` rows: the earlier weights, `--weights {args.compare_mini}`." if args.compare_mini else ".")
          if getattr(args, "mini_hash", None) else "mini weights: not available in this run."),
         "",
         "## What is measured",
@@ -496,7 +506,9 @@ def parse_args(argv=None):
     p.add_argument("--ablation-cases", type=int, default=1,
                    help="unseen cases in the ablation (1: the demo pair; each adds ~7 mini extractions per volume)")
     p.add_argument("--no-elastix", action="store_true")
-    p.add_argument("--mini-weights", help="mini weight file (default: the shipped data/mini_v1.pt)")
+    p.add_argument("--mini-weights", help="mini weight file (default: the shipped data/mini_v2.pt)")
+    p.add_argument("--compare-mini", default="mini_v1",
+                   help="also run these mini weights (a shipped name or a file) beside the default; '' for none")
     p.add_argument("--maisi-weights", default=os.environ.get("MEDDIFT_MAISI_WEIGHTS"),
                    help="MAISI checkpoint folder (or $MEDDIFT_MAISI_WEIGHTS); skipped when absent")
     p.add_argument("--maisi-all-cases", action="store_true", help="MAISI on every case (default: demo pair only; "
@@ -544,6 +556,11 @@ def main(argv=None) -> int:
     except MedDiftError as exc:
         skipped.append(f"mini (trained): {exc}")
         log(f"SKIP mini: {exc}")
+    if args.compare_mini:  # earlier weights side by side (mini_v1 by default), windowed and global search
+        try:
+            sources.append((args.compare_mini, get_backbone("mini", weights=args.compare_mini), cases))
+        except MedDiftError as exc:
+            skipped.append(f"{args.compare_mini}: {exc}")
     sources.append(("mini random weights", get_backbone("mini", random_weights=True), cases))
     if args.maisi_weights:
         try:

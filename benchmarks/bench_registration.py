@@ -161,6 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-elastix", action="store_true")
     p.add_argument("--no-fused", action="store_true", help="skip the mini + MIND-SSC fusion")
+    p.add_argument("--compare-mini", default="mini_v1",
+                   help="also run these mini weights (a shipped name or a file) beside the default; '' for none")
     p.add_argument("--maisi-weights", default=os.environ.get("MEDDIFT_MAISI_WEIGHTS"))
     p.add_argument("--unigradicon-weights", default=os.environ.get("MEDDIFT_UNIGRADICON_WEIGHTS"))
     p.add_argument("--doc", default=str(DOC))
@@ -177,6 +179,8 @@ def main(argv=None) -> int:
         if args.quick:
             cases = cases[:1]
         sources = [("mini", get_backbone("mini")), ("MIND-SSC", get_backbone("mind-ssc"))]
+        if args.compare_mini:  # earlier mini weights side by side (mini_v1 by default)
+            sources.append((args.compare_mini, get_backbone("mini", weights=args.compare_mini)))
         skipped = []
         if args.maisi_weights:
             sources.append(("MAISI", get_backbone("maisi", weights=args.maisi_weights)))

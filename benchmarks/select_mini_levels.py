@@ -1,0 +1,100 @@
+"""Choose a mini weight file's default levels on validation pairs, never on the benchmark's cases.
+
+    nice python benchmarks/select_mini_levels.py --weights W.pt            # print the table
+    nice python benchmarks/select_mini_levels.py --weights W.pt --write    # and record the choice in W.json
+
+Validation pairs: the demo recipe (lung crop at 2.5 mm, a known breathing deformation, exact
+landmarks) applied with seed 100 to training scans that no benchmark table uses
+(``VALIDATION_SCANS``). The network saw these scans in training, though not these
+deformations; the choice is made here so that docs/benchmarks.md's unseen demo scan stays a
+test the defaults were not tuned on. Every run of neighbouring levels is scored by the pooled
+mean TRE of windowed search (radius 8 voxels, argmax) at the operating timestep t = 20; the
+lowest wins. ``--write`` stores ``default_levels`` and the table in the weights' JSON (the
+weights' sha256 covers the .pt only, so the file stays verifiable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_accuracy import REPO, SHARED_CT, Case, _subset, contiguous_fusions, log, run_ablation  # noqa: E402
+
+VALIDATION_SCANS = ("lung_elastix_small.nii.gz", "chest_cip_lobes.nii.gz")
+VALIDATION_SEED = 100
+
+
+def validation_cases(work: Path, points: int) -> list[Case]:
+    from napari_meddift.synthetic.demo import build_demo_pair, load_demo_lungs, load_demo_pair
+
+    cases = []
+    for scan in VALIDATION_SCANS:
+        path = SHARED_CT / scan
+        if not path.is_file():
+            raise SystemExit(f"validation scan {path} missing; run from a clone beside ../shared")
+        folder = work / scan.split(".")[0]
+        if not (folder / "demo.json").is_file():
+            log(f"building validation pair from {scan} (seed {VALIDATION_SEED}) ...")
+            build_demo_pair(path, folder, seed=VALIDATION_SEED, verbose=False)
+        inh, exh, src, tgt = load_demo_pair(folder)
+        lungs, _ = load_demo_lungs(folder)
+        dmax = json.loads((folder / "demo.json").read_text())["deformation"]["max_displacement_mm"]
+        s, t = _subset(src.astype(np.int64), tgt, points, VALIDATION_SEED)
+        cases.append(Case(scan.split(".")[0], scan, True, VALIDATION_SEED, "demo", inh, exh, lungs, s, t, dmax))
+        log(f"validation {scan}: {inh.shape}, {len(s)} landmarks, max displacement {dmax:.1f} mm")
+    return cases
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", required=True, help="mini weight file (.pt with its .json)")
+    p.add_argument("--points", type=int, default=100)
+    p.add_argument("--radius", type=int, default=8)
+    p.add_argument("--timestep", type=int, default=20)
+    p.add_argument("--work", help="folder for the built pairs (default: a temporary folder)")
+    p.add_argument("--write", action="store_true", help="record the choice in the weights' JSON")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from napari_meddift.backbones.mini import MiniBackbone, metadata_path
+
+    torch.set_num_threads(2)
+    mini = MiniBackbone(weights=args.weights)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="meddift_val_"))
+    cases = validation_cases(work, args.points)
+    configs = contiguous_fusions(tuple(mini.level_names))
+    ns = argparse.Namespace(timesteps=[args.timestep], radius=args.radius)
+    table = run_ablation(cases, mini, ns, configs)
+    rows = sorted(((k.split("|")[1], v) for k, v in table.items()), key=lambda kv: kv[1]["mean"])
+    print(f"| levels (t = {args.timestep}, window r{args.radius}) | mean | median | p95 |")
+    print("|---|---|---|---|")
+    for name, v in rows:
+        print(f"| {name} | {v['mean']:.2f} | {v['median']:.2f} | {v['p95']:.2f} |")
+    best = rows[0][0].split("+")
+    print(f"chosen default levels: {'+'.join(best)}")
+    if args.write:
+        path = metadata_path(args.weights)
+        meta = json.loads(path.read_text())
+        meta["default_levels"] = best
+        meta["level_selection"] = {
+            "script": "benchmarks/select_mini_levels.py", "validation_scans": list(VALIDATION_SCANS),
+            "seed": VALIDATION_SEED, "timestep": args.timestep, "radius": args.radius, "points": args.points,
+            "mean_tre_mm": {name: round(v["mean"], 3) for name, v in rows},
+        }
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.replace(path)
+        log(f"wrote default_levels {best} to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
