@@ -118,6 +118,9 @@ class ExtractWidget(Container):
         self.default_timestep.changed.connect(self._update_noise)
         self._show_maisi_options(self.backbone.value == "maisi")
         self.backbone.changed.connect(self._on_backbone)
+        # mini_v1 and mini_v2 have different levels: the checkboxes follow the weights
+        self.weights.changed.connect(lambda *_: self._rebuild_levels())
+        self.random_weights.changed.connect(lambda *_: self._rebuild_levels())
         self.run_button.changed.connect(self.start)
         self.last_result: dict | None = None
         self.viewer.layers.events.inserted.connect(self._reset_choices)
@@ -147,7 +150,7 @@ class ExtractWidget(Container):
     def _rebuild_levels(self) -> None:
         self.levels_box.clear()
         self._level_widgets = {}
-        every, default = backbone_levels(self.backbone.value)
+        every, default = backbone_levels(self.backbone.value, self._weights_path(), self.random_weights.value)
         for name in every:
             box = CheckBox(text=name, value=name in default)
             w = FloatSpinBox(value=1.0, min=0.0, max=10.0, step=0.25, tooltip=f"fusion weight of {name}")

@@ -85,9 +85,14 @@ def _backbone_class(name: str):
     return getattr(module, cls_name)
 
 
-def backbone_levels(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(every level, default fused levels) of a backbone, without building it (no weights loaded)."""
+def backbone_levels(name: str, weights=None, random_weights: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every level, default fused levels) of a backbone, without building it (no weights loaded;
+    mini reads its weights' JSON, as the levels depend on the weights' architecture)."""
     cls = _backbone_class(name)
+    declared = getattr(cls, "declared_levels", None)
+    if declared is not None:
+        names, default = declared(weights, random_weights)
+        return tuple(names), tuple(default)
     return tuple(cls.level_names), tuple(cls.default_levels)
 
 

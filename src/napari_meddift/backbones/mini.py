@@ -53,6 +53,9 @@ MINI_ARCH: dict[str, Any] = {
     "use_flash_attention": True,
 }
 
+#: Architecture of mini_v2 (the default): four levels, so the coarsest descriptor sees 1/4 of the grid.
+MINI_V2_ARCH: dict[str, Any] = {**MINI_ARCH, "channels": [16, 32, 64, 128], "attention_levels": [False] * 4}
+
 #: The spacing mini_v1 was trained at; random-weight controls run on the same grid as trained weights.
 TRAINING_SPACING_MM = 2.5
 
@@ -60,11 +63,44 @@ TRAINING_SPACING_MM = 2.5
 SIZE_MULTIPLE = 16
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-DEFAULT_WEIGHTS = DATA_DIR / "mini_v1.pt"
+DEFAULT_WEIGHTS = DATA_DIR / "mini_v2.pt"
+
+#: Default levels of weights whose JSON names none (mini_v1: up2 is dominated by the noise it
+#: predicts, so up0 + up1; docs/model-card.md).
+V1_DEFAULT_LEVELS = ("up0", "up1")
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """A weight file: ``None`` is the shipped default, a bare name of a shipped file (``mini_v1``)
+    is that file, anything else a path."""
+    if weights is None:
+        return DEFAULT_WEIGHTS
+    shipped = DATA_DIR / f"{weights}.pt"
+    if not Path(weights).exists() and "/" not in str(weights) and shipped.is_file():
+        return shipped
+    return Path(weights)
+
 
 def metadata_path(weights: str | Path) -> Path:
     """The JSON that describes a weight file: same name, ``.json`` suffix."""
     return Path(weights).with_suffix(".json")
+
+
+def levels_of(meta: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(level names, default levels) of weights described by ``meta``: one ``up<i>`` per decoder
+    block (as many as the architecture has channels), defaults from ``default_levels``."""
+    arch = meta.get("arch") if isinstance(meta.get("arch"), dict) else MINI_ARCH
+    names = tuple(f"up{i}" for i in range(len(arch.get("channels", MINI_ARCH["channels"]))))
+    default = tuple(meta.get("default_levels") or V1_DEFAULT_LEVELS)
+    return names, tuple(n for n in default if n in names) or names[:1]
+
+
+def _declared_metadata(weights: str | Path | None) -> dict[str, Any]:
+    try:
+        meta = json.loads(metadata_path(resolve_weights(weights)).read_text())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {}  # loading the weights reports what is wrong with them
 
 
 def build_unet(arch: dict[str, Any] | None = None) -> torch.nn.Module:
@@ -99,18 +135,18 @@ def network_input(
 
 
 class MiniBackbone:
-    """Small image-space diffusion UNet; levels up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full).
+    """Small image-space diffusion UNet; one level per decoder block, coarse to fine.
+
+    mini_v2 (the default): up0 (128 ch, 1/4), up1 (64 ch, 1/2), up2 (32 ch, full), up3 (16 ch,
+    full); mini_v1: up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full). The class attributes
+    describe the shipped default weights; an instance, the weights it loaded.
 
     Validation, noising, capture and sample averaging are the shared ones of
     :mod:`napari_meddift.backbones.capture`; this class is the network, its levels and its input.
     """
 
     name = "mini"
-    level_names = ("up0", "up1", "up2")
-    # up2, the last decoder block right before the output conv, is dominated by the noise it
-    # predicts: on the demo pair up0+up1 give a TRE of 3.2 mm against 8.9 mm for all three
-    # (docs/model-card.md), so it is kept only on request (--levels 0,1,2).
-    default_levels = ("up0", "up1")
+    level_names, default_levels = levels_of(_declared_metadata(None))
 
     def __init__(self, weights: str | Path | None = None, random_weights: bool = False, seed: int = 0):
         self.seed = int(seed)
@@ -118,14 +154,16 @@ class MiniBackbone:
         self.metadata: dict[str, Any] = {}
         if random_weights:
             with seeded(self.seed):
-                self.unet = build_unet(MINI_ARCH)
-            self.metadata = {"arch": MINI_ARCH, "spacing_mm": None, "input_scaling": "minus1_1"}
+                self.unet = build_unet(MINI_V2_ARCH)
+            self.metadata = {"arch": MINI_V2_ARCH, "spacing_mm": None, "input_scaling": "minus1_1",
+                             "default_levels": list(type(self).default_levels)}
             self._hash = f"random-{self.seed}"
             self.weights_path: Path | None = None
         else:
-            path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+            path = resolve_weights(weights)
             self.unet, self.metadata, self._hash = load_mini_weights(path)
             self.weights_path = path
+        self.level_names, self.default_levels = levels_of(self.metadata)
         self.unet.eval()
         for p in self.unet.parameters():
             p.requires_grad_(False)
@@ -142,13 +180,18 @@ class MiniBackbone:
     def declared_grid_spacing(weights: str | Path | None = None, random_weights: bool = False) -> float:
         """``grid_spacing`` without loading the network: the weights' JSON ``spacing_mm`` (cheap)."""
         if not random_weights:
-            try:
-                meta = json.loads(metadata_path(weights or DEFAULT_WEIGHTS).read_text())
-                if meta.get("spacing_mm"):
-                    return float(meta["spacing_mm"])
-            except (OSError, ValueError):
-                pass  # loading the weights reports what is wrong with them
+            spacing = _declared_metadata(weights).get("spacing_mm")
+            if isinstance(spacing, (int, float)) and spacing > 0:
+                return float(spacing)
         return TRAINING_SPACING_MM
+
+    @classmethod
+    def declared_levels(cls, weights: str | Path | None = None,
+                        random_weights: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(level names, default levels) without loading the network: from the weights' JSON."""
+        if random_weights:
+            return cls.level_names, cls.default_levels
+        return levels_of(_declared_metadata(weights))
 
     @property
     def weights_hash(self) -> str:
@@ -218,8 +261,9 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
     meta_path = metadata_path(path)
     if not path.is_file():
         raise MedDiftError(
-            f"mini backbone weights not found: {path} (the package ships data/mini_v1.pt; "
-            "reinstall napari-meddift, pass --weights, or use random weights for testing)"
+            f"mini backbone weights not found: {path} (the package ships data/mini_v2.pt and mini_v1.pt, "
+            "also by name: --weights mini_v1; reinstall napari-meddift, pass --weights, or use random "
+            "weights for testing)"
         )
     if not meta_path.is_file():
         raise MedDiftError(f"mini weights {path.name} have no metadata file {meta_path} beside them")

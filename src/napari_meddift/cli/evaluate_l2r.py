@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if on_cluster:  # the workers build the backbone; 'auto' is resolved on each worker
         from ..backbones import backbone_levels
 
-        bb, level_names, device = args.backbone, backbone_levels(args.backbone)[0], args.device
+        bb, device = args.backbone, args.device
+        level_names = backbone_levels(args.backbone, args.weights, args.random_weights)[0]
     else:
         bb = resolve_backbone(args.backbone, args.weights, args.random_weights)
         level_names = bb.level_names if bb is not None else ()

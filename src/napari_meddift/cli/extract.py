@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     check_range(args.samples, "--samples", 1, 64, " (noise samples averaged)")
     if args.timestep is not None:
         check_range(args.timestep, "--timestep", 0, 999)
-    level_names, _ = backbone_levels(args.backbone)
+    level_names, _ = backbone_levels(args.backbone, args.weights, args.random_weights)
     levels = resolve_levels(args.levels, level_names)
     spacing = parse_spacing(args.spacing)
     device = resolve_device(args.device)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         check_scheduler_address(args.scheduler)
     settings = ExtractionSettings(
         timestep=args.timestep,
-        levels=resolve_levels(args.levels, backbone_levels(args.backbone)[0]),  # the workers build the backbone
+        levels=resolve_levels(args.levels, backbone_levels(args.backbone, args.weights, args.random_weights)[0]),  # the workers build the backbone
         seed=args.seed,
         samples=args.samples,
         device=args.device,
