@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random intensity change x*a+b, a in 1 +- SCALE, b in +- SHIFT (in [-1, 1] units)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="bf16: bfloat16 autocast with fp32 weights (about 2x faster on CPUs with bf16)")
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128], metavar="C",
+                   help="channels per level, fine to coarse: one descriptor level per entry (mini_v1: 16 32 64)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>.state.pt (same options; --minutes is the whole run's budget)")
@@ -39,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from ..training.mini import DEMO_SOURCE, plot_loss, train_mini
+    from ..training.mini import DEMO_SOURCE, mini_arch, plot_loss, train_mini
 
     hold_out = tuple(a.hold_out) if a.hold_out is not None else (DEMO_SOURCE,)
     if a.plot:
@@ -53,7 +55,8 @@ def run(a: argparse.Namespace) -> int:
     train_mini(a.data, a.out, a.minutes, crop=a.crop, spacing=a.spacing, batch=a.batch, seed=a.seed,
                hold_out=hold_out, progress=not a.quiet, lr=a.lr, max_steps=a.max_steps,
                threads=a.threads, spacing_range=None if a.single_spacing else tuple(a.spacing_range),
-               jitter=tuple(a.jitter), precision=a.precision, device=a.device, resume=a.resume)
+               jitter=tuple(a.jitter), precision=a.precision, device=a.device, resume=a.resume,
+               arch=mini_arch(a.channels))
     if a.plot:
         plot_loss(Path(a.out).with_suffix(".loss.csv"), a.plot)
     return 0

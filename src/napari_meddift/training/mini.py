@@ -78,6 +78,16 @@ def _loss_summary(losses: list[float]) -> dict:
     }
 
 
+def mini_arch(channels: Sequence[int]) -> dict:
+    """mini_v2's architecture with other channels per level (fine to coarse); MedDiftError when they
+    do not make a network (each a positive multiple of the 8 norm groups)."""
+    channels = [int(c) for c in channels]
+    groups = MINI_V2_ARCH["norm_num_groups"]
+    if not 2 <= len(channels) <= 6 or any(c <= 0 or c % groups for c in channels):
+        raise MedDiftError(f"--channels must be 2 to 6 multiples of {groups}, got {' '.join(map(str, channels))}")
+    return {**MINI_V2_ARCH, "channels": channels, "attention_levels": [False] * len(channels)}
+
+
 def train_mini(
     data_dir: str | Path,
     out_path: str | Path,
