@@ -323,6 +323,12 @@ def plot_ablation(abl: dict, timesteps, path: Path) -> None:
 # ----------------------------------------------------------------------------- report
 
 
+def mini_default_levels() -> tuple[str, ...]:
+    from napari_meddift.backbones.mini import MiniBackbone
+
+    return tuple(MiniBackbone.default_levels)
+
+
 def _fmt(v, d=2):
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
 
@@ -418,7 +424,7 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         f"Descriptor methods: windowed search (radius {args.radius} voxels = {args.radius * 2.5:.0f} mm) over all",
         f"landmarks, and global search (the whole exhale) over the first {args.global_points} landmarks of each",
         "case (global search costs a full-image map per point). Extraction at t=20, one noise sample, each",
-        "backbone's default levels (mini: up0+up1), float32 on CPU; matching is the project's exact native-resolution `Matcher` (no",
+        f"backbone's default levels (mini: {'+'.join(mini_default_levels())}), float32 on CPU; matching is the project's exact native-resolution `Matcher` (no",
         "forward-backward check). elastix: affine then B-spline (12 mm grid, Mattes MI, bending penalty,",
         f"3 resolutions, {args.elastix_iterations} iterations per resolution, inhale lung mask), points mapped",
         "through its fixed->moving transform.",
@@ -484,9 +490,10 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
-    start, end = "<!-- registration:start -->", "<!-- registration:end -->"
-    if start in old and end in old:  # bench_registration.py's section is kept as it is
-        parts.append(old[old.index(start): old.index(end) + len(end)] + "\n")
+    for name in ("clinical", "registration"):  # other scripts' sections are kept as they are
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start in old and end in old:
+            parts.append(old[old.index(start): old.index(end) + len(end)] + "\n")
     path.write_text("\n".join(parts), encoding="utf-8")
 
 

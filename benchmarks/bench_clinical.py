@@ -28,8 +28,9 @@ from napari_meddift.backbones.base import ExtractionSettings
 from napari_meddift.backbones.extraction import extract_to_store, extraction_grid
 from napari_meddift.io.volume import read_volume
 path, backbone, spacing = sys.argv[1], sys.argv[2], (None if sys.argv[3] == "default" else sys.argv[3])
+weights = sys.argv[4] or None
 t = time.perf_counter(); vol = read_volume(path); read_s = time.perf_counter() - t
-bb = get_backbone(backbone)
+bb = get_backbone(backbone, weights=weights)
 settings = ExtractionSettings(spacing=spacing)
 grid = extraction_grid(vol, bb, settings.spacing)
 with tempfile.TemporaryDirectory() as d:
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("scans", nargs="*", help="CT files (default: every scan in ../shared/data/ct)")
     ap.add_argument("--backbone", default="mini")
     ap.add_argument("--spacing", default="default", help="default | native | MM")
+    ap.add_argument("--weights", default="", help="the backbone's weights (mini: a file or a shipped name, mini_v1)")
     ap.add_argument("--timeout", type=float, default=1800)
     a = ap.parse_args()
     scans = a.scans or sorted(str(p) for p in (ROOT.parent / "shared" / "data" / "ct").glob("*.nii.gz"))
@@ -56,7 +58,7 @@ def main() -> None:
         sys.exit("no scans given and ../shared/data/ct not found")
     rows = []
     for scan in scans:
-        proc = subprocess.run([sys.executable, "-c", CHILD, scan, a.backbone, a.spacing], capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", CHILD, scan, a.backbone, a.spacing, a.weights], capture_output=True,
                               text=True, timeout=a.timeout, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         if proc.returncode != 0:
             print(json.dumps({"scan": Path(scan).name, "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)
@@ -65,7 +67,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     load = os.getloadavg()
-    print(f"\n{a.backbone}, spacing {a.spacing}; load average at the end {load[0]:.1f}\n")
+    print(f"\n{a.backbone} {a.weights}, spacing {a.spacing}; load average at the end {load[0]:.1f}\n")
     print("| scan | voxels (z, y, x) at mm | extraction grid | read | extract (resample + network + store) | peak memory |")
     print("|---|---|---|---:|---:|---:|")
     for r in rows:
