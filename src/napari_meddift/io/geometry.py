@@ -99,15 +99,15 @@ class Grid:
 
     def index_to_physical(self, zyx) -> np.ndarray:
         """Continuous indices (3,) or (N, 3) -> physical points (z, y, x) mm."""
-        p = np.asarray(zyx, dtype=np.float64)
-        a = self.affine_zyx()
-        return p @ a[:3, :3].T + a[:3, 3]
+        from .volume import index_to_physical
+
+        return index_to_physical(self.affine_zyx(), zyx)
 
     def physical_to_index(self, zyx_mm) -> np.ndarray:
         """Physical points (3,) or (N, 3), (z, y, x) mm -> continuous indices (z, y, x)."""
-        p = np.asarray(zyx_mm, dtype=np.float64)
-        a = self.affine_zyx()
-        return (p - a[:3, 3]) @ np.linalg.inv(a[:3, :3]).T
+        from .volume import physical_to_index
+
+        return physical_to_index(self.affine_zyx(), zyx_mm)
 
     def spanning(self, shape) -> "Grid":
         """The grid of ``shape`` nodes over this grid's field of view, edge to edge, same direction.

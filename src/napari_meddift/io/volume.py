@@ -100,12 +100,16 @@ def lps_text(zyx_mm, decimals: int = 1) -> str:
     return f"x {x:.{decimals}f}  y {y:.{decimals}f}  z {z:.{decimals}f} mm (LPS)"
 
 
-def _geometry(vol: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(spacing_xyz, origin_xyz, direction) as float64 arrays."""
-    sp = np.asarray(vol.spacing, dtype=np.float64)[::-1]
-    org = np.asarray(vol.origin, dtype=np.float64)[::-1]
-    d = np.asarray(vol.direction, dtype=np.float64).reshape(3, 3)
-    return sp, org, d
+def index_to_physical(affine: np.ndarray, zyx) -> np.ndarray:
+    """Continuous indices (..., 3) (z, y, x) -> physical points (z, y, x) mm through a (4, 4)
+    :func:`affine_zyx` (the one index -> physical formula of volumes and grids)."""
+    return np.asarray(zyx, dtype=np.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def physical_to_index(affine: np.ndarray, zyx_mm) -> np.ndarray:
+    """Physical points (..., 3) (z, y, x) mm -> continuous indices (z, y, x): the inverse of
+    :func:`index_to_physical` through the same (4, 4) :func:`affine_zyx`."""
+    return (np.asarray(zyx_mm, dtype=np.float64) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
 
 
 def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
@@ -127,9 +131,7 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
     p = np.asarray(zyx, dtype=np.float64)
     if p.shape[-1:] != (3,):
         raise MedDiftError(f"voxel_to_world needs points of shape (3,) or (N, 3), got {p.shape}")
-    sp, org, d = _geometry(vol)
-    w_xyz = org + (p[..., ::-1] * sp) @ d.T
-    return w_xyz[..., ::-1]
+    return index_to_physical(vol.affine_zyx(), p)
 
 
 def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
@@ -148,9 +150,7 @@ def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
     p = np.asarray(zyx_mm, dtype=np.float64)
     if p.shape[-1:] != (3,):
         raise MedDiftError(f"world_to_voxel needs points of shape (3,) or (N, 3), got {p.shape}")
-    sp, org, d = _geometry(vol)
-    idx_xyz = ((p[..., ::-1] - org) @ np.linalg.inv(d).T) / sp
-    return idx_xyz[..., ::-1]
+    return physical_to_index(vol.affine_zyx(), p)
 
 
 # --------------------------------------------------------------------------- SimpleITK
