@@ -149,6 +149,24 @@ def test_cli_identity(labels, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("meddift: error: --cases must be"), err
 
 
+def test_cluster_run_takes_evaluate_l2rs_arguments():
+    """One source for the 14 arguments: the cluster run's signature is evaluate_l2r's, its device
+    defaulting to 'auto' (resolved on each worker), plus the cluster's own keywords."""
+    import inspect
+
+    from napari_meddift.batch.l2r import evaluate_l2r_on_cluster
+
+    serial = inspect.signature(evaluate_l2r).parameters
+    cluster = inspect.signature(evaluate_l2r_on_cluster).parameters
+    assert serial["device"].default == "cpu" and cluster["device"].default == "auto"
+    shared = [n for n in serial if n not in ("done", "progress")]
+    assert list(cluster)[: len(shared)] == shared
+    assert all(cluster[n].default == serial[n].default for n in shared if n != "device")
+    assert list(cluster)[len(shared):] == ["workers", "scheduler", "client", "threads", "progress"]
+    with pytest.raises(TypeError, match="done"):
+        evaluate_l2r_on_cluster("root", done={})
+
+
 @pytest.mark.slow
 def test_end_to_end_on_a_local_dask_cluster(labels, tmp_path):
     """Extraction and matching as Dask tasks in two worker processes give the serial answer."""

@@ -242,6 +242,22 @@ def test_forward_backward_distance(pair):
             assert got.consistent == (got.fb_distance <= 1.5)
 
 
+def test_backward_follows_every_search_setting(pair):
+    """The backward matcher of a consistency check searches as its forward one: every knob of
+    SearchSettings is handed over, also when it changes after the first back-match."""
+    from dataclasses import fields
+
+    from napari_meddift.matching.matcher import SearchSettings
+
+    m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    assert SearchSettings.of(m) == SearchSettings() == SearchSettings.of(m.backward)
+    changed = SearchSettings(cpu_threads=None, global_search="dense", global_batch=3, global_threads=2,
+                             cache_norms=True)
+    assert all(getattr(changed, f.name) != f.default for f in fields(SearchSettings))
+    changed.apply(m)
+    assert SearchSettings.of(m.backward) == changed
+
+
 def test_float16_and_torch_inputs(pair):
     s16 = {n: v.astype(np.float16) for n, v in pair[0].items()}
     t16 = {n: torch.from_numpy(v.astype(np.float16)) for n, v in pair[1].items()}

@@ -88,11 +88,6 @@ class ElastixTransform:
         return paths
 
 
-def _geometry(volume: Volume) -> Grid:
-    """The voxel grid of ``volume`` (io.geometry's :class:`Grid`: the one home of index <-> physical maps)."""
-    return Grid.of(volume)
-
-
 def _index_to_physical(points_zyx: np.ndarray, grid: Grid) -> np.ndarray:
     """Continuous voxel indices (z, y, x), (N, 3) -> ITK physical points (x, y, z) in mm, (N, 3)."""
     return grid.index_to_physical(np.asarray(points_zyx, dtype=np.float64))[:, ::-1]
@@ -234,7 +229,7 @@ def register_bspline(
     import time
 
     itk = _itk()
-    fgeom, mgeom = _geometry(fixed), _geometry(moving)
+    fgeom, mgeom = Grid.of(fixed), Grid.of(moving)  # io.geometry: the one home of index <-> physical maps
     # the CT window the other methods see; elastix samples inside it
     f_img = _to_itk_image(itk, np.clip(fixed.array, -1000, 1000), fgeom)
     m_img = _to_itk_image(itk, np.clip(moving.array, -1000, 1000), mgeom)

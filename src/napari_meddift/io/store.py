@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import secrets
 import shutil
@@ -334,13 +333,9 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
     for key in ("image_shape", "spacing"):
         if key not in attrs:
             raise MedDiftError(f"{path} lacks the '{key}' attribute; extract again")
-    try:
-        shape = [int(n) for n in attrs["image_shape"]]
-        spacing = [float(s) for s in attrs["spacing"]]
-    except (TypeError, ValueError):
-        shape, spacing = [], []
-    if len(shape) != 3 or min(shape) < 1 or len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise _damaged(path, f"image_shape {attrs['image_shape']!r} / spacing {attrs['spacing']!r} are not three positive numbers")
+    sizes = geometry_problems({"image_shape": attrs["image_shape"], "spacing": attrs["spacing"]})  # io/metadata.py
+    if sizes:
+        raise _damaged(path, "; ".join(sizes))
     missing, incomplete = [], []
     for name in levels:
         try:

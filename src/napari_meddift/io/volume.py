@@ -7,9 +7,8 @@ NRRD (.nrrd) and DICOM series (a folder). Every user-fixable problem raises
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,12 +100,16 @@ def lps_text(zyx_mm, decimals: int = 1) -> str:
     return f"x {x:.{decimals}f}  y {y:.{decimals}f}  z {z:.{decimals}f} mm (LPS)"
 
 
-def _geometry(vol: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(spacing_xyz, origin_xyz, direction) as float64 arrays."""
-    sp = np.asarray(vol.spacing, dtype=np.float64)[::-1]
-    org = np.asarray(vol.origin, dtype=np.float64)[::-1]
-    d = np.asarray(vol.direction, dtype=np.float64).reshape(3, 3)
-    return sp, org, d
+def index_to_physical(affine: np.ndarray, zyx) -> np.ndarray:
+    """Continuous indices (..., 3) (z, y, x) -> physical points (z, y, x) mm through a (4, 4)
+    :func:`affine_zyx` (the one index -> physical formula of volumes and grids)."""
+    return np.asarray(zyx, dtype=np.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def physical_to_index(affine: np.ndarray, zyx_mm) -> np.ndarray:
+    """Physical points (..., 3) (z, y, x) mm -> continuous indices (z, y, x): the inverse of
+    :func:`index_to_physical` through the same (4, 4) :func:`affine_zyx`."""
+    return (np.asarray(zyx_mm, dtype=np.float64) - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
 
 
 def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
@@ -128,9 +131,7 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
     p = np.asarray(zyx, dtype=np.float64)
     if p.shape[-1:] != (3,):
         raise MedDiftError(f"voxel_to_world needs points of shape (3,) or (N, 3), got {p.shape}")
-    sp, org, d = _geometry(vol)
-    w_xyz = org + (p[..., ::-1] * sp) @ d.T
-    return w_xyz[..., ::-1]
+    return index_to_physical(vol.affine_zyx(), p)
 
 
 def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
@@ -149,9 +150,7 @@ def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
     p = np.asarray(zyx_mm, dtype=np.float64)
     if p.shape[-1:] != (3,):
         raise MedDiftError(f"world_to_voxel needs points of shape (3,) or (N, 3), got {p.shape}")
-    sp, org, d = _geometry(vol)
-    idx_xyz = ((p[..., ::-1] - org) @ np.linalg.inv(d).T) / sp
-    return idx_xyz[..., ::-1]
+    return physical_to_index(vol.affine_zyx(), p)
 
 
 # --------------------------------------------------------------------------- SimpleITK
@@ -227,33 +226,57 @@ _NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
 _NIFTI_VECTOR = {128: "RGB", 2304: "RGBA"}
 
 
-def _check_nifti_header(path: Path) -> None:
-    """Geometry ITK would paper over, read from the raw header with nibabel: a spacing of 0,
-    NaN or inf (ITK substitutes 1 mm), a NaN quaternion or offset, NaN sform rows; complex and
-    colour voxels."""
+def _check_nifti(path: Path) -> None:
+    """What ITK's NIfTI reader would paper over, found with nibabel before SimpleITK reads the file:
+    a file that is not NIfTI, empty or truncated (ITK accepts it silently); a spacing of 0, NaN or inf
+    (ITK substitutes 1 mm), a NaN quaternion, offset or sform row; complex and colour voxels; NaN/inf
+    voxels (ITK turns them into 0). The header is read unfixed (``check=False``): nibabel would
+    otherwise "fix" a zero pixdim to 1 as ITK does."""
     import nibabel as nib
+    from nibabel.arrayproxy import ArrayProxy
+    from nibabel.openers import ImageOpener
 
-    try:  # check=False: nibabel would otherwise "fix" a zero pixdim to 1 as ITK does
-        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
-            block = f.read(540)
-        kind = nib.Nifti2Header if len(block) >= 540 and 540 in struct.unpack("<i", block[:4]) + struct.unpack(
-            ">i", block[:4]) else nib.Nifti1Header
-        import io
-
-        hdr = kind.from_fileobj(io.BytesIO(block), check=False)
-    except Exception as exc:  # noqa: BLE001 - nibabel's many header errors are one user problem
+    def unreadable(exc: BaseException) -> MedDiftError:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise MedDiftError(f"{path}: has a corrupt NIfTI header ({first}); export the volume again") from None
+        return MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({first}); "
+                            "copy or export it again")
+
+    try:
+        with ImageOpener(str(path), "rb") as f:
+            block = f.read(540)
+            kind = next((k for k in (nib.Nifti2Header, nib.Nifti1Header) if k.may_contain_header(block)), None)
+            if len(block) < 348:
+                raise MedDiftError(f"{path}: is too short to be a NIfTI file; copy or export it again")
+            if kind is None:
+                raise MedDiftError(f"{path}: is not a NIfTI file (bad header); check the file or its name ending")
+            f.seek(0)
+            try:
+                hdr = kind.from_fileobj(f, check=False)
+                dtype = hdr.get_data_dtype()
+            except (OSError, EOFError, zlib.error):
+                raise
+            except Exception as exc:  # noqa: BLE001 - nibabel's many header errors are one user problem
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+                raise MedDiftError(f"{path}: has a corrupt NIfTI header ({first}); export the volume again") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise unreadable(exc) from None
     code = int(hdr["datatype"])
     if code in _NIFTI_COMPLEX:
         raise MedDiftError(f"{path}: holds complex voxel values ({_NIFTI_COMPLEX[code]}); give a real-valued CT "
                            "(e.g. the magnitude, saved as a scalar image)")
     if code in _NIFTI_VECTOR:
         raise MedDiftError(f"{path}: holds {_NIFTI_VECTOR[code]} colour voxels; give a single-channel (scalar) 3D CT")
+    ndim = int(hdr["dim"][0])
+    if not 1 <= ndim <= 7:
+        raise MedDiftError(f"{path}: has a corrupt NIfTI header (dim[0]={ndim}); export the volume again")
+    shape = hdr.get_data_shape()
+    if any(d <= 0 for d in shape):
+        raise MedDiftError(f"{path}: is empty (size {'x'.join(map(str, shape))}); the file holds no voxels, "
+                           "re-export the volume")
     pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
     if not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
-        raise MedDiftError(f"{path}: has voxel spacing {pixdim.tolist()} in its header (pixdim); spacing must be finite "
-                           "and non-zero: fix the header and save again")
+        raise MedDiftError(f"{path}: has voxel spacing {pixdim.tolist()} in its header (pixdim); spacing must be "
+                           "finite and non-zero: fix the header and save again")
     bad = []
     if int(hdr["qform_code"]) > 0:
         q = [float(hdr[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")]
@@ -268,6 +291,29 @@ def _check_nifti_header(path: Path) -> None:
     if bad:
         raise MedDiftError(f"{path}: has an impossible orientation in its header ({'; '.join(bad)}); fix the header "
                            "and save again")
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if slope != 0 and not (np.isfinite(slope) and np.isfinite(inter)):
+        raise MedDiftError(f"{path}: has a NaN/inf intensity scaling (scl_slope {slope}, scl_inter {inter}); "
+                           "fix the header and save again")
+    offset = max(int(hdr.get_data_offset()), kind.single_vox_offset)
+    try:  # the raw voxels (memory-mapped when not compressed): nibabel reports a short file
+        raw = ArrayProxy(str(path), (shape, dtype, offset)).get_unscaled()
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
+        short = re.search(r"Expected (\d+) bytes, got (\d+)", str(exc))
+        if short:
+            raise MedDiftError(f"{path}: is truncated ({short[2]} of {short[1]} bytes of image data); copy or download "
+                               "it again") from None
+        raise unreadable(exc) from None
+    if np.issubdtype(raw.dtype, np.floating):
+        flat = raw.reshape(-1, order="A")
+        step = 1 << 22
+        bad_voxels = sum(int(flat[i : i + step].size - np.count_nonzero(np.isfinite(flat[i : i + step])))
+                         for i in range(0, flat.size, step))
+        if bad_voxels:
+            raise MedDiftError(
+                f"{path}: holds {bad_voxels} NaN/inf voxel value(s) (a NIfTI reader would show them as 0); "
+                "fix or replace them (e.g. with -1000 HU) and save again"
+            )
 
 
 #: MetaImage header keys holding geometry, and how many numbers each must be (per dimension: 3)
@@ -347,95 +393,6 @@ def _suffix(path: Path) -> str:
 def _stem(path: Path) -> str:
     s = _suffix(path)
     return path.name[: -len(s)] if s and path.name.lower().endswith(s) else path.name
-
-
-#: NIfTI datatype code -> numpy dtype of the float types, whose raw data may hold NaN/inf
-_NIFTI_FLOATS = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}  # float32, float64, complex64, complex128
-
-
-class _FiniteScan:
-    """Counts NaN/inf in a stream of raw float voxel bytes, block by block."""
-
-    def __init__(self, dtype: np.dtype, offset: int, nbytes: int) -> None:
-        self.dtype, self.pos, self.start, self.end = dtype, 0, offset, offset + nbytes
-        self.carry = b""
-        self.bad = 0
-
-    def feed(self, block: bytes) -> None:
-        lo, hi = self.pos, self.pos + len(block)
-        self.pos = hi
-        a, b = max(lo, self.start), min(hi, self.end)
-        if a >= b:
-            return
-        data = self.carry + block[a - lo : b - lo]
-        usable = len(data) - len(data) % self.dtype.itemsize
-        self.carry = data[usable:]
-        values = np.frombuffer(data[:usable], dtype=self.dtype)
-        self.bad += int(values.size - np.count_nonzero(np.isfinite(values)))
-
-
-def _check_nifti(path: Path) -> None:
-    """Catch empty and truncated NIfTI files, which ITK's reader silently accepts, and NaN/inf
-    voxels, which ITK's NIfTI reader silently turns into 0 (the raw data is scanned)."""
-    gz = path.name.lower().endswith(".gz")
-    opener = gzip.open if gz else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(540)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again") from None
-    if len(head) < 348:
-        raise MedDiftError(f"{path}: is too short to be a NIfTI file; copy or export it again")
-    for order in "<>":
-        if struct.unpack(order + "i", head[:4])[0] == 348:  # NIfTI-1
-            dims = struct.unpack(order + "8h", head[40:56])
-            datatype = struct.unpack(order + "h", head[70:72])[0]
-            bitpix = struct.unpack(order + "h", head[72:74])[0]
-            offset = struct.unpack(order + "f", head[108:112])[0]
-            slope, inter = struct.unpack(order + "2f", head[112:120])
-            break
-        if struct.unpack(order + "i", head[:4])[0] == 540 and len(head) >= 540:  # NIfTI-2
-            dims = struct.unpack(order + "8q", head[16:80])
-            datatype = struct.unpack(order + "h", head[12:14])[0]
-            bitpix = struct.unpack(order + "h", head[14:16])[0]
-            offset = struct.unpack(order + "q", head[168:176])[0]
-            slope, inter = struct.unpack(order + "2d", head[176:192])
-            break
-    else:
-        raise MedDiftError(f"{path}: is not a NIfTI file (bad header); check the file or its name ending")
-    ndim = int(dims[0])
-    if not 1 <= ndim <= 7:
-        raise MedDiftError(f"{path}: has a corrupt NIfTI header (dim[0]={ndim}); export the volume again")
-    shape = [int(d) for d in dims[1 : ndim + 1]]
-    if any(d <= 0 for d in shape):
-        raise MedDiftError(f"{path}: is empty (size {'x'.join(map(str, shape))}); the file holds no voxels, re-export the volume")
-    if slope != 0 and not (np.isfinite(slope) and np.isfinite(inter)):
-        raise MedDiftError(f"{path}: has a NaN/inf intensity scaling (scl_slope {slope}, scl_inter {inter}); fix the header and save again")
-    start = max(int(offset), 352)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 8) // 8
-    scan = _FiniteScan(np.dtype(order + _NIFTI_FLOATS[datatype]), start, nbytes) if datatype in _NIFTI_FLOATS else None
-    try:
-        with opener(path, "rb") as f:
-            total = 0
-            while block := f.read(1 << 22):
-                total += len(block)
-                if scan is not None:
-                    scan.feed(block)
-                elif not gz:
-                    total = os.path.getsize(path)
-                    break
-    except (OSError, EOFError, zlib.error) as exc:
-        raise MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again") from None
-    need = start + nbytes
-    if total < need:
-        raise MedDiftError(
-            f"{path}: is truncated ({total} of {need} bytes of image data); copy or download it again"
-        )
-    if scan is not None and scan.bad:
-        raise MedDiftError(
-            f"{path}: holds {scan.bad} NaN/inf voxel value(s) (a NIfTI reader would show them as 0); "
-            "fix or replace them (e.g. with -1000 HU) and save again"
-        )
 
 
 def _check_dicom_series(path: Path, files, in_series: set[str]) -> None:
@@ -548,7 +505,6 @@ def read_volume(path: str | os.PathLike) -> Volume:
         )
     if suffix in (".nii", ".nii.gz"):
         _check_nifti(path)
-        _check_nifti_header(path)
     elif suffix in (".mha", ".mhd"):
         _check_meta_header(path)
     try:
