@@ -26,7 +26,7 @@ def _levels(seed):
 
 @pytest.fixture
 def explorer(make_napari_viewer, qtbot):
-    from napari_meddift._qt._explorer import ExplorerWidget, explorer_in
+    from napari_meddift._qt.explorer.widget import ExplorerWidget, explorer_in
 
     viewer = make_napari_viewer(show=True)
     rng = np.random.default_rng(0)
@@ -258,8 +258,8 @@ def test_menus_contribute_our_widgets(make_napari_viewer):
 
 def test_maps_and_markers_follow_the_scan_direction(make_napari_viewer, qtbot):
     """A LAS scan (direction diag(1, -1, 1)): every derived layer sits where the target's voxels are."""
-    from napari_meddift._qt._explorer import ExplorerWidget
     from napari_meddift._qt._layers import geometry_kwargs
+    from napari_meddift._qt.explorer.widget import ExplorerWidget
 
     viewer = make_napari_viewer(show=True)
     geo = geometry_kwargs(SPACING, (-20.0, 30.0, 5.0), np.diag([1.0, -1.0, 1.0]))

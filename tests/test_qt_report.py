@@ -19,8 +19,8 @@ from napari_meddift.matching import Matcher  # noqa: E402
 
 @pytest.fixture
 def docks(make_napari_viewer, qtbot, tmp_path):
-    from napari_meddift._qt._explorer import ExplorerWidget
     from napari_meddift._qt._report import FeatureQualityWidget
+    from napari_meddift._qt.explorer.widget import ExplorerWidget
 
     viewer = make_napari_viewer(show=True)
     rng = np.random.default_rng(0)

@@ -31,8 +31,8 @@ from qtpy.QtWidgets import (
 
 from ..errors import MedDiftError
 from ._controls import error_label, path_field
-from ._explorer import explorer_in
-from ._tasks import error_text, notify_error
+from ._long_task import error_text, notify_error
+from .explorer import explorer_in
 
 __all__ = ["LandmarksWidget", "region_text"]
 

@@ -23,8 +23,8 @@ from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
 from ..matching.window import Radius, radius_tag
-from ._explorer import explorer_in
 from ._task_panel import TaskPanel
+from .explorer import explorer_in
 
 __all__ = ["FeatureQualityWidget"]
 

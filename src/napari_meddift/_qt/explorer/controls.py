@@ -24,8 +24,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..explorer import DISPLAY_MODES, MAP_RANGES
-from ._layers import layer_store_path
+from ...explorer import DISPLAY_MODES, MAP_RANGES
+from .._layers import layer_store_path
 
 __all__ = ["ExplorerControls", "bind"]
 

@@ -8,7 +8,7 @@ import weakref
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QVBoxLayout, QWidget
 
-from ._napari_private import qt_viewer_class, reslice_callback, skip_thumbnails
+from .._napari_private import qt_viewer_class, reslice_callback, skip_thumbnails
 
 __all__ = ["TargetView", "CloseWatcher", "DockArranger", "set_slice"]
 

@@ -23,12 +23,12 @@ import contextlib
 
 import numpy as np
 
-from ..explorer import MAP_RANGES, display_limits
-from ._in_place import box_outline, crosshair, no_refresh, set_points, set_vectors, set_visible
-from ._layers import box_translate, same_geometry  # the scan's full geometry (direction in the affine)
-from ._napari_private import layer_ranges, layers_change_callback
+from ...explorer import MAP_RANGES, display_limits
+from .._layers import box_translate, same_geometry  # the scan's full geometry (direction in the affine)
+from .._napari_private import layer_ranges, layers_change_callback
+from .in_place_updates import box_outline, crosshair, no_refresh, set_points, set_vectors, set_visible
 
-__all__ = ["MapLayers", "SIM_COLORMAP", "same_geometry", "box_translate"]
+__all__ = ["MapLayers", "SIM_COLORMAP"]
 
 SIM_COLORMAP = "coolwarm"
 #: voxels between the maps of a strip
