@@ -119,7 +119,8 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
     sides in zyx order: world_xyz = origin_xyz + direction @ (spacing_xyz * index_xyz).
 
     Args:
-        vol: the volume whose geometry (spacing, origin, direction) places the voxels.
+        vol: the volume whose geometry (spacing, origin, direction) places the voxels; any object
+            with those three attributes (a Volume, _qt/_layers.LayerGeometry).
         zyx: continuous voxel indices, shape (3,) or (N, 3), (z, y, x).
 
     Returns:
@@ -131,14 +132,17 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
     p = np.asarray(zyx, dtype=np.float64)
     if p.shape[-1:] != (3,):
         raise MedDiftError(f"voxel_to_world needs points of shape (3,) or (N, 3), got {p.shape}")
-    return index_to_physical(vol.affine_zyx(), p)
+    # spacing/origin/direction read off ``vol`` (not Volume.affine_zyx): any object with the three
+    # attributes maps, e.g. _qt/_layers.LayerGeometry, as before the formula moved here
+    return index_to_physical(affine_zyx(vol.spacing, vol.origin, vol.direction), p)
 
 
 def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
     """World (physical) coordinates to voxel indices; the inverse of :func:`voxel_to_world`.
 
     Args:
-        vol: the volume whose geometry (spacing, origin, direction) places the voxels.
+        vol: the volume whose geometry (spacing, origin, direction) places the voxels; any object
+            with those three attributes (a Volume, _qt/_layers.LayerGeometry).
         zyx_mm: world points in mm, shape (3,) or (N, 3), (z, y, x).
 
     Returns:
@@ -150,7 +154,7 @@ def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
     p = np.asarray(zyx_mm, dtype=np.float64)
     if p.shape[-1:] != (3,):
         raise MedDiftError(f"world_to_voxel needs points of shape (3,) or (N, 3), got {p.shape}")
-    return physical_to_index(vol.affine_zyx(), p)
+    return physical_to_index(affine_zyx(vol.spacing, vol.origin, vol.direction), p)
 
 
 # --------------------------------------------------------------------------- SimpleITK
