@@ -371,9 +371,3 @@ class MapLayers:
     def fused_map(self) -> np.ndarray:
         """The fused map as shown (cut from the ``maps`` layer)."""
         return self.strip_map("maps", 0)
-
-    def remove_source_markers(self) -> None:
-        for key in ("query", "cross_s"):
-            layer = self.layers.get(key)
-            if layer is not None and layer in self.source_viewer.layers:
-                self.source_viewer.layers.remove(layer)

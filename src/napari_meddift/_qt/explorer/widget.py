@@ -464,22 +464,7 @@ class ExplorerWidget(QWidget):
             set_slice(self.target_view.viewer, self._focus)
         self.submit(vox, tag="landmark")
 
-    # ------------------------------------------------------------------ extra markers and docks
-
-    def marker_layer(self, name: str, data, in_target: bool = True, **kw):
-        """Create or update a Points layer ``name`` (voxel zyx) in the target (or source) viewer."""
-        from .._layers import same_geometry
-
-        if self.engine is None or self.target_view is None:
-            raise MedDiftError("connect a pair in the explorer first")
-        viewer = self.target_view.viewer if in_target else self.viewer
-        ref = self.target_layer if in_target else self.source_layer
-        data = np.asarray(data, float).reshape(-1, 3)
-        if name in viewer.layers:
-            viewer.layers[name].data = data
-            return viewer.layers[name]
-        kw.setdefault("size", 3)
-        return viewer.add_points(data, name=name, **same_geometry(ref), **kw)
+    # ------------------------------------------------------------------ docks
 
     def arrange_docks(self, others=()) -> None:
         """[main canvas | target canvas | explorer]; ``others`` (docks) tabbed with the explorer."""
