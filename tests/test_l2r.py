@@ -106,6 +106,7 @@ def test_identity_tre_matches_known_figures(labels, tmp_path):
     assert summary["cases"][2]["landmarks"]["mean"] == pytest.approx(8.1, abs=0.05)
 
 
+@pytest.mark.slow  # 12-16 s on a 2-core CPU
 def test_end_to_end_matching_with_standins(labels, tmp_path):
     root = tmp_path / "l2r"
     _write_standins(root, labels, ("0001",))

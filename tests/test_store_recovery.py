@@ -154,6 +154,7 @@ def test_store_written_meanwhile_is_not_overwritten(tmp_path):
     assert _same(_values(path), _levels(1))
 
 
+@pytest.mark.slow  # 14-17 s on a 2-core CPU
 def test_concurrent_extractions_of_different_images_never_both_say_wrote(tmp_path):
     """Two CLI extractions of different scans to one store: one writes, the other stops (or
     waits and replaces); whoever says "wrote" holds the store that is there at that moment.
