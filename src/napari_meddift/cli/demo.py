@@ -105,7 +105,8 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
     try:
         import napari
     except ImportError:  # pragma: no cover - depends on the install
-        print("meddift demo needs napari: pip install 'napari-meddift[all]' (or use --headless)", file=sys.stderr)
+        print("meddift demo needs napari: from the clone, pip install -e \".[all]\" (or use --headless)",
+              file=sys.stderr)
         return 2
     from .._qt.app import launch_demo
 

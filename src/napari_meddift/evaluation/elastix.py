@@ -14,7 +14,7 @@ image (it is the pull-back used to resample the moving image onto the fixed grid
 image, which is exactly what landmark TRE needs.
 
 Points are voxel indices in numpy (z, y, x) order, floats allowed, as everywhere in the project.
-itk-elastix is optional: ``pip install itk-elastix`` (or ``pip install napari-meddift[elastix]``).
+itk-elastix is optional: ``pip install itk-elastix`` (or, from the clone, ``pip install -e ".[elastix]"``).
 """
 
 from __future__ import annotations
