@@ -322,4 +322,4 @@ def test_missing_dask_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys
     assert main(["extract-many", str(scan), "-o", str(tmp_path / "out"), "--workers", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["meddift: error: Dask is not installed: extract-many and --workers/--scheduler need it; "
-                   "install it with `pip install napari-meddift[batch]`"]
+                   "install it from the clone with `pip install -e \".[batch]\"`"]

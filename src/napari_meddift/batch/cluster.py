@@ -29,7 +29,7 @@ def require_distributed() -> None:
         if (exc.name or "").split(".")[0] not in ("dask", "distributed"):
             raise  # a broken install of something else: its own message is the useful one
         raise MedDiftError("Dask is not installed: extract-many and --workers/--scheduler need it; "
-                           "install it with `pip install napari-meddift[batch]`") from None
+                           "install it from the clone with `pip install -e \".[batch]\"`") from None
 
 
 def usable_cores() -> int:
