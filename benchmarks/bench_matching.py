@@ -129,7 +129,7 @@ def main() -> None:
     rows.append((f"{args.keypoints} keypoints, R=16, forward only", f"{t_kp1:.1f} s", "", "norm maps cached"))
 
     rows += global_rows(m, args)
-    del m
+    m = None  # frees the matcher (not `del`: the lambdas above close over it)
 
     # dense reference vs ours: the full image with one level (up3, 64 channels: 2 GB dense per
     # volume); all four levels would need 29.4 GB per volume.
@@ -163,7 +163,7 @@ def main() -> None:
         ref = dense_global(p)[0].numpy()
         err = max(err, float(np.abs(ours - ref).max()))
         agree += int(np.argmax(ours) == np.argmax(ref) or abs(ours.max() - ref.max()) < 1e-6)
-    del dt
+    dt = None  # frees the dense target (not `del`: dense_window/dense_global close over it)
     tag = "192x192x208, level up3 only (64 ch)"
     gb = SIZES[lv][0] * np.prod(IMAGE) * 4 / 1e9
     rows.append(("dense reference: upsample + normalise one level", "not needed",

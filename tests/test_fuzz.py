@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from napari_meddift.errors import MedDiftError
 from napari_meddift.evaluation.l2r_config import read_l2r_config
@@ -47,7 +46,7 @@ def test_fuzz_landmark_files(tmp_path):
             path.write_text(_mutate(VALID_CSV, rng), encoding="utf-8", errors="surrogatepass")
         try:
             pts = read_points(path)
-        except MedDiftError as exc:
+        except MedDiftError:
             outcomes["refused"] += 1
             continue
         assert pts.ndim == 2 and pts.shape[1] == 3 and len(pts) >= 1

@@ -411,7 +411,6 @@ def test_stores_of_other_extractions_are_not_mixed(tmp_path, capsys):
         with pytest.raises(MedDiftError, match=f"different {key.replace('_', ' ')}"):
             Matcher.from_stores(a, b)
         assert not (tmp_path / "m.csv").exists() and not (tmp_path / "f.nii.gz").exists()
-    from napari_meddift.cli import main
 
     assert main(["match", str(a.path), str(b.path), "--points", str(pts), "-o", str(tmp_path / "m.csv"), "--radius", "2",
                  "--allow-mixed"]) == 0

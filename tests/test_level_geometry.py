@@ -19,7 +19,7 @@ from napari_meddift.backbones.base import ExtractionSettings
 from napari_meddift.backbones.extraction import cached_store_path, extract_to_store, extraction_grid
 from napari_meddift.errors import MedDiftError
 from napari_meddift.io.geometry import Grid
-from napari_meddift.io.store import open_store, write_store
+from napari_meddift.io.store import write_store
 from napari_meddift.io.volume import Volume
 from napari_meddift.matching import Matcher
 

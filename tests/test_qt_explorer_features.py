@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from napari_meddift.explorer import DISPLAY_MODES, LandmarkTruth  # noqa: E402
+from napari_meddift.explorer import DISPLAY_MODES  # noqa: E402
 from napari_meddift.matching import Matcher  # noqa: E402
 
 SHAPE = (20, 24, 22)
@@ -151,7 +151,7 @@ def test_timestep_labels_give_noise_signal_and_mixed_schedules_order_by_it(explo
 
 def test_display_modes_and_limits(explorer, qtbot):
     viewer, w, src, tgt = explorer
-    res = _query(qtbot, w, (8, 9, 10))
+    _query(qtbot, w, (8, 9, 10))
     fused = w.map_layers.layers["maps"]  # per-level maps off: the fused map alone
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.controls.display_mode.value = DISPLAY_MODES[2]

@@ -1,6 +1,5 @@
 """Crash recovery, writer locking and chunk integrity of descriptor stores (issue: nothing silent)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from napari_meddift.io import store as S
 from napari_meddift.errors import MedDiftError
-from napari_meddift.io.locking import StoreLock, sibling_path
+from napari_meddift.io.locking import StoreLock
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ATTRS = {"image_shape": (40, 36, 80), "spacing": (2.5, 0.7, 0.7)}

@@ -74,7 +74,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", allowed: Sequenc
             ) from None
         raise MedDiftError(f"cannot read {what} {path} (it is truncated or not a PyTorch checkpoint); "
                            "copy or download it again") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-fixable problem
+    except Exception as exc:  # any unreadable checkpoint is a user-fixable problem
         if is_out_of_memory(exc):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

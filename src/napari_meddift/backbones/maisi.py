@@ -28,7 +28,6 @@ from .preprocessing import Prepared, PreprocessSettings, from_canonical, prepare
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
 from .capture import capture_levels, check_request, noise_generator, seeded
 from .maisi_release import (
-    BUNDLE,
     HOW_TO_GET,
     RELEASES,
     VARIANTS,

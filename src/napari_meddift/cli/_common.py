@@ -53,7 +53,7 @@ def run_guarded(run: Callable[[], int | None]) -> int:
     except MedDiftError as exc:
         print(f"meddift: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - out of memory and file-system failures are the user's to fix
+    except Exception as exc:  # out of memory and file-system failures are the user's to fix
         if is_out_of_memory(exc):
             print(f"meddift: error: {out_of_memory_message(exc)}", file=sys.stderr)
             return EXIT_ERROR

@@ -10,7 +10,6 @@ from ._common import (
     add_device_argument,
     add_levels_argument,
     add_search_arguments,
-    check_range,
     search_radius,
     tqdm_progress,
     window_text,

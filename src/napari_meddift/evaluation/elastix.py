@@ -35,7 +35,7 @@ INSTALL_HINT = "the elastix baseline needs itk-elastix: pip install itk-elastix"
 def _itk():
     """Import itk with elastix support, or say exactly how to get it."""
     try:
-        import itk  # noqa: F401
+        import itk
 
         itk.ElastixRegistrationMethod  # lazy attribute: raises if itk-elastix is absent
     except (ImportError, AttributeError) as exc:

@@ -23,7 +23,7 @@ from ..io.outputs import write_text
 from ..matching.window import DEFAULT_RADIUS_MM, Radius, radius_tag
 # the case layout and the results live apart; their names stay importable from here
 from .l2r_cases import CONFIG_NAME, L2R_SOURCE, L2RCase, check_files, l2r_cases  # noqa: F401
-from .l2r_results import L2RCaseResult, L2RResult, _pm, format_l2r_table  # noqa: F401
+from .l2r_results import L2RCaseResult, L2RResult, _pm, format_l2r_table
 
 if TYPE_CHECKING:
     from ..backbones.base import Backbone

@@ -316,7 +316,7 @@ class ExplorerSession:
         """Drop the pair and stop listening to the state."""
         try:
             self.state.events.disconnect(self._on_state)
-        except Exception:  # pragma: no cover - already disconnected
+        except Exception:  # noqa: BLE001  # pragma: no cover - already disconnected
             pass
         self.engines = {}
         self.timestep_noise = {}

@@ -312,7 +312,7 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
         raise MedDiftError(f"no descriptor store at {path}; run `meddift extract` first")
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except Exception as exc:  # noqa: BLE001 - any zarr failure means "not a store"
+    except Exception as exc:  # any zarr failure means "not a store"
         raise MedDiftError(f"{path} is not a zarr v3 group, so not a napari-meddift descriptor store") from exc
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT:
