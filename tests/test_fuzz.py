@@ -78,8 +78,10 @@ def test_fuzz_l2r_configs(tmp_path):
     from napari_meddift.evaluation.l2r import l2r_cases
 
     rng = random.Random(99)
-    good = {"eval_pairs": [{"fixed": "./imagesTr/LungCT_0001_0000.nii.gz", "moving": "./imagesTr/LungCT_0001_0001.nii.gz"}],
-            "expected_shape": [192, 192, 208, 3]}
+    good = {
+        "eval_pairs": [{"fixed": "./imagesTr/LungCT_0001_0000.nii.gz", "moving": "./imagesTr/LungCT_0001_0001.nii.gz"}],
+        "expected_shape": [192, 192, 208, 3],
+    }
     counts = {"ok": 0, "refused": 0}
     for trial in range(200):
         root = tmp_path / f"r{trial}"

@@ -116,7 +116,9 @@ def parse_spacing(value: float | str | None) -> float | str | None:
         try:
             value = float(text)
         except ValueError:
-            raise MedDiftError(f"--spacing must be millimetres (e.g. 2.5 or 2.5mm) or 'native', got {value!r}") from None
+            raise MedDiftError(
+                f"--spacing must be millimetres (e.g. 2.5 or 2.5mm) or 'native', got {value!r}"
+            ) from None
     lo, hi = SPACING_RANGE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= float(value) <= hi):
         raise MedDiftError(f"--spacing must be between {lo:g} and {hi:g} mm, or 'native' (the scan's own grid); "

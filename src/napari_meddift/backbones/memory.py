@@ -86,7 +86,10 @@ def estimate_peak_bytes(backbone: str, grid_shape, device: str = "cpu", preproce
 
 
 def _cgroup_limit() -> int | None:
-    for path, unlimited in (("/sys/fs/cgroup/memory.max", "max"), ("/sys/fs/cgroup/memory/memory.limit_in_bytes", None)):
+    for path, unlimited in (
+        ("/sys/fs/cgroup/memory.max", "max"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", None),
+    ):
         try:
             text = Path(path).read_text().strip()
         except OSError:

@@ -72,7 +72,8 @@ def _num(v) -> str:
 def check_range(value, name: str, low=None, high=None, what: str = "") -> None:
     """MedDiftError unless ``low <= value <= high`` (either bound optional), before any work."""
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {_num(low)}" if high is None else f"<= {_num(high)}" if low is None else f"in [{_num(low)}, {_num(high)}]"
+        bounds = (f">= {_num(low)}" if high is None else f"<= {_num(high)}" if low is None
+                  else f"in [{_num(low)}, {_num(high)}]")
         raise MedDiftError(f"{name} must be {bounds}{what}, got {value}")
 
 

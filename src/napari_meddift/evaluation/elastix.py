@@ -107,7 +107,9 @@ def _to_itk_image(itk, array: np.ndarray, grid: Grid, pixel=np.float32):
     image = itk.image_from_array(np.ascontiguousarray(array, dtype=pixel))
     image.SetSpacing([float(s) for s in grid.spacing[::-1]])
     image.SetOrigin([float(s) for s in grid.origin[::-1]])
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(np.reshape(grid.direction, (3, 3)), dtype=np.float64)))
+    image.SetDirection(
+        itk.matrix_from_array(np.ascontiguousarray(np.reshape(grid.direction, (3, 3)), dtype=np.float64))
+    )
     return image
 
 

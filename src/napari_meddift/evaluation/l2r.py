@@ -152,7 +152,9 @@ def evaluate_case(
     spacing, shape = _image_spacing_shape(case.fixed_image)
     m_spacing, m_shape = _image_spacing_shape(case.moving_image)
     if m_shape != shape:
-        raise MedDiftError(f"{case.moving_image} has shape {m_shape[::-1]} (x,y,z) but {case.fixed_image} has {shape[::-1]}")
+        raise MedDiftError(
+            f"{case.moving_image} has shape {m_shape[::-1]} (x,y,z) but {case.fixed_image} has {shape[::-1]}"
+        )
     for name, pts in (("landmarks", f_lm), ("keypoints", f_kp)):
         if pts is not None and len(pts) and (np.any(pts < 0) or np.any(pts > np.asarray(shape) - 1)):
             raise MedDiftError(

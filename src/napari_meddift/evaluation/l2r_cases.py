@@ -163,8 +163,10 @@ def check_files(root: str | os.PathLike, cases: Sequence[L2RCase], keypoints: bo
     parts = []
     if missing_images:
         parts.append(
-            f"{len(missing_images)} Learn2Reg LungCT image file(s) missing: " + ", ".join(missing_images)
-            + f". The images are not shipped with napari-meddift; they come from {L2R_SOURCE.replace('ROOT', str(root))}"
+            f"{len(missing_images)} Learn2Reg LungCT image file(s) missing: "
+            + ", ".join(missing_images)
+            + ". The images are not shipped with napari-meddift; "
+            + f"they come from {L2R_SOURCE.replace('ROOT', str(root))}"
         )
     if missing_labels:
         parts.append(

@@ -38,19 +38,30 @@ def read_l2r_config(path: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MedDiftError(f"{path}: is not valid JSON ({exc}); use the challenge's *_evaluation_config.json") from None
     if not isinstance(cfg, dict) or "eval_pairs" not in cfg:
-        raise MedDiftError(f"{path}: is not a Learn2Reg evaluation config (no 'eval_pairs'); use the challenge's *_evaluation_config.json")
+        raise MedDiftError(
+            f"{path}: is not a Learn2Reg evaluation config (no 'eval_pairs'); "
+            "use the challenge's *_evaluation_config.json"
+        )
     pairs = cfg["eval_pairs"]
     if not isinstance(pairs, list) or not pairs:
-        raise MedDiftError(f"{path}: 'eval_pairs' must be a non-empty list of {{\"fixed\": ..., \"moving\": ...}} entries")
+        raise MedDiftError(
+            f'{path}: \'eval_pairs\' must be a non-empty list of {{"fixed": ..., "moving": ...}} entries'
+        )
     for i, pair in enumerate(pairs):
-        if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) and pair.get(k) for k in ("fixed", "moving")):
-            raise MedDiftError(f"{path}: eval_pairs[{i}] needs text entries 'fixed' and 'moving' (image paths), got {str(pair)[:80]}")
+        if not isinstance(pair, dict) or not all(
+            isinstance(pair.get(k), str) and pair.get(k) for k in ("fixed", "moving")
+        ):
+            raise MedDiftError(
+                f"{path}: eval_pairs[{i}] needs text entries 'fixed' and 'moving' (image paths), got {str(pair)[:80]}"
+            )
     shape = cfg.get("expected_shape")
     if shape is not None and (
         not isinstance(shape, list) or len(shape) < 3
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape[:3])
     ):
-        raise MedDiftError(f"{path}: 'expected_shape' must be a list [x, y, z, 3] of positive integers, got {str(shape)[:80]}")
+        raise MedDiftError(
+            f"{path}: 'expected_shape' must be a list [x, y, z, 3] of positive integers, got {str(shape)[:80]}"
+        )
     return cfg
 
 

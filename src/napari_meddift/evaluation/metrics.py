@@ -48,7 +48,9 @@ def tre_mm(pred_zyx: ArrayLike, true_zyx: ArrayLike, spacing_zyx: ArrayLike) -> 
     pred = _points(pred_zyx, "predicted points")
     true = _points(true_zyx, "true points")
     if pred.shape != true.shape:
-        raise MedDiftError(f"{pred.shape[0]} predicted points but {true.shape[0]} true points; give one prediction per landmark")
+        raise MedDiftError(
+            f"{pred.shape[0]} predicted points but {true.shape[0]} true points; give one prediction per landmark"
+        )
     return np.linalg.norm((pred - true) * _spacing(spacing_zyx), axis=1)
 
 
@@ -80,7 +82,9 @@ def summarize(errors: ArrayLike) -> dict[str, float]:
     if e.size == 0:
         return {"n": 0, **{k: float("nan") for k in SUMMARY_KEYS[1:]}}
     if not np.all(np.isfinite(e)):
-        raise MedDiftError(f"{int(np.sum(~np.isfinite(e)))} error value(s) are NaN/inf; drop unmatched points before summarising")
+        raise MedDiftError(
+            f"{int(np.sum(~np.isfinite(e)))} error value(s) are NaN/inf; drop unmatched points before summarising"
+        )
     return {
         "n": int(e.size),
         "mean": float(e.mean()),

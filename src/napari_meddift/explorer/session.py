@@ -173,7 +173,9 @@ class ExplorerSession:
             raise MedDiftError(f"t = {timestep} is already cached from a {have} store; t = {timestep} of a {info[0]} "
                                "store is another noise level: explore it in its own session")
         ref = next(iter(self.engines.values())).matcher
-        if tuple(matcher.source_shape) != tuple(ref.source_shape) or tuple(matcher.target_shape) != tuple(ref.target_shape):
+        if tuple(matcher.source_shape) != tuple(ref.source_shape) or tuple(matcher.target_shape) != tuple(
+            ref.target_shape
+        ):
             raise MedDiftError(f"the timestep {timestep} stores are for other images (shapes {matcher.source_shape}, "
                                f"{matcher.target_shape}); extract them from this pair")
         self._give_spacing(matcher)

@@ -89,7 +89,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if len(tokens) >= 3 and all(_is_number(t) for t in tokens[:3]):
         return "dirlab"
     raise MedDiftError(
-        f"{path}: unknown landmark format (first line '{lines[0][1][:40]}'); pass fmt='l2r', 'dirlab', 'elastix' or 'csv'"
+        f"{path}: unknown landmark format (first line '{lines[0][1][:40]}'); "
+        "pass fmt='l2r', 'dirlab', 'elastix' or 'csv'"
     )
 
 
@@ -106,7 +107,9 @@ def _parse_xyz(tokens: list[str], lineno: int, path: Path) -> list[float]:
     try:
         return [float(t) for t in tokens[:3]]
     except ValueError:
-        raise MedDiftError(f"{path}, line {lineno}: '{' '.join(tokens)[:60]}' is not three numbers x y z; fix that row") from None
+        raise MedDiftError(
+            f"{path}, line {lineno}: '{' '.join(tokens)[:60]}' is not three numbers x y z; fix that row"
+        ) from None
 
 
 def _read_csv_table(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
@@ -133,7 +136,8 @@ def _read_csv_xyz(path: Path) -> np.ndarray:
         missing = [c for c in ("x", "y", "z") if c not in header]
         if missing:
             raise MedDiftError(
-                f"{path}: header '{','.join(header)[:60]}' has no column(s) {', '.join(missing)}; name the columns x,y,z"
+                f"{path}: header '{','.join(header)[:60]}' has no column(s) {', '.join(missing)}; "
+                "name the columns x,y,z"
             )
         cols = [header.index(c) for c in ("x", "y", "z")]
     else:
@@ -164,12 +168,15 @@ def _mm_to_voxel_zyx(xyz_mm: np.ndarray, path: Path, volume, spacing, origin, wh
         return world_to_voxel(volume, zyx_mm)
     if spacing is None:
         raise MedDiftError(
-            f"{path}: {what} are in mm; pass volume= (the image they belong to) or spacing= (z,y,x mm) to convert them to voxels"
+            f"{path}: {what} are in mm; pass volume= (the image they belong to) or spacing= (z,y,x mm) "
+            "to convert them to voxels"
         )
     sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
     org = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64).reshape(-1)
     if sp.shape != (3,) or org.shape != (3,) or np.any(sp <= 0):
-        raise MedDiftError(f"spacing/origin must be three numbers in (z, y, x) order with spacing > 0, got {spacing}, {origin}")
+        raise MedDiftError(
+            f"spacing/origin must be three numbers in (z, y, x) order with spacing > 0, got {spacing}, {origin}"
+        )
     return (zyx_mm - org) / sp
 
 
@@ -225,12 +232,16 @@ def read_points(
     # elastix
     lines = _lines(_read_text(path))
     if len(lines) < 2 or lines[0][1].lower() not in ("point", "index"):
-        raise MedDiftError(f"{path}: is not an elastix point file (first line must be 'point' or 'index', then the count)")
+        raise MedDiftError(
+            f"{path}: is not an elastix point file (first line must be 'point' or 'index', then the count)"
+        )
     kind = lines[0][1].lower()
     try:
         count = int(lines[1][1])
     except ValueError:
-        raise MedDiftError(f"{path}, line {lines[1][0]}: expected the number of points, got '{lines[1][1][:40]}'") from None
+        raise MedDiftError(
+            f"{path}, line {lines[1][0]}: expected the number of points, got '{lines[1][1][:40]}'"
+        ) from None
     xyz, _ = _read_whitespace_xyz(path, skip=2)
     if xyz.shape[0] != count:
         raise MedDiftError(f"{path}: header says {count} points but the file holds {xyz.shape[0]}; fix the count line")
@@ -269,7 +280,8 @@ def read_point_pairs(
     b = read_points(moving, fmt=fmt, volume=mv, spacing=spacing, origin=origin, units=units)
     if a.shape[0] != b.shape[0]:
         raise MedDiftError(
-            f"landmark counts differ: {a.shape[0]} in {fixed} but {b.shape[0]} in {moving}; give the two files of one pair"
+            f"landmark counts differ: {a.shape[0]} in {fixed} but {b.shape[0]} in {moving}; "
+            "give the two files of one pair"
         )
     return a, b
 
@@ -294,7 +306,9 @@ def read_point_columns(path) -> dict[str, np.ndarray]:
     cols: dict[str, list[str]] = {name: [] for name in header}
     for lineno, cells in rows:
         if len(cells) != len(header):
-            raise MedDiftError(f"{path}, line {lineno}: has {len(cells)} values for {len(header)} columns; fix that row")
+            raise MedDiftError(
+                f"{path}, line {lineno}: has {len(cells)} values for {len(header)} columns; fix that row"
+            )
         for name, cell in zip(header, cells):
             cols[name].append(cell)
     out = {}
@@ -344,7 +358,9 @@ def write_points_csv(
         if name.strip().lower() in ("x", "y", "z") or not name.strip():
             raise MedDiftError(f"extra column name '{name}' is empty or clashes with x,y,z; rename it")
         if len(np.asarray(columns[name]).reshape(-1)) != pts.shape[0]:
-            raise MedDiftError(f"column '{name}' has {len(np.asarray(columns[name]).reshape(-1))} values for {pts.shape[0]} points")
+            raise MedDiftError(
+                f"column '{name}' has {len(np.asarray(columns[name]).reshape(-1))} values for {pts.shape[0]} points"
+            )
     extra = [np.asarray(columns[n]).reshape(-1) for n in names]
     from .outputs import replacing
 

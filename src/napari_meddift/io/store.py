@@ -340,7 +340,9 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
     except (TypeError, ValueError):
         shape, spacing = [], []
     if len(shape) != 3 or min(shape) < 1 or len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise _damaged(path, f"image_shape {attrs['image_shape']!r} / spacing {attrs['spacing']!r} are not three positive numbers")
+        raise _damaged(
+            path, f"image_shape {attrs['image_shape']!r} / spacing {attrs['spacing']!r} are not three positive numbers"
+        )
     missing, incomplete = [], []
     for name in levels:
         try:
@@ -396,7 +398,9 @@ def check_level_geometry(attrs: Mapping[str, Any], level_shapes: Mapping[str, tu
             raise MedDiftError(f"level {name} has no level_geometry entry")
         grid = Grid.from_dict(geometry[name])
         if grid.shape != tuple(int(n) for n in shape[1:]):
-            raise MedDiftError(f"level {name}'s geometry is for {list(grid.shape)} nodes but it holds {list(shape[1:])}")
+            raise MedDiftError(
+                f"level {name}'s geometry is for {list(grid.shape)} nodes but it holds {list(shape[1:])}"
+            )
         if not grid.same_as(image.spanning(grid.shape), tolerance=1e-4):
             raise MedDiftError(f"level {name}'s nodes do not span the scan's field of view")
 
@@ -527,7 +531,9 @@ def write_store(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MedDiftError(f"cannot create the folder {path.parent} ({exc.strerror}); choose another output path") from None
+        raise MedDiftError(
+            f"cannot create the folder {path.parent} ({exc.strerror}); choose another output path"
+        ) from None
 
     with StoreLock(path):
         recover(path, _is_complete_store)

@@ -183,7 +183,9 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
             "give a single-channel (scalar) 3D CT instead"
         )
     if dim == 2:
-        raise MedDiftError(f"{source}: is a 2D image ({size_txt}); give a 3D volume (a NIfTI/MHA/NRRD file or a DICOM folder)")
+        raise MedDiftError(
+            f"{source}: is a 2D image ({size_txt}); give a 3D volume (a NIfTI/MHA/NRRD file or a DICOM folder)"
+        )
     if dim != 3:
         raise MedDiftError(
             f"{source}: is a {dim}D image ({size_txt}); extract one 3D volume (e.g. one 4D-CT phase) and load that"
@@ -193,14 +195,18 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
     if 1 in size:
         raise MedDiftError(f"{source}: is a single slice (size {size_txt}), i.e. 2D; give a 3D volume")
     if "complex" in image.GetPixelIDTypeAsString():
-        raise MedDiftError(f"{source}: holds complex voxel values ({image.GetPixelIDTypeAsString()}); give a real-valued "
-                           "CT (e.g. the magnitude, saved as a scalar image)")
+        raise MedDiftError(
+            f"{source}: holds complex voxel values ({image.GetPixelIDTypeAsString()}); give a real-valued "
+            "CT (e.g. the magnitude, saved as a scalar image)"
+        )
     check_geometry(image.GetSpacing()[::-1], image.GetOrigin()[::-1], image.GetDirection(), source)
     arr = sitk.GetArrayFromImage(image)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise MedDiftError(f"{source}: holds {bad} NaN/inf voxel value(s); fix or replace them (e.g. with -1000 HU) and save again")
+        raise MedDiftError(
+            f"{source}: holds {bad} NaN/inf voxel value(s); fix or replace them (e.g. with -1000 HU) and save again"
+        )
     return Volume(
         array=arr,
         spacing=tuple(float(s) for s in image.GetSpacing()[::-1]),  # type: ignore[arg-type]
@@ -252,8 +258,10 @@ def _check_nifti_header(path: Path) -> None:
         raise MedDiftError(f"{path}: holds {_NIFTI_VECTOR[code]} colour voxels; give a single-channel (scalar) 3D CT")
     pixdim = np.asarray(hdr["pixdim"][1:4], dtype=np.float64)
     if not (np.isfinite(pixdim).all() and (pixdim != 0).all()):
-        raise MedDiftError(f"{path}: has voxel spacing {pixdim.tolist()} in its header (pixdim); spacing must be finite "
-                           "and non-zero: fix the header and save again")
+        raise MedDiftError(
+            f"{path}: has voxel spacing {pixdim.tolist()} in its header (pixdim); spacing must be finite "
+            "and non-zero: fix the header and save again"
+        )
     bad = []
     if int(hdr["qform_code"]) > 0:
         q = [float(hdr[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")]
@@ -305,8 +313,10 @@ def _check_meta_header(path: Path) -> None:
                 raise MedDiftError(f"{path}: has an impossible {key} in its header ({problem}); fix the header and "
                                    "save again")
         if key in ("elementspacing", "elementsize") and min(numbers) <= 0:
-            raise MedDiftError(f"{path}: has voxel spacing {value.strip()[:60]} in its header; spacing must be positive: "
-                               "fix the header and save again")
+            raise MedDiftError(
+                f"{path}: has voxel spacing {value.strip()[:60]} in its header; spacing must be positive: "
+                "fix the header and save again"
+            )
 
 
 def volume_to_sitk(volume: Volume):
@@ -383,7 +393,9 @@ def _check_nifti(path: Path) -> None:
         with opener(path, "rb") as f:
             head = f.read(540)
     except (OSError, EOFError, zlib.error) as exc:
-        raise MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again") from None
+        raise MedDiftError(
+            f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again"
+        ) from None
     if len(head) < 348:
         raise MedDiftError(f"{path}: is too short to be a NIfTI file; copy or export it again")
     for order in "<>":
@@ -408,9 +420,14 @@ def _check_nifti(path: Path) -> None:
         raise MedDiftError(f"{path}: has a corrupt NIfTI header (dim[0]={ndim}); export the volume again")
     shape = [int(d) for d in dims[1 : ndim + 1]]
     if any(d <= 0 for d in shape):
-        raise MedDiftError(f"{path}: is empty (size {'x'.join(map(str, shape))}); the file holds no voxels, re-export the volume")
+        raise MedDiftError(
+            f"{path}: is empty (size {'x'.join(map(str, shape))}); the file holds no voxels, re-export the volume"
+        )
     if slope != 0 and not (np.isfinite(slope) and np.isfinite(inter)):
-        raise MedDiftError(f"{path}: has a NaN/inf intensity scaling (scl_slope {slope}, scl_inter {inter}); fix the header and save again")
+        raise MedDiftError(
+            f"{path}: has a NaN/inf intensity scaling (scl_slope {slope}, scl_inter {inter}); "
+            "fix the header and save again"
+        )
     start = max(int(offset), 352)
     nbytes = int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 8) // 8
     scan = _FiniteScan(np.dtype(order + _NIFTI_FLOATS[datatype]), start, nbytes) if datatype in _NIFTI_FLOATS else None
@@ -425,7 +442,9 @@ def _check_nifti(path: Path) -> None:
                     total = os.path.getsize(path)
                     break
     except (OSError, EOFError, zlib.error) as exc:
-        raise MedDiftError(f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again") from None
+        raise MedDiftError(
+            f"{path}: cannot be read, the file is truncated or corrupt ({exc}); copy or export it again"
+        ) from None
     need = start + nbytes
     if total < need:
         raise MedDiftError(
@@ -460,8 +479,10 @@ def _check_dicom_series(path: Path, files, in_series: set[str]) -> None:
         if magic == b"DICM":
             dropped.append(e.name)
     if dropped:
-        raise MedDiftError(f"{path}: {len(dropped)} DICOM file(s) cannot be read as part of a series (e.g. {dropped[0]}: "
-                           "truncated or corrupt); copy the series again")
+        raise MedDiftError(
+            f"{path}: {len(dropped)} DICOM file(s) cannot be read as part of a series (e.g. {dropped[0]}: "
+            "truncated or corrupt); copy the series again"
+        )
     positions, normal = [], None
     info = sitk.ImageFileReader()
     for f in files:
@@ -511,7 +532,9 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None) ->
         image = reader.Execute()
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise MedDiftError(f"{path}: the DICOM series cannot be read ({msg}); check that all slices are complete") from None
+        raise MedDiftError(
+            f"{path}: the DICOM series cannot be read ({msg}); check that all slices are complete"
+        ) from None
     return volume_from_sitk(image, name=path.name, source=str(path))
 
 
@@ -556,8 +579,12 @@ def read_volume(path: str | os.PathLike) -> Volume:
     except RuntimeError as exc:
         text = str(exc)
         if "size is zero" in text:
-            raise MedDiftError(f"{path}: is empty (an axis of size 0); the file holds no voxels, re-export the volume") from None
-        raise MedDiftError(f"{path}: cannot be read, the file is corrupt, truncated or not a {suffix} image; export it again") from None
+            raise MedDiftError(
+                f"{path}: is empty (an axis of size 0); the file holds no voxels, re-export the volume"
+            ) from None
+        raise MedDiftError(
+            f"{path}: cannot be read, the file is corrupt, truncated or not a {suffix} image; export it again"
+        ) from None
     return volume_from_sitk(image, name=_stem(path), source=str(path))
 
 
@@ -575,7 +602,9 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> None:
     path = Path(path).expanduser()
     suffix = _suffix(path)
     if suffix not in VOLUME_SUFFIXES:
-        raise MedDiftError(f"{path}: cannot write '{suffix or path.name}'; use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd")
+        raise MedDiftError(
+            f"{path}: cannot write '{suffix or path.name}'; use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd"
+        )
     from .outputs import write_image
 
     write_image(volume_to_sitk(volume), path, "output")  # whole or not at all (io/outputs.py)

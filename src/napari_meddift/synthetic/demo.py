@@ -246,7 +246,8 @@ def load_demo_pair(demo_dir: str | Path = DEMO_DIR) -> tuple[Volume, Volume, np.
     inhale = read_volume(demo_dir / FILES["inhale"])
     exhale = read_volume(demo_dir / FILES["exhale"])
     inhale.name, exhale.name = "demo inhale", "demo exhale"
-    return inhale, exhale, read_points(demo_dir / FILES["src"], fmt="l2r"), read_points(demo_dir / FILES["tgt"], fmt="l2r")
+    src_points = read_points(demo_dir / FILES["src"], fmt="l2r")
+    return inhale, exhale, src_points, read_points(demo_dir / FILES["tgt"], fmt="l2r")
 
 
 def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.ndarray]:
