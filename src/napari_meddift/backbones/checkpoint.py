@@ -46,17 +46,15 @@ def enum_members_by_getattr(enums: Sequence[type[enum.Enum]]) -> tuple[Callable[
 def load_checkpoint(path: str | Path, what: str = "checkpoint", allowed: Sequence[Any] = ()) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU.
 
-    Args:
-        path: the checkpoint file.
-        what: how messages name it ("mini weights", "MAISI checkpoint").
-        allowed: extra types the file may hold beside tensors and plain containers (for
-            MAISI: MONAI's MetaTensor and plain numpy values), given to
-            ``torch.serialization.safe_globals``.
+    ``path``: the checkpoint file.
+    ``what``: how messages name it ("mini weights", "MAISI checkpoint").
+    ``allowed``: extra types the file may hold beside tensors and plain containers (for
+    MAISI: MONAI's MetaTensor and plain numpy values), given to
+    ``torch.serialization.safe_globals``.
 
-    Raises:
-        MedDiftError: one line, for a file holding any other Python object (a pickle that could
-            run code: it is never loaded with ``weights_only=False``), or one that is truncated or
-            not a checkpoint. Out-of-memory errors pass through unchanged.
+    Raises MedDiftError: one line, for a file holding any other Python object (a pickle that could
+    run code: it is never loaded with ``weights_only=False``), or one that is truncated or
+    not a checkpoint. Out-of-memory errors pass through unchanged.
     """
     import torch
 

@@ -114,18 +114,16 @@ def evaluate_l2r_on_cluster(
 ):
     """:func:`napari_meddift.evaluation.l2r.evaluate_l2r` with extraction and matching as Dask tasks.
 
-    Args:
-        root, backbone, settings, radius, cases, out_dir, labels_root, levels, keypoints, weights,
-            random_weights, log: as for ``evaluate_l2r``; a backbone given by name is built on the
-            workers (its ``weights`` must be readable there).
-        device: matching device; ``"auto"`` is resolved on each worker.
-        workers, scheduler, client: a local cluster of that many processes (default 1), the
-            running scheduler at that address (``tcp://host:port``), or that ``distributed.Client``.
-        threads: PyTorch threads per worker (default: the cores split between workers).
-        progress: ``progress(done, total, message)`` per extracted image and per matched case.
+    ``root``, ``backbone``, ``settings``, ``radius``, ``cases``, ``out_dir``, ``labels_root``,
+    ``levels``, ``keypoints``, ``weights``, ``random_weights``, ``log``: as for ``evaluate_l2r``; a
+    backbone given by name is built on the workers (its ``weights`` must be readable there).
+    ``device``: matching device; ``"auto"`` is resolved on each worker.
+    ``workers``, ``scheduler``, ``client``: a local cluster of that many processes (default 1), the
+    running scheduler at that address (``tcp://host:port``), or that ``distributed.Client``.
+    ``threads``: PyTorch threads per worker (default: the cores split between workers).
+    ``progress``: ``progress(done, total, message)`` per extracted image and per matched case.
 
-    Returns:
-        The same ``L2RResult`` as the serial harness (table and JSON written to the output folder).
+    Returns the same ``L2RResult`` as the serial harness (table and JSON written to the output folder).
     """
     from ..backbones.base import ExtractionSettings
     from ..evaluation.l2r import check_files, evaluate_l2r, is_identity, l2r_cases, method_name, output_folder

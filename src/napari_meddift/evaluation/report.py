@@ -372,19 +372,18 @@ def feature_report(
 ) -> FeatureReport:
     """Run the report (module docstring).
 
-    Args:
-        pairs: ``{timestep: (source_store, target_store)}`` (see :func:`pairs_by_timestep`); all
-            pairs describe the same two images.
-        source_points: (N, 3) source voxels (z, y, x), rounded to whole voxels.
-        target_points: (N, 3) their true target positions (z, y, x voxels) or None (no TRE).
-        levels: the levels to combine (default: every level both stores hold).
-        fusions: extra fusions, as :func:`parse_fusion` takes them.
-        radii: the searches: window radii as the Matcher takes them (passed through unchanged),
-            None for the global search.
-        mask: a mask or label image on the source grid (per-region rows), or None.
-        exclusion, fb_threshold: the Matcher's ambiguity exclusion and consistency threshold.
-        within_mm: the TRE of "within" (the column says 2 mm).
-        progress: ``progress(done, total, message)``; raise CancelledError in it to stop.
+    ``pairs``: ``{timestep: (source_store, target_store)}`` (see :func:`pairs_by_timestep`); all
+    pairs describe the same two images.
+    ``source_points``: (N, 3) source voxels (z, y, x), rounded to whole voxels.
+    ``target_points``: (N, 3) their true target positions (z, y, x voxels) or None (no TRE).
+    ``levels``: the levels to combine (default: every level both stores hold).
+    ``fusions``: extra fusions, as :func:`parse_fusion` takes them.
+    ``radii``: the searches: window radii as the Matcher takes them (passed through unchanged), None
+    for the global search.
+    ``mask``: a mask or label image on the source grid (per-region rows), or None.
+    ``exclusion``, ``fb_threshold``: the Matcher's ambiguity exclusion and consistency threshold.
+    ``within_mm``: the TRE of "within" (the column says 2 mm).
+    ``progress``: ``progress(done, total, message)``; raise CancelledError in it to stop.
     """
     if not pairs:
         raise MedDiftError("no store pairs to report on; give a source and a target store per timestep")

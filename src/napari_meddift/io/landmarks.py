@@ -66,15 +66,12 @@ def _lines(text: str) -> list[tuple[int, str]]:
 def detect_format(path: str | os.PathLike) -> str:
     """Guess the format of a landmark file from its first line.
 
-    Args:
-        path: the landmark file.
+    ``path``: the landmark file.
 
-    Returns:
-        ``"elastix"`` (first line 'point'/'index'), ``"csv"`` (commas; Learn2Reg included) or
-        ``"dirlab"`` (whitespace-separated numbers).
+    Returns ``"elastix"`` (first line 'point'/'index'), ``"csv"`` (commas; Learn2Reg included) or
+    ``"dirlab"`` (whitespace-separated numbers).
 
-    Raises:
-        MedDiftError: an empty or unreadable file.
+    Raises MedDiftError: an empty or unreadable file.
     """
     path = Path(path)
     lines = _lines(_read_text(path))
@@ -190,22 +187,19 @@ def read_points(
 ) -> np.ndarray:
     """Read landmarks as voxel indices.
 
-    Args:
-        path: the landmark file.
-        fmt: ``"auto"`` (detect: a first line 'point'/'index' is elastix; commas make a CSV,
-            Learn2Reg is a header-less CSV; whitespace-separated numbers are DIR-Lab, 1-based,
-            1 is subtracted), ``"l2r"``, ``"dirlab"``, ``"elastix"`` or ``"csv"``.
-        volume: the image geometry, needed for coordinates in mm (csv with ``units="mm"``,
-            elastix 'point'); direction honoured.
-        spacing, origin: the geometry without a volume, (z, y, x) in mm (axis-aligned image assumed).
-        units: for ``"csv"`` only: ``"voxel"`` (default) or ``"mm"`` (world coordinates).
+    ``path``: the landmark file.
+    ``fmt``: ``"auto"`` (detect: a first line 'point'/'index' is elastix; commas make a CSV,
+    Learn2Reg is a header-less CSV; whitespace-separated numbers are DIR-Lab, 1-based, 1 is
+    subtracted), ``"l2r"``, ``"dirlab"``, ``"elastix"`` or ``"csv"``.
+    ``volume``: the image geometry, needed for coordinates in mm (csv with ``units="mm"``, elastix
+    'point'); direction honoured.
+    ``spacing``, ``origin``: the geometry without a volume, (z, y, x) in mm (axis-aligned image assumed).
+    ``units``: for ``"csv"`` only: ``"voxel"`` (default) or ``"mm"`` (world coordinates).
 
-    Returns:
-        Points, shape (N, 3), float64, 0-based voxel indices in (z, y, x) order.
+    Returns points, shape (N, 3), float64, 0-based voxel indices in (z, y, x) order.
 
-    Raises:
-        MedDiftError: an unknown format or unit, a malformed file (with the line), or mm
-            coordinates without a geometry.
+    Raises MedDiftError: an unknown format or unit, a malformed file (with the line), or mm
+    coordinates without a geometry.
     """
     from .paths import check_not_special
 
@@ -262,18 +256,15 @@ def read_point_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read corresponding fixed and moving landmarks.
 
-    Args:
-        fixed, moving: the two landmark files of one pair.
-        fmt, units: as in :func:`read_points`.
-        volume: the fixed image's geometry.
-        moving_volume: the moving image's geometry (default: ``volume``).
-        spacing, origin: serve both when no volume is given, (z, y, x) in mm.
+    ``fixed``, ``moving``: the two landmark files of one pair.
+    ``fmt``, ``units``: as in :func:`read_points`.
+    ``volume``: the fixed image's geometry.
+    ``moving_volume``: the moving image's geometry (default: ``volume``).
+    ``spacing``, ``origin``: serve both when no volume is given, (z, y, x) in mm.
 
-    Returns:
-        ``(fixed, moving)`` voxel points, each shape (N, 3), (z, y, x), float64.
+    Returns ``(fixed, moving)`` voxel points, each shape (N, 3), (z, y, x), float64.
 
-    Raises:
-        MedDiftError: what :func:`read_points` raises, or different point counts.
+    Raises MedDiftError: what :func:`read_points` raises, or different point counts.
     """
     mv = moving_volume if moving_volume is not None else volume
     a = read_points(fixed, fmt=fmt, volume=volume, spacing=spacing, origin=origin, units=units)
@@ -289,15 +280,12 @@ def read_point_pairs(
 def read_point_columns(path) -> dict[str, np.ndarray]:
     """All columns of a CSV with a header (as written by :func:`write_points_csv`).
 
-    Args:
-        path: the CSV file.
+    ``path``: the CSV file.
 
-    Returns:
-        ``{column: array (N,)}``: numeric columns as float64, others as str. x, y, z stay in
-        file order and units; use :func:`read_points` for (z, y, x) voxel points.
+    Returns ``{column: array (N,)}``: numeric columns as float64, others as str. x, y, z stay in
+    file order and units; use :func:`read_points` for (z, y, x) voxel points.
 
-    Raises:
-        MedDiftError: no such file, no header, or rows of different lengths.
+    Raises MedDiftError: no such file, no header, or rows of different lengths.
     """
     path = Path(path).expanduser()
     header, rows = _read_csv_table(path)
@@ -335,16 +323,14 @@ def write_points_csv(
 ) -> None:
     """Write voxel points as CSV: header ``x,y,z[,extra...]``, then one row per point.
 
-    Args:
-        path: the CSV file; missing folders are created.
-        points_zyx: voxel points, shape (N, 3), (z, y, x); the file holds X, Y, Z order
-            (0-based voxels).
-        columns: extra columns after x, y, z, each a length-N array (numbers, bools or strings).
-        header: ``False`` writes the bare Learn2Reg layout (only x, y, z, no header line).
+    ``path``: the CSV file; missing folders are created.
+    ``points_zyx``: voxel points, shape (N, 3), (z, y, x); the file holds X, Y, Z order
+    (0-based voxels).
+    ``columns``: extra columns after x, y, z, each a length-N array (numbers, bools or strings).
+    ``header``: ``False`` writes the bare Learn2Reg layout (only x, y, z, no header line).
 
-    Raises:
-        MedDiftError: points not of shape (N, 3); extra columns without a header, named x/y/z or
-            of another length; a file that cannot be written.
+    Raises MedDiftError: points not of shape (N, 3); extra columns without a header, named x/y/z or
+    of another length; a file that cannot be written.
     """
     path = Path(path).expanduser()
     pts = np.asarray(points_zyx, dtype=np.float64)

@@ -115,15 +115,12 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
     Same as ITK's ``TransformContinuousIndexToPhysicalPoint`` (direction honoured), with both
     sides in zyx order: world_xyz = origin_xyz + direction @ (spacing_xyz * index_xyz).
 
-    Args:
-        vol: the volume whose geometry (spacing, origin, direction) places the voxels.
-        zyx: continuous voxel indices, shape (3,) or (N, 3), (z, y, x).
+    ``vol``: the volume whose geometry (spacing, origin, direction) places the voxels.
+    ``zyx``: continuous voxel indices, shape (3,) or (N, 3), (z, y, x).
 
-    Returns:
-        World points in mm, same shape, (z, y, x), float64.
+    Returns world points in mm, same shape, (z, y, x), float64.
 
-    Raises:
-        MedDiftError: the last axis is not of length 3.
+    Raises MedDiftError: the last axis is not of length 3.
     """
     p = np.asarray(zyx, dtype=np.float64)
     if p.shape[-1:] != (3,):
@@ -136,15 +133,12 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
 def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
     """World (physical) coordinates to voxel indices; the inverse of :func:`voxel_to_world`.
 
-    Args:
-        vol: the volume whose geometry (spacing, origin, direction) places the voxels.
-        zyx_mm: world points in mm, shape (3,) or (N, 3), (z, y, x).
+    ``vol``: the volume whose geometry (spacing, origin, direction) places the voxels.
+    ``zyx_mm``: world points in mm, shape (3,) or (N, 3), (z, y, x).
 
-    Returns:
-        Continuous voxel indices, same shape, (z, y, x), float64.
+    Returns continuous voxel indices, same shape, (z, y, x), float64.
 
-    Raises:
-        MedDiftError: the last axis is not of length 3.
+    Raises MedDiftError: the last axis is not of length 3.
     """
     p = np.asarray(zyx_mm, dtype=np.float64)
     if p.shape[-1:] != (3,):
@@ -160,16 +154,13 @@ def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
 def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
     """A :class:`Volume` from a SimpleITK image.
 
-    Args:
-        image: a 3D scalar ``SimpleITK.Image``.
-        name: the volume's name (shown in napari, used in store names).
-        source: how to name the image in error messages (a file path, "layer ...").
+    ``image``: a 3D scalar ``SimpleITK.Image``.
+    ``name``: the volume's name (shown in napari, used in store names).
+    ``source``: how to name the image in error messages (a file path, "layer ...").
 
-    Returns:
-        The volume: array (z, y, x) float32, spacing and origin (z, y, x) in mm, ITK direction.
+    Returns the volume: array (z, y, x) float32, spacing and origin (z, y, x) in mm, ITK direction.
 
-    Raises:
-        MedDiftError: not 3D, not scalar, empty, or holding NaN/inf values.
+    Raises MedDiftError: not 3D, not scalar, empty, or holding NaN/inf values.
     """
     import SimpleITK as sitk
 
@@ -322,14 +313,11 @@ def _check_meta_header(path: Path) -> None:
 def volume_to_sitk(volume: Volume):
     """The SimpleITK image of a :class:`Volume`.
 
-    Args:
-        volume: array (z, y, x), spacing/origin (z, y, x) mm, direction.
+    ``volume``: array (z, y, x), spacing/origin (z, y, x) mm, direction.
 
-    Returns:
-        A float32 ``SimpleITK.Image`` with the same geometry (x, y, z order, as ITK has it).
+    Returns a float32 ``SimpleITK.Image`` with the same geometry (x, y, z order, as ITK has it).
 
-    Raises:
-        MedDiftError: the array is not 3D.
+    Raises MedDiftError: the array is not 3D.
     """
     import SimpleITK as sitk
 
@@ -541,17 +529,14 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None) ->
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a 3D CT.
 
-    Args:
-        path: a .nii/.nii.gz/.mha/.mhd/.nrrd file or a DICOM series folder (a folder holding
-            several series gives the one with the most files).
+    ``path``: a .nii/.nii.gz/.mha/.mhd/.nrrd file or a DICOM series folder (a folder holding
+    several series gives the one with the most files).
 
-    Returns:
-        The volume: array (z, y, x) float32 (HU for CT), spacing and origin (z, y, x) in mm,
-        ITK direction; named after the file.
+    Returns the volume: array (z, y, x) float32 (HU for CT), spacing and origin (z, y, x) in mm,
+    ITK direction; named after the file.
 
-    Raises:
-        MedDiftError: no such file, a single DICOM file, an unsupported ending, a corrupt, empty
-            or non-3D image.
+    Raises MedDiftError: no such file, a single DICOM file, an unsupported ending, a corrupt, empty
+    or non-3D image.
     """
     import SimpleITK as sitk
 
@@ -591,13 +576,11 @@ def read_volume(path: str | os.PathLike) -> Volume:
 def write_volume(volume: Volume, path: str | os.PathLike) -> None:
     """Write a :class:`Volume` as float32, keeping its geometry.
 
-    Args:
-        volume: array (z, y, x), spacing/origin (z, y, x) mm, direction.
-        path: a .nii/.nii.gz/.mha/.mhd/.nrrd file; missing folders are created.
+    ``volume``: array (z, y, x), spacing/origin (z, y, x) mm, direction.
+    ``path``: a .nii/.nii.gz/.mha/.mhd/.nrrd file; missing folders are created.
 
-    Raises:
-        MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be
-            written (full disk, read-only folder: the file that was there is kept).
+    Raises MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be
+    written (full disk, read-only folder: the file that was there is kept).
     """
     path = Path(path).expanduser()
     suffix = _suffix(path)
