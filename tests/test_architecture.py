@@ -72,7 +72,9 @@ def unit_of(name: str) -> str | None:
     if len(parts) == 1:
         return "__init__"
     unit = parts[1]
-    known = {p.stem if p.is_file() else p.name for p in PKG.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    known = {
+        p.stem if p.is_file() else p.name for p in PKG.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()
+    }
     return unit if unit in known else "__init__"  # `from napari_meddift import __version__`
 
 

@@ -138,8 +138,8 @@ def test_cli_identity(labels, tmp_path, capsys):
     root = tmp_path / "l2r"
     _write_standins(root, labels, ("0003",), shift=False)
     rc = main(
-        ["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--backbone", "identity", "--cases", "3", "--no-keypoints",
-         "-o", str(tmp_path / "o")]
+        ["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--backbone", "identity", "--cases", "3",
+         "--no-keypoints", "-o", str(tmp_path / "o")]
     )
     assert rc == 0
     out = capsys.readouterr().out

@@ -47,7 +47,7 @@ class _NumItem(QTableWidgetItem):
         self.setData(Qt.ItemDataRole.UserRole, float(value))
         self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
-    def __lt__(self, other):  # noqa: D105
+    def __lt__(self, other):
         a, b = self.data(Qt.ItemDataRole.UserRole), other.data(Qt.ItemDataRole.UserRole)
         a = -math.inf if a is None or math.isnan(a) else a
         b = -math.inf if b is None or math.isnan(b) else b

@@ -209,7 +209,8 @@ def layer_to_volume(layer):
         raise MedDiftError("no image layer chosen; open a CT volume first")
     if getattr(layer, "rgb", False) or np.ndim(layer.data) != 3 or getattr(layer, "multiscale", False):
         raise MedDiftError(
-            f"layer '{layer.name}' is not a 3D grey-value image (shape {np.shape(layer.data)}); choose a CT volume layer"
+            f"layer '{layer.name}' is not a 3D grey-value image (shape {np.shape(layer.data)}); "
+            "choose a CT volume layer"
         )
     meta = layer.metadata.get(VOLUME_KEY, {}) if isinstance(layer.metadata, dict) else {}
     geo = layer_geometry(layer)

@@ -62,7 +62,8 @@ def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
 def thread_env(threads: int) -> dict[str, str]:
     """Environment that caps OpenMP, MKL, OpenBLAS and numba pools (read once, at process start)."""
     t = str(int(threads))
-    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "NUMBA_NUM_THREADS": t, THREADS_ENV: t}
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "NUMBA_NUM_THREADS": t,
+            THREADS_ENV: t}
 
 
 def default_workers(device: str = "auto", gpus: Sequence[str] | None = None) -> int:

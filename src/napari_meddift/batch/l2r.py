@@ -102,17 +102,15 @@ def evaluate_l2r_on_cluster(root, *args, workers: int | None = None, scheduler: 
     Takes ``evaluate_l2r``'s arguments (its signature is the one source of them; only ``device``
     defaults differently, :data:`CLUSTER_DEFAULTS`) and the cluster's own keywords.
 
-    Args:
-        root, *args, **kwargs: as for ``evaluate_l2r`` (``done`` aside); a backbone given by name is
-            built on the workers (its ``weights`` must be readable there). ``device``: the matching
-            device, ``"auto"`` by default, resolved on each worker.
-        workers, scheduler, client: a local cluster of that many processes (default 1), the
-            running scheduler at that address (``tcp://host:port``), or that ``distributed.Client``.
-        threads: PyTorch threads per worker (default: the cores split between workers).
-        progress: ``progress(done, total, message)`` per extracted image and per matched case.
+    ``root``, ``*args``, ``**kwargs``: as for ``evaluate_l2r`` (``done`` aside); a backbone given by
+    name is built on the workers (its ``weights`` must be readable there). ``device``: the matching
+    device, ``"auto"`` by default, resolved on each worker.
+    ``workers``, ``scheduler``, ``client``: a local cluster of that many processes (default 1), the
+    running scheduler at that address (``tcp://host:port``), or that ``distributed.Client``.
+    ``threads``: PyTorch threads per worker (default: the cores split between workers).
+    ``progress``: ``progress(done, total, message)`` per extracted image and per matched case.
 
-    Returns:
-        The same ``L2RResult`` as the serial harness (table and JSON written to the output folder).
+    Returns the same ``L2RResult`` as the serial harness (table and JSON written to the output folder).
     """
     from ..backbones.base import ExtractionSettings
     from ..evaluation.l2r import check_files, evaluate_l2r, is_identity, l2r_cases, method_name, output_folder

@@ -150,7 +150,8 @@ def display_missing() -> bool:
         return False
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
         return False
-    return os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] not in ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
+    platform = os.environ.get("QT_QPA_PLATFORM", "").split(":")[0]
+    return platform not in ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
 
 
 def run(args: argparse.Namespace) -> int:

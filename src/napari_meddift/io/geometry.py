@@ -34,11 +34,10 @@ TOLERANCE = 1e-5
 class Grid:
     """A voxel grid: shape and spacing (z, y, x), origin (z, y, x) mm (LPS), direction (ITK x, y, z).
 
-    Attributes:
-        shape: voxels per axis (z, y, x).
-        spacing: mm between voxel centres per axis (z, y, x).
-        origin: physical position of voxel (0, 0, 0), (z, y, x) mm.
-        direction: 3x3 direction cosines in ITK's (x, y, z) convention, as a tuple of 9 floats.
+    ``shape``: voxels per axis (z, y, x).
+    ``spacing``: mm between voxel centres per axis (z, y, x).
+    ``origin``: physical position of voxel (0, 0, 0), (z, y, x) mm.
+    ``direction``: 3x3 direction cosines in ITK's (x, y, z) convention, as a tuple of 9 floats.
     """
 
     shape: tuple[int, int, int]

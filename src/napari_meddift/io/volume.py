@@ -118,16 +118,13 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
     Same as ITK's ``TransformContinuousIndexToPhysicalPoint`` (direction honoured), with both
     sides in zyx order: world_xyz = origin_xyz + direction @ (spacing_xyz * index_xyz).
 
-    Args:
-        vol: the volume whose geometry (spacing, origin, direction) places the voxels; any object
-            with those three attributes (a Volume, _qt/_layers.LayerGeometry).
-        zyx: continuous voxel indices, shape (3,) or (N, 3), (z, y, x).
+    ``vol``: the volume whose geometry (spacing, origin, direction) places the voxels; any object
+    with those three attributes (a Volume, _qt/_layers.LayerGeometry).
+    ``zyx``: continuous voxel indices, shape (3,) or (N, 3), (z, y, x).
 
-    Returns:
-        World points in mm, same shape, (z, y, x), float64.
+    Returns world points in mm, same shape, (z, y, x), float64.
 
-    Raises:
-        MedDiftError: the last axis is not of length 3.
+    Raises MedDiftError: the last axis is not of length 3.
     """
     p = np.asarray(zyx, dtype=np.float64)
     if p.shape[-1:] != (3,):
@@ -140,16 +137,13 @@ def voxel_to_world(vol: Volume, zyx: ArrayLike) -> np.ndarray:
 def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
     """World (physical) coordinates to voxel indices; the inverse of :func:`voxel_to_world`.
 
-    Args:
-        vol: the volume whose geometry (spacing, origin, direction) places the voxels; any object
-            with those three attributes (a Volume, _qt/_layers.LayerGeometry).
-        zyx_mm: world points in mm, shape (3,) or (N, 3), (z, y, x).
+    ``vol``: the volume whose geometry (spacing, origin, direction) places the voxels; any object
+    with those three attributes (a Volume, _qt/_layers.LayerGeometry).
+    ``zyx_mm``: world points in mm, shape (3,) or (N, 3), (z, y, x).
 
-    Returns:
-        Continuous voxel indices, same shape, (z, y, x), float64.
+    Returns continuous voxel indices, same shape, (z, y, x), float64.
 
-    Raises:
-        MedDiftError: the last axis is not of length 3.
+    Raises MedDiftError: the last axis is not of length 3.
     """
     p = np.asarray(zyx_mm, dtype=np.float64)
     if p.shape[-1:] != (3,):
@@ -163,16 +157,13 @@ def world_to_voxel(vol: Volume, zyx_mm: ArrayLike) -> np.ndarray:
 def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
     """A :class:`Volume` from a SimpleITK image.
 
-    Args:
-        image: a 3D scalar ``SimpleITK.Image``.
-        name: the volume's name (shown in napari, used in store names).
-        source: how to name the image in error messages (a file path, "layer ...").
+    ``image``: a 3D scalar ``SimpleITK.Image``.
+    ``name``: the volume's name (shown in napari, used in store names).
+    ``source``: how to name the image in error messages (a file path, "layer ...").
 
-    Returns:
-        The volume: array (z, y, x) float32, spacing and origin (z, y, x) in mm, ITK direction.
+    Returns the volume: array (z, y, x) float32, spacing and origin (z, y, x) in mm, ITK direction.
 
-    Raises:
-        MedDiftError: not 3D, not scalar, empty, or holding NaN/inf values.
+    Raises MedDiftError: not 3D, not scalar, empty, or holding NaN/inf values.
     """
     import SimpleITK as sitk
 
@@ -186,7 +177,9 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
             "give a single-channel (scalar) 3D CT instead"
         )
     if dim == 2:
-        raise MedDiftError(f"{source}: is a 2D image ({size_txt}); give a 3D volume (a NIfTI/MHA/NRRD file or a DICOM folder)")
+        raise MedDiftError(
+            f"{source}: is a 2D image ({size_txt}); give a 3D volume (a NIfTI/MHA/NRRD file or a DICOM folder)"
+        )
     if dim != 3:
         raise MedDiftError(
             f"{source}: is a {dim}D image ({size_txt}); extract one 3D volume (e.g. one 4D-CT phase) and load that"
@@ -196,14 +189,18 @@ def volume_from_sitk(image, name: str = "", source: str = "image") -> Volume:
     if 1 in size:
         raise MedDiftError(f"{source}: is a single slice (size {size_txt}), i.e. 2D; give a 3D volume")
     if "complex" in image.GetPixelIDTypeAsString():
-        raise MedDiftError(f"{source}: holds complex voxel values ({image.GetPixelIDTypeAsString()}); give a real-valued "
-                           "CT (e.g. the magnitude, saved as a scalar image)")
+        raise MedDiftError(
+            f"{source}: holds complex voxel values ({image.GetPixelIDTypeAsString()}); give a real-valued "
+            "CT (e.g. the magnitude, saved as a scalar image)"
+        )
     check_geometry(image.GetSpacing()[::-1], image.GetOrigin()[::-1], image.GetDirection(), source)
     arr = sitk.GetArrayFromImage(image)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise MedDiftError(f"{source}: holds {bad} NaN/inf voxel value(s); fix or replace them (e.g. with -1000 HU) and save again")
+        raise MedDiftError(
+            f"{source}: holds {bad} NaN/inf voxel value(s); fix or replace them (e.g. with -1000 HU) and save again"
+        )
     return Volume(
         array=arr,
         spacing=tuple(float(s) for s in image.GetSpacing()[::-1]),  # type: ignore[arg-type]
@@ -355,21 +352,20 @@ def _check_meta_header(path: Path) -> None:
                 raise MedDiftError(f"{path}: has an impossible {key} in its header ({problem}); fix the header and "
                                    "save again")
         if key in ("elementspacing", "elementsize") and min(numbers) <= 0:
-            raise MedDiftError(f"{path}: has voxel spacing {value.strip()[:60]} in its header; spacing must be positive: "
-                               "fix the header and save again")
+            raise MedDiftError(
+                f"{path}: has voxel spacing {value.strip()[:60]} in its header; spacing must be positive: "
+                "fix the header and save again"
+            )
 
 
 def volume_to_sitk(volume: Volume):
     """The SimpleITK image of a :class:`Volume`.
 
-    Args:
-        volume: array (z, y, x), spacing/origin (z, y, x) mm, direction.
+    ``volume``: array (z, y, x), spacing/origin (z, y, x) mm, direction.
 
-    Returns:
-        A float32 ``SimpleITK.Image`` with the same geometry (x, y, z order, as ITK has it).
+    Returns a float32 ``SimpleITK.Image`` with the same geometry (x, y, z order, as ITK has it).
 
-    Raises:
-        MedDiftError: the array is not 3D.
+    Raises MedDiftError: the array is not 3D.
     """
     import SimpleITK as sitk
 
@@ -421,8 +417,10 @@ def _check_dicom_series(path: Path, files, in_series: set[str]) -> None:
         if magic == b"DICM":
             dropped.append(e.name)
     if dropped:
-        raise MedDiftError(f"{path}: {len(dropped)} DICOM file(s) cannot be read as part of a series (e.g. {dropped[0]}: "
-                           "truncated or corrupt); copy the series again")
+        raise MedDiftError(
+            f"{path}: {len(dropped)} DICOM file(s) cannot be read as part of a series (e.g. {dropped[0]}: "
+            "truncated or corrupt); copy the series again"
+        )
     positions, normal = [], None
     info = sitk.ImageFileReader()
     for f in files:
@@ -472,24 +470,23 @@ def read_dicom_series(path: str | os.PathLike, series_uid: str | None = None) ->
         image = reader.Execute()
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise MedDiftError(f"{path}: the DICOM series cannot be read ({msg}); check that all slices are complete") from None
+        raise MedDiftError(
+            f"{path}: the DICOM series cannot be read ({msg}); check that all slices are complete"
+        ) from None
     return volume_from_sitk(image, name=path.name, source=str(path))
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a 3D CT.
 
-    Args:
-        path: a .nii/.nii.gz/.mha/.mhd/.nrrd file or a DICOM series folder (a folder holding
-            several series gives the one with the most files).
+    ``path``: a .nii/.nii.gz/.mha/.mhd/.nrrd file or a DICOM series folder (a folder holding
+    several series gives the one with the most files).
 
-    Returns:
-        The volume: array (z, y, x) float32 (HU for CT), spacing and origin (z, y, x) in mm,
-        ITK direction; named after the file.
+    Returns the volume: array (z, y, x) float32 (HU for CT), spacing and origin (z, y, x) in mm,
+    ITK direction; named after the file.
 
-    Raises:
-        MedDiftError: no such file, a single DICOM file, an unsupported ending, a corrupt, empty
-            or non-3D image.
+    Raises MedDiftError: no such file, a single DICOM file, an unsupported ending, a corrupt, empty
+    or non-3D image.
     """
     import SimpleITK as sitk
 
@@ -516,26 +513,30 @@ def read_volume(path: str | os.PathLike) -> Volume:
     except RuntimeError as exc:
         text = str(exc)
         if "size is zero" in text:
-            raise MedDiftError(f"{path}: is empty (an axis of size 0); the file holds no voxels, re-export the volume") from None
-        raise MedDiftError(f"{path}: cannot be read, the file is corrupt, truncated or not a {suffix} image; export it again") from None
+            raise MedDiftError(
+                f"{path}: is empty (an axis of size 0); the file holds no voxels, re-export the volume"
+            ) from None
+        raise MedDiftError(
+            f"{path}: cannot be read, the file is corrupt, truncated or not a {suffix} image; export it again"
+        ) from None
     return volume_from_sitk(image, name=_stem(path), source=str(path))
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> None:
     """Write a :class:`Volume` as float32, keeping its geometry.
 
-    Args:
-        volume: array (z, y, x), spacing/origin (z, y, x) mm, direction.
-        path: a .nii/.nii.gz/.mha/.mhd/.nrrd file; missing folders are created.
+    ``volume``: array (z, y, x), spacing/origin (z, y, x) mm, direction.
+    ``path``: a .nii/.nii.gz/.mha/.mhd/.nrrd file; missing folders are created.
 
-    Raises:
-        MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be
-            written (full disk, read-only folder: the file that was there is kept).
+    Raises MedDiftError: an unsupported ending, a volume that is not 3D, or a file that cannot be
+    written (full disk, read-only folder: the file that was there is kept).
     """
     path = Path(path).expanduser()
     suffix = _suffix(path)
     if suffix not in VOLUME_SUFFIXES:
-        raise MedDiftError(f"{path}: cannot write '{suffix or path.name}'; use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd")
+        raise MedDiftError(
+            f"{path}: cannot write '{suffix or path.name}'; use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd"
+        )
     from .outputs import write_image
 
     write_image(volume_to_sitk(volume), path, "output")  # whole or not at all (io/outputs.py)

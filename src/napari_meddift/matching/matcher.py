@@ -239,7 +239,10 @@ class Matcher:
             raise MedDiftError("points must be integer voxel indices (z, y, x)")
         bad = np.any((ri < 0) | (ri >= np.asarray(shape)), axis=1)
         if bad.any():
-            raise MedDiftError(f"point (z, y, x) = {tuple(int(v) for v in ri[bad][0])} lies outside the volume of shape (z, y, x) {tuple(shape)}")
+            raise MedDiftError(
+                f"point (z, y, x) = {tuple(int(v) for v in ri[bad][0])} "
+                f"lies outside the volume of shape (z, y, x) {tuple(shape)}"
+            )
         return ri
 
     def _centers(self, pts: np.ndarray) -> np.ndarray:

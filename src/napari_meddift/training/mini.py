@@ -182,7 +182,9 @@ def check_training_args(out_path: Path, minutes: float, crop: int, spacing: floa
     positive(checkpoint_minutes, "checkpoint_minutes")
     factor = 2 ** (len(arch.get("channels", MINI_ARCH["channels"])) - 1)
     if int(crop) != crop or crop < 4 * factor or crop % factor:
-        raise MedDiftError(f"--crop must be a whole number of voxels, a multiple of {factor} and at least {4 * factor}, got {crop}")
+        raise MedDiftError(
+            f"--crop must be a whole number of voxels, a multiple of {factor} and at least {4 * factor}, got {crop}"
+        )
     if int(batch) != batch or batch < 1:
         raise MedDiftError(f"--batch must be at least 1, got {batch}")
     if int(threads) != threads or threads < 1:
@@ -228,7 +230,10 @@ def _train(files, out_path, log_path, minutes, crop, spacing, batch, seed, hold_
         "schedule": {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta",
                      "beta_start": 0.0015, "beta_end": 0.0195, "prediction": "epsilon"},
         "timestep_sampling": "half uniform [0,1000), half uniform [0,200)",
-        "crop": crop, "batch": batch, "lr": lr, "optimizer": "AdamW(wd=1e-4), warm-up 50 steps, cosine over time budget",
+        "crop": crop,
+        "batch": batch,
+        "lr": lr,
+        "optimizer": "AdamW(wd=1e-4), warm-up 50 steps, cosine over time budget",
         "seed": seed,
         "training_files": used,
         "held_out": sorted(set(hold_out) | {DEMO_SOURCE}),

@@ -54,7 +54,9 @@ class ExplorerJobs(QObject):
             return ex.show_error(MedDiftError("open the source and target images first (two 3D image layers)"))
         paths = [str(v) if v is not None else "" for v in (c.source_store.value, c.target_store.value)]
         if any(p in ("", ".") for p in paths):
-            return ex.show_error(MedDiftError("give a descriptor store for both images (run 'Extract descriptors' first)"))
+            return ex.show_error(
+                MedDiftError("give a descriptor store for both images (run 'Extract descriptors' first)")
+            )
 
         def load(progress):
             from ...io.store import open_store

@@ -226,7 +226,9 @@ class MapLayers:
             return self._signs[axis]
         e = np.zeros(3)
         e[axis] = 1.0
-        d = np.asarray(self.target_layer.data_to_world(e), float) - np.asarray(self.target_layer.data_to_world(np.zeros(3)), float)
+        d = np.asarray(self.target_layer.data_to_world(e), float) - np.asarray(
+            self.target_layer.data_to_world(np.zeros(3)), float
+        )
         self._signs[axis] = 1 if d[axis] >= 0 else -1
         return self._signs[axis]
 

@@ -19,7 +19,7 @@ class TargetView(QWidget):
     def __init__(self, title: str = "MedDIFT target", parent=None):
         from napari.components import ViewerModel
 
-        QtViewer = qt_viewer_class()  # noqa: N806 (a class)
+        QtViewer = qt_viewer_class()
 
         super().__init__(parent)
         self.viewer = ViewerModel(title=title)
