@@ -129,7 +129,8 @@ def test_cli_doc_has_a_section_per_subcommand_and_names_its_options():
         documented = _options(section)
         actions = [a for a in parser._actions if a.option_strings and "--help" not in a.option_strings]
         undocumented = [a.option_strings[-1] for a in actions
-                        if not any(o in documented or (not o.startswith("--") and re.search(rf"(?<![\w-]){o}\b", section))
+                        if not any(o in documented
+                                   or (not o.startswith("--") and re.search(rf"(?<![\w-]){o}\b", section))
                                    for o in a.option_strings)]
         if undocumented:
             problems.append(f"{name}: options not in its section: {sorted(undocumented)}")
