@@ -74,7 +74,7 @@ class Driver:
         QApplication.primaryScreen().grabWindow(0).save(os.path.join(self.args.screenshots, name))
 
     def poll(self):
-        from napari_meddift._qt._explorer import explorer_in
+        from napari_meddift._qt.explorer.widget import explorer_in
 
         s = self.stamps
         bar = self.task.bar

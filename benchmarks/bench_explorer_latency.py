@@ -124,7 +124,7 @@ def run(args) -> dict:
     from qtpy.QtGui import QMouseEvent
     from qtpy.QtWidgets import QApplication
 
-    from napari_meddift._qt._explorer import ExplorerWidget
+    from napari_meddift._qt.explorer import ExplorerWidget, LatencyRecorder
     from napari_meddift._qt._napari_private import canvas_widget
     from napari_meddift.matching import Matcher
 
@@ -134,6 +134,7 @@ def run(args) -> dict:
     viewer = napari.Viewer(show=True, title="latency benchmark")
     app = QApplication.instance()
     ex = ExplorerWidget(viewer)
+    rec = LatencyRecorder(ex)  # the mouse path's stage timings (the widget only emits timestamps)
     viewer.window.add_dock_widget(ex, name="Correspondence explorer", area="right")
     t0 = time.perf_counter()
     if args.demo:
@@ -174,14 +175,14 @@ def run(args) -> dict:
     for _ in range(5):
         n0 = len(applied)
         move(*random_pixel())
-        _process_until(app, lambda: len(applied) > n0 or ex._worker.idle)
-        _process_until(app, lambda: ex._worker.idle)
+        _process_until(app, lambda: len(applied) > n0 or ex.search_worker.idle)
+        _process_until(app, lambda: ex.search_worker.idle)
         app.processEvents()
 
     # (a) single events: send one, wait for its layers
     single = []
     misses = 0
-    ex.timings.clear()
+    rec.timings.clear()
     t_send_list = []
     for i in range(args.events):
         if i % 20 == 0:  # change slice now and then, as a user scrolls (not timed)
@@ -198,9 +199,9 @@ def run(args) -> dict:
             continue
         single.append((applied[-1][0] - t_send) * 1e3)
         t_send_list.append((applied[-1][1].request.t_event - t_send) * 1e3)
-        _process_until(app, lambda: ex._fb_worker.idle and ex._cmp_worker.idle)  # consistency, compare strip
+        _process_until(app, lambda: ex.consistency_worker.idle and ex.compare_worker.idle)  # consistency, compare strip
         if ex.state.compare_timesteps:
-            _process_until(app, lambda: len(ex.compare_latencies_ms) >= len(single) or ex._cmp_worker.idle)
+            _process_until(app, lambda: len(rec.compare_latencies_ms) >= len(single) or ex.compare_worker.idle)
         _settle(app)  # ...and its status repaint, which would otherwise overlap the next search
 
     # (b) bursts: an event every 5 ms for 2 s; latency of each *displayed* result from its own event.
@@ -221,7 +222,7 @@ def run(args) -> dict:
             t_next = ts + 0.005
             while time.perf_counter() < t_next:
                 app.processEvents()
-        _process_until(app, lambda: ex._worker.idle)
+        _process_until(app, lambda: ex.search_worker.idle)
         app.processEvents()
         for t_applied, r in applied[n0:]:
             k = bisect.bisect_right(sends, r.request.t_event)
@@ -229,7 +230,7 @@ def run(args) -> dict:
                 burst_lat.append((t_applied - sends[k - 1]) * 1e3)
                 shown += 1
     compute = [r.compute_ms for _, r in applied]
-    stages = {k: pct([t[k] for t in list(ex.timings)[: len(single)] if t[k] == t[k]])
+    stages = {k: pct([t[k] for t in list(rec.timings)[: len(single)] if t[k] == t[k]])
               for k in ("event_to_submit", "compute", "wait_and_queue", "apply")}
     stages["napari_to_callback"] = pct(t_send_list)
     res = {
@@ -239,13 +240,13 @@ def run(args) -> dict:
         "shown": _shown(ex),
         "matcher_build_s": round(build_s, 2),
         "single_event_to_layers": pct(single),
-        "single_event_to_compare_strip": pct(list(ex.compare_latencies_ms)) if ex.compare_latencies_ms else None,
+        "single_event_to_compare_strip": pct(list(rec.compare_latencies_ms)) if rec.compare_latencies_ms else None,
         "worker_compute": pct(compute),
         "single_event_stages": stages,
         "burst_event_to_layers": pct(burst_lat) if burst_lat else None,
         "burst_events_sent": sent,
         "burst_results_shown": shown,
-        "dropped_stale_requests": ex._worker.dropped,
+        "dropped_stale_requests": ex.search_worker.dropped,
         "timeouts": misses,
         "load_average": os.getloadavg(),
     }

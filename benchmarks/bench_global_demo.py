@@ -52,7 +52,9 @@ def main() -> None:
               f"{int(table.consistent.sum())} consistent")
     a, b = tables["fused"], tables["tensor"]
     same = int(np.all(a.target_zyx == b.target_zyx, axis=1).sum())
-    print(f"same targets {same}/{len(query)}; max ambiguity difference {np.nanmax(np.abs(a.ambiguity - b.ambiguity)):.1e}")
+    print(
+        f"same targets {same}/{len(query)}; max ambiguity difference {np.nanmax(np.abs(a.ambiguity - b.ambiguity)):.1e}"
+    )
 
 
 if __name__ == "__main__":

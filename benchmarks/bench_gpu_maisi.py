@@ -196,7 +196,8 @@ def main() -> None:
     rows = [("components", "encode_s", "autoencoder encode (s)"), ("components", "unet_s", "one UNet pass (s)"),
             ("extract", "extract_only_s", "extraction, descriptors on the host (s)"),
             ("extract", "extract_latent_kept_s", "extraction, latent kept (another timestep) (s)"),
-            ("extract", "extract_store_s", "extraction + store write (s)"), ("extract", "peak_gb", "peak GPU memory (GB)")]
+            ("extract", "extract_store_s", "extraction + store write (s)"),
+            ("extract", "peak_gb", "peak GPU memory (GB)")]
     for kind, k, label in rows:
         if f"{kind}_{dtypes[0]}" in res:
             print(f"| {label} | " + " | ".join(f"{res[f'{kind}_{d}'][k]:.3f}" for d in dtypes) + " |")

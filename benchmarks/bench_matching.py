@@ -102,7 +102,8 @@ def main() -> None:
     # windowed queries: a mouse event, cold (norms from the window's own nodes)
     pts = points(nq, IMAGE, 0)
     md, p90 = med_ms(lambda p: m.similarity(p, 16), pts)
-    rows.append(("windowed similarity R=16, 4 levels (map over 33^3)", f"median {md:.1f} ms (p90 {p90:.1f})", "", f"{nq} random voxels"))
+    rows.append(("windowed similarity R=16, 4 levels (map over 33^3)", f"median {md:.1f} ms (p90 {p90:.1f})", "",
+                 f"{nq} random voxels"))
     md, p90 = med_ms(lambda p: m.match(p, 16, check_consistency=False), pts[: nq // 2])
     rows.append(("windowed match R=16 (argmax + ambiguity)", f"median {md:.1f} ms (p90 {p90:.1f})", "", ""))
     md, p90 = med_ms(lambda p: m.match(p, 16), pts[: nq // 2])
@@ -111,7 +112,9 @@ def main() -> None:
     # full-image norm maps (once per volume, lazily)
     with m._compute():  # the matcher's own thread setting, as match_points uses it
         t_norm_tgt, _ = timed(lambda: [m._tgt.level(n).full_inv_norm() for n in SIZES])
-    rows.append(("full-image norm maps, one volume (cached once)", f"{t_norm_tgt:.1f} s", "", "exact Gram method, 4 levels"))
+    rows.append(
+        ("full-image norm maps, one volume (cached once)", f"{t_norm_tgt:.1f} s", "", "exact Gram method, 4 levels")
+    )
 
     # global exact query
     gp = points(3 if args.quick else 7, IMAGE, 1)
@@ -129,7 +132,7 @@ def main() -> None:
     rows.append((f"{args.keypoints} keypoints, R=16, forward only", f"{t_kp1:.1f} s", "", "norm maps cached"))
 
     rows += global_rows(m, args)
-    del m
+    m = None  # frees the matcher (not `del`: the lambdas above close over it)
 
     # dense reference vs ours: the full image with one level (up3, 64 channels: 2 GB dense per
     # volume); all four levels would need 29.4 GB per volume.
@@ -163,7 +166,7 @@ def main() -> None:
         ref = dense_global(p)[0].numpy()
         err = max(err, float(np.abs(ours - ref).max()))
         agree += int(np.argmax(ours) == np.argmax(ref) or abs(ours.max() - ref.max()) < 1e-6)
-    del dt
+    dt = None  # frees the dense target (not `del`: dense_window/dense_global close over it)
     tag = "192x192x208, level up3 only (64 ch)"
     gb = SIZES[lv][0] * np.prod(IMAGE) * 4 / 1e9
     rows.append(("dense reference: upsample + normalise one level", "not needed",
@@ -181,7 +184,9 @@ def main() -> None:
     stamp = _dt.date.today().isoformat()
     cpu = platform.processor() or platform.machine()
     header = (
-        f"Measured {stamp} with `nice python benchmarks/bench_matching.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on a {os.cpu_count()}-core CPU "
+        f"Measured {stamp} with "
+        f"`nice python benchmarks/bench_matching.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` "
+        f"on a {os.cpu_count()}-core CPU "
         f"({cpu}), torch {torch.__version__}. The matcher runs on 1 intra-op thread (`Matcher.cpu_threads`, "
         f"its default) except the batch global search (`Matcher.global_threads`, default {torch.get_num_threads()}, "
         f"the fused CPU kernel); the dense reference on torch's default ({torch.get_num_threads()}). Load average "
@@ -207,7 +212,9 @@ def global_rows(m: Matcher, args) -> list[tuple[str, str, str, str]]:
         m.global_search = "dense"
         t_d, old = timed(lambda: m.match_points(pts[:nd], None))
         m.global_search = "stream"
-        same = int(np.sum(np.all(old.target_zyx == fast.target_zyx[:nd], axis=1) & (old.fb_distance == fast.fb_distance[:nd])))
+        same = int(
+            np.sum(np.all(old.target_zyx == fast.target_zyx[:nd], axis=1) & (old.fb_distance == fast.fb_distance[:nd]))
+        )
         rows.append((f"same, old per-point whole-map search ({nd} points)", f"{t_d / nd:.2f} s/point",
                      "", f"2000 points ~ {2000 * t_d / nd / 60:.1f} min; {same}/{nd} matches and fb identical"))
     return rows

@@ -108,12 +108,15 @@ def main() -> None:
         for n in (int(w) for w in args.workers.split(",")):
             rows.append(clustered(images, Path(tmp) / f"w{n}", n, args.backbone, args.random_weights))
     print(f"{len(images)} scans, {args.backbone}, {usable_cores()} cores")
-    print("| workers | threads each | cluster start (s) | wall (s) | scans/min | median s/scan | peak RSS per worker (MB) | load before / after |")
+    print("| workers | threads each | cluster start (s) | wall (s) | scans/min | median s/scan "
+          "| peak RSS per worker (MB) | load before / after |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
-        print(f"| {r['workers']} | {r['threads']} | {r['start_s']:.1f} | {r['wall_s']:.1f} | {r['scans_per_min']:.1f} | "
-              f"{r['median_scan_s']:.2f} | {rss} | {r['load_before']} / {r['load_after']} |")
+        print(
+            f"| {r['workers']} | {r['threads']} | {r['start_s']:.1f} | {r['wall_s']:.1f} | {r['scans_per_min']:.1f} | "
+            f"{r['median_scan_s']:.2f} | {rss} | {r['load_before']} / {r['load_after']} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 

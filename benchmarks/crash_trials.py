@@ -158,8 +158,11 @@ def output_trials(n_random: int, n_steps: int, rng: random.Random) -> dict:
                     continue
                 out["old" if got == refs[current][name] else "new" if got == refs[new][name] else "corrupted"] += 1
             # the next full write succeeds and leaves no partial folder behind
-            subprocess.run([sys.executable, "-c", OUTPUT_WRITER, str(SRC), str(folder), str(current), "none"], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-c", OUTPUT_WRITER, str(SRC), str(folder), str(current), "none"],
+                check=True,
+                capture_output=True,
+            )
             out["debris_after_next_write"] += sum(".partial-" in p.name for p in folder.iterdir())
     out["write_seconds"] = round(write_s, 2)
     return out
@@ -239,7 +242,8 @@ def kill_trials(n_random: int, n_steps: int, rng: random.Random) -> dict:
 
 def damage_trials(n: int, rng: random.Random) -> dict:
     kinds = ["delete chunk", "truncate chunk", "empty chunk", "random bytes", "flip one byte"]
-    out = {"trials": 0, "detected_at_open": 0, "detected_at_read": 0, "detected_by_check": 0, "silent": 0, "by_kind": {}}
+    out = {"trials": 0, "detected_at_open": 0, "detected_at_read": 0, "detected_by_check": 0, "silent": 0,
+           "by_kind": {}}
     ref = as_stored(levels_for(0))
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
@@ -276,7 +280,8 @@ def damage_trials(n: int, rng: random.Random) -> dict:
                     if not S.verify_store(path)["ok"]:
                         where = "detected_by_check"
                     elif all(np.array_equal(values[k], ref[k]) for k in ref):
-                        where = "detected_by_check"  # the damage did not change any value (cannot happen with zstd checksums)
+                        # the damage did not change any value (cannot happen with zstd checksums)
+                        where = "detected_by_check"
             out[where] += 1
             out["trials"] += 1
             out["by_kind"].setdefault(kind, {}).setdefault(where, 0)

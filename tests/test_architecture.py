@@ -72,7 +72,9 @@ def unit_of(name: str) -> str | None:
     if len(parts) == 1:
         return "__init__"
     unit = parts[1]
-    known = {p.stem if p.is_file() else p.name for p in PKG.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+    known = {
+        p.stem if p.is_file() else p.name for p in PKG.iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()
+    }
     return unit if unit in known else "__init__"  # `from napari_meddift import __version__`
 
 
@@ -166,6 +168,29 @@ def test_no_cycles_between_units():
         if u not in state:
             visit(u)
     assert not cycles, "imports run both ways between units:\n" + "\n".join(cycles)
+
+
+#: the core's own order, as docs/architecture.md draws it: a core unit imports only units of a lower rank
+CORE_RANK = {"__init__": 0, "errors": 0, "progress": 0, "lazy": 0, "io": 1, "backbones": 2, "matching": 2,
+             "pca": 2, "registration": 3, "explorer": 3}
+
+
+def test_core_units_import_downwards():
+    assert set(CORE_RANK) == CORE, "give every core unit a rank in CORE_RANK (and a place in docs/architecture.md)"
+    bad = [edge for src, targets in unit_graph().items() if src in CORE
+           for dst, edges in targets.items() if dst in CORE and CORE_RANK[dst] >= CORE_RANK[src]
+           for edge in sorted(edges)]
+    assert {"backbones", "matching", "io"} <= set(unit_graph()["registration"])  # the check sees core edges
+    assert not bad, ("inside the core, imports run downwards (base <- io/ <- backbones/, matching/, pca.py <- "
+                     "registration/, explorer/; docs/architecture.md):\n" + "\n".join(bad))
+
+
+def test_only_the_demo_command_opens_napari():
+    """cli/ may import _qt/ (and napari) only to open the demo's window."""
+    bad = [f"{module_name(p)} imports {t}" for p in modules() if unit_of(module_name(p)) == "cli"
+           and p.name != "demo.py" for t in imports_of(p)
+           if unit_of(t) == "_qt" or t.split(".")[0] in GUI_LIBRARIES]
+    assert not bad, "\n".join(bad)
 
 
 def test_the_checker_sees_function_level_imports(tmp_path):
@@ -299,4 +324,4 @@ def test_missing_dask_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys
     assert main(["extract-many", str(scan), "-o", str(tmp_path / "out"), "--workers", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["meddift: error: Dask is not installed: extract-many and --workers/--scheduler need it; "
-                   "install it with `pip install napari-meddift[batch]`"]
+                   "install it from the clone with `pip install -e \".[batch]\"`"]

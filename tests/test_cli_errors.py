@@ -81,7 +81,9 @@ def test_extract_checks_the_output_before_reading_the_scan(tmp_path, capsys):
     assert "not a napari-meddift descriptor store; refusing to replace it" in line
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "x"
     (tmp_path / "f.zarr").write_text("x")
-    line = one_error_line(capsys, main(["extract", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "f.zarr" / "s.zarr")]))
+    line = one_error_line(
+        capsys, main(["extract", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "f.zarr" / "s.zarr")])
+    )
     assert "is a file, not a folder" in line
 
 
@@ -97,7 +99,9 @@ def test_extract_checks_the_output_before_reading_the_scan(tmp_path, capsys):
     ],
 )
 def test_extract_argument_errors(extra, needle, tmp_path, capsys):
-    line = one_error_line(capsys, main(["extract", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o.zarr"), *extra]))
+    line = one_error_line(
+        capsys, main(["extract", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o.zarr"), *extra])
+    )
     assert needle in line
     assert not (tmp_path / "o.zarr").exists()
 
@@ -106,7 +110,8 @@ def test_extract_argument_errors(extra, needle, tmp_path, capsys):
 @pytest.mark.parametrize("cmd", ["extract", "match"])
 def test_cuda_without_gpu_before_work(cmd, tmp_path, capsys, stores):
     argv = (["extract", str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "o.zarr")] if cmd == "extract" else
-            ["match", str(stores / "a.zarr"), str(stores / "b.zarr"), "--points", str(stores / "pts.csv"), "-o", str(tmp_path / "m.csv")])
+            ["match", str(stores / "a.zarr"), str(stores / "b.zarr"), "--points", str(stores / "pts.csv"),
+             "-o", str(tmp_path / "m.csv")])
     assert "no CUDA GPU is visible" in one_error_line(capsys, main([*argv, "--device", "cuda"]))
 
 
@@ -122,7 +127,9 @@ def test_nan_nifti_is_refused_by_extract(tmp_path, capsys):
 def test_match_errors(stores, tmp_path, capsys):
     base = ["match", str(stores / "a.zarr"), str(stores / "b.zarr"), "--points", str(stores / "pts.csv")]
     assert "is a folder; give a file name" in one_error_line(capsys, main([*base, "-o", str(tmp_path)]))
-    assert "--radius must be >= 0" in one_error_line(capsys, main([*base, "-o", str(tmp_path / "m.csv"), "--radius", "-1"]))
+    assert "--radius must be >= 0" in one_error_line(
+        capsys, main([*base, "-o", str(tmp_path / "m.csv"), "--radius", "-1"])
+    )
     # a target with other levels: refused, not silently reduced to the common ones
     line = one_error_line(capsys, main(["match", str(stores / "a.zarr"), str(stores / "c.zarr"), "--points",
                                         str(stores / "pts.csv"), "-o", str(tmp_path / "m.csv")]))
@@ -175,7 +182,10 @@ def test_evaluate_l2r_malformed_configs(tmp_path, capsys):
     cfg = root / "LungCT_dataset_evaluation_config.json"  # any *_evaluation_config.json is found
     for doc, needle in [
         ({"eval_pairs": {"fixed": "a"}}, "'eval_pairs' must be a non-empty list"),
-        ({"eval_pairs": [{"moving": "imagesTr/LungCT_0001_0001.nii.gz"}]}, "eval_pairs[0] needs text entries 'fixed' and 'moving'"),
+        (
+            {"eval_pairs": [{"moving": "imagesTr/LungCT_0001_0001.nii.gz"}]},
+            "eval_pairs[0] needs text entries 'fixed' and 'moving'",
+        ),
         ({"eval_pairs": [{"fixed": 3, "moving": "x"}]}, "eval_pairs[0] needs text entries"),
         ({"eval_pairs": [{"fixed": "a", "moving": "b"}], "expected_shape": "big"}, "'expected_shape' must be a list"),
     ]:
@@ -213,7 +223,9 @@ def test_evaluate_l2r_malformed_configs(tmp_path, capsys):
 def test_train_mini_argument_errors_leave_nothing(extra, needle, tmp_path, capsys):
     data = _make_train_data(tmp_path)
     out = tmp_path / "w" / "m.pt"
-    assert needle in one_error_line(capsys, main(["train-mini", "--data", str(data), "--out", str(out), "--quiet", *extra]))
+    assert needle in one_error_line(
+        capsys, main(["train-mini", "--data", str(data), "--out", str(out), "--quiet", *extra])
+    )
     assert not (tmp_path / "w").exists()
 
 
@@ -231,7 +243,9 @@ def test_train_mini_bad_outputs(tmp_path, capsys):
 def test_train_mini_refuses_a_corrupt_scan_before_training(tmp_path, capsys):
     data = _make_train_data(tmp_path, corrupt=True)
     out = tmp_path / "w" / "m.pt"
-    line = one_error_line(capsys, main(["train-mini", "--data", str(data), "--out", str(out), "--quiet", "--max-steps", "2"]))
+    line = one_error_line(
+        capsys, main(["train-mini", "--data", str(data), "--out", str(out), "--quiet", "--max-steps", "2"])
+    )
     assert "a.nii.gz" in line and ("corrupt" in line or "truncated" in line)
     assert not (tmp_path / "w").exists()
 
@@ -351,7 +365,9 @@ def test_console_script_usage_error_is_one_line(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(SRC)})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "meddift: error: extract: the following arguments are required: image, -o/--output (see `meddift extract --help`)"]
+        "meddift: error: extract: the following arguments are required: image, -o/--output "
+        "(see `meddift extract --help`)"
+    ]
 
 
 def test_api_refuses_zero_samples_before_work(tmp_path):

@@ -25,7 +25,8 @@ def _demo(name):
 def test_report_on_the_demo_pair(tmp_path, capsys):
     cache, out = tmp_path / "cache", tmp_path / "out"
     argv = ["report", _demo("inhale"), _demo("exhale"), "--points", _demo("src"), "--truth", _demo("tgt"),
-            "--timesteps", "0,20", "--radius", "8", "--cache", str(cache), "--mask", _demo("lungs_inhale"), "-o", str(out)]
+            "--timesteps", "0,20", "--radius", "8", "--cache", str(cache), "--mask", _demo("lungs_inhale"),
+            "-o", str(out)]
     assert main(argv) == 0
     said = capsys.readouterr().out
     assert "best by tre_mean_mm:" in said and (out / "report.png").stat().st_size > 10_000

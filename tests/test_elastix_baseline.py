@@ -30,11 +30,14 @@ def test_missing_itk_elastix_says_how_to_install(monkeypatch):
 
 
 def test_index_physical_round_trip_with_direction():
-    from napari_meddift.evaluation.elastix import _geometry, _index_to_physical, _physical_to_index
+    from napari_meddift.evaluation.elastix import _index_to_physical, _physical_to_index
+    from napari_meddift.io.geometry import Grid
 
     c, s = np.cos(0.3), np.sin(0.3)
     direction = np.array([[c, -s, 0], [s, c, 0], [0, 0, -1.0]])
-    geom = _geometry(Volume(np.zeros((5, 6, 7), np.float32), spacing=(2.5, 0.7, 0.9), origin=(-3, 4, 10), direction=direction))
+    geom = Grid.of(
+        Volume(np.zeros((5, 6, 7), np.float32), spacing=(2.5, 0.7, 0.9), origin=(-3, 4, 10), direction=direction)
+    )
     pts = np.array([[0, 0, 0], [1.5, 2, 3], [4, 5, 6]], float)
     phys = _physical_to_index(_index_to_physical(pts, geom), geom)
     np.testing.assert_allclose(phys, pts, atol=1e-9)

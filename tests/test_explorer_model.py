@@ -159,13 +159,15 @@ def test_timesteps_switch_and_compare_strip():
     assert s.timesteps == [20, 100]
     s.state.timestep = 100
     res = s.compute(s.request((5, 6, 7)))
-    np.testing.assert_allclose(res.fused, Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((5, 6, 7), (2, 2, 3)).fused,
-                               atol=1e-6)  # 3 mm on (2.0, 1.5, 1.25)
+    np.testing.assert_allclose(
+        res.fused, Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((5, 6, 7), (2, 2, 3)).fused, atol=1e-6
+    )  # 3 mm on (2.0, 1.5, 1.25)
     s.state.compare_timesteps = True
     res = s.compute(s.request((5, 6, 7)))
     assert sorted(res.compare) == [20, 100]
-    np.testing.assert_allclose(res.compare[20], Matcher(_levels(0), _levels(1), SHAPE, SHAPE).similarity((5, 6, 7), (2, 2, 3)).fused,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        res.compare[20], Matcher(_levels(0), _levels(1), SHAPE, SHAPE).similarity((5, 6, 7), (2, 2, 3)).fused, atol=1e-6
+    )
     with pytest.raises(MedDiftError, match="other images"):
         s.add_timestep(50, Matcher(_levels(0), _levels(1), SHAPE, (20, 24, 21)))
 
@@ -188,8 +190,8 @@ def test_extract_timesteps_with_the_connected_stores_recipe(tmp_path):
     rng = np.random.default_rng(0)
     vol = Volume(array=(rng.random((24, 24, 24)) * 1400 - 1000).astype(np.float32), spacing=(2.5,) * 3,
                  origin=(0.0,) * 3, name="tiny")
-    ref, _ = extract_to_store(vol, get_backbone("mini", random_weights=True), ExtractionSettings(timestep=20, device="cpu"),
-                              tmp_path / "ref.zarr")
+    ref, _ = extract_to_store(vol, get_backbone("mini", random_weights=True),
+                              ExtractionSettings(timestep=20, device="cpu"), tmp_path / "ref.zarr")
     steps = []
     pairs = extract_timesteps(vol, vol, ref, (0, 50), tmp_path / "cache", progress=lambda d, n, m: steps.append(d))
     assert sorted(pairs) == [0, 50] and steps[-1] == 4

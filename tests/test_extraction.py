@@ -48,7 +48,9 @@ def _leftovers(d):
 def test_extract_writes_then_reuses(tmp_path, volume):
     b = FakeBackbone()
     seen = []
-    st, reused = extract_to_store(volume, b, ExtractionSettings(), tmp_path / "v.zarr", progress=lambda *a: seen.append(a))
+    st, reused = extract_to_store(
+        volume, b, ExtractionSettings(), tmp_path / "v.zarr", progress=lambda *a: seen.append(a)
+    )
     assert not reused and b.calls == 1 and seen[-1][2] == "writing store"
     assert st.level_names == ("up0", "up1")  # backbone order, not dict order
     a = st.attrs
@@ -130,9 +132,13 @@ def test_maisi_reduced_width_end_to_end(tmp_path):
     b = MaisiBackbone(random_weights=True, width=0.125)
     vol = Volume(np.random.default_rng(0).uniform(-1000, 500, (32, 32, 32)).astype(np.float32), spacing=(1.5, 1, 1))
     small = PreprocessSettings(multiple=32, min_size=32)
-    st, reused = extract_to_store(vol, b, ExtractionSettings(levels=("up2", "up3")), tmp_path / "m.zarr", preprocessing=small)
+    st, reused = extract_to_store(
+        vol, b, ExtractionSettings(levels=("up2", "up3")), tmp_path / "m.zarr", preprocessing=small
+    )
     assert not reused and st.level_names == ("up2", "up3")
     assert st.attrs["preprocessing"] == small.to_dict() and st.attrs["weights_hash"] == "random-0-w0.125"
     assert st.level("up3").shape == (8, 8, 8, 8)
-    _, reused = extract_to_store(vol, b, ExtractionSettings(levels=("up2", "up3")), tmp_path / "m.zarr", preprocessing=small)
+    _, reused = extract_to_store(
+        vol, b, ExtractionSettings(levels=("up2", "up3")), tmp_path / "m.zarr", preprocessing=small
+    )
     assert reused

@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from napari_meddift.errors import MedDiftError
 from napari_meddift.evaluation.l2r_config import read_l2r_config
@@ -47,7 +46,7 @@ def test_fuzz_landmark_files(tmp_path):
             path.write_text(_mutate(VALID_CSV, rng), encoding="utf-8", errors="surrogatepass")
         try:
             pts = read_points(path)
-        except MedDiftError as exc:
+        except MedDiftError:
             outcomes["refused"] += 1
             continue
         assert pts.ndim == 2 and pts.shape[1] == 3 and len(pts) >= 1
@@ -79,8 +78,10 @@ def test_fuzz_l2r_configs(tmp_path):
     from napari_meddift.evaluation.l2r import l2r_cases
 
     rng = random.Random(99)
-    good = {"eval_pairs": [{"fixed": "./imagesTr/LungCT_0001_0000.nii.gz", "moving": "./imagesTr/LungCT_0001_0001.nii.gz"}],
-            "expected_shape": [192, 192, 208, 3]}
+    good = {
+        "eval_pairs": [{"fixed": "./imagesTr/LungCT_0001_0000.nii.gz", "moving": "./imagesTr/LungCT_0001_0001.nii.gz"}],
+        "expected_shape": [192, 192, 208, 3],
+    }
     counts = {"ok": 0, "refused": 0}
     for trial in range(200):
         root = tmp_path / f"r{trial}"

@@ -92,7 +92,10 @@ def _malicious_getattrs():
     from monai.utils.enums import SpaceKeys
 
     return {
-        "not an enum": (_Reduce(getattr, MetaTensor, "__reduce_ex__"), "getattr(monai.data.meta_tensor.MetaTensor, '__reduce_ex__')"),
+        "not an enum": (
+            _Reduce(getattr, MetaTensor, "__reduce_ex__"),
+            "getattr(monai.data.meta_tensor.MetaTensor, '__reduce_ex__')",
+        ),
         "numpy method": (_Reduce(getattr, np.ndarray, "tofile"), "getattr(numpy.ndarray, 'tofile')"),
         "enum, not a member": (_Reduce(getattr, SpaceKeys, "__new__"), "'__new__'"),
         "enum, dunder dict": (_Reduce(getattr, SpaceKeys, "__dict__"), "'__dict__'"),
@@ -191,8 +194,10 @@ def test_register_never_writes_over_an_input(small_pair, capsys, tmp_path, monke
     cases = {
         "-o is --moving": ["-o", moving, "--moving", moving, "--warped", tmp_path / "w.nii.gz"],
         "--warped is --moving": ["-o", tmp_path / "f.nii.gz", "--moving", moving, "--warped", moving],
-        "-o a hard link to --moving": ["-o", tmp_path / "hard.nii.gz", "--moving", moving, "--warped", tmp_path / "w.nii.gz"],
-        "-o a symlink to --moving": ["-o", tmp_path / "soft.nii.gz", "--moving", moving, "--warped", tmp_path / "w.nii.gz"],
+        "-o a hard link to --moving": ["-o", tmp_path / "hard.nii.gz", "--moving", moving,
+                                       "--warped", tmp_path / "w.nii.gz"],
+        "-o a symlink to --moving": ["-o", tmp_path / "soft.nii.gz", "--moving", moving,
+                                     "--warped", tmp_path / "w.nii.gz"],
         "-o another spelling": ["-o", tmp_path / "sub" / ".." / "moving.nii.gz", "--moving", moving,
                                 "--warped", tmp_path / "w.nii.gz"],
     }
@@ -379,7 +384,9 @@ def test_a_level_copied_from_another_store_is_refused(tmp_path):
     a, b = _write(tmp_path / "a.zarr", 0), _write(tmp_path / "b.zarr", 1, timestep=500)
     shutil.rmtree(a.path / "levels" / "up1")
     shutil.copytree(b.path / "levels" / "up1", a.path / "levels" / "up1")
-    _edit_json(a.path / "zarr.json", lambda d: d["attributes"]["checksums"].__setitem__("up1", b.attrs["checksums"]["up1"]))
+    _edit_json(
+        a.path / "zarr.json", lambda d: d["attributes"]["checksums"].__setitem__("up1", b.attrs["checksums"]["up1"])
+    )
     with pytest.raises(MedDiftError, match="metadata .* differ from the checksum"):
         S.open_store(a.path)
 
@@ -411,10 +418,9 @@ def test_stores_of_other_extractions_are_not_mixed(tmp_path, capsys):
         with pytest.raises(MedDiftError, match=f"different {key.replace('_', ' ')}"):
             Matcher.from_stores(a, b)
         assert not (tmp_path / "m.csv").exists() and not (tmp_path / "f.nii.gz").exists()
-    from napari_meddift.cli import main
 
-    assert main(["match", str(a.path), str(b.path), "--points", str(pts), "-o", str(tmp_path / "m.csv"), "--radius", "2",
-                 "--allow-mixed"]) == 0
+    assert main(["match", str(a.path), str(b.path), "--points", str(pts), "-o", str(tmp_path / "m.csv"),
+                 "--radius", "2", "--allow-mixed"]) == 0
     assert (tmp_path / "m.csv").read_text().startswith("x,y,z,score")
 
 
@@ -631,10 +637,16 @@ BAD_OPTIONS = [
     (["extract-many", "ct.nii.gz", "-o", "out", "--scheduler", "not-an-address"], "is not a Dask scheduler address"),
     (["extract-many", "ct.nii.gz", "-o", "out", "--scheduler", ""], "is not a Dask scheduler address"),
     (["extract-many", "ct.nii.gz", "-o", "out", "--scheduler", "foo://x:1"], "is not a Dask scheduler address"),
-    (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--iterations", "100000000"], "--iterations must be in [0, 5000]"),
+    (
+        ["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--iterations", "100000000"],
+        "--iterations must be in [0, 5000]",
+    ),
     (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--smoothness", "inf"], "--smoothness must be a finite number"),
     (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--smoothness", "nan"], "--smoothness must be a finite number"),
-    (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--grid-spacing", "100000"], "--grid-spacing must be in [1, 32]"),
+    (
+        ["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--grid-spacing", "100000"],
+        "--grid-spacing must be in [1, 32]",
+    ),
     (["register", "a.zarr", "b.zarr", "-o", "f.nii.gz", "--search-step", "0"], "--search-step must be in"),
     (["train-mini", "--data", "d", "--out", "w.pt", "--lr", "5"], "--lr must be in"),
     (["train-mini", "--data", "d", "--out", "w.pt", "--minutes", "1e9"], "--minutes must be in"),
@@ -763,7 +775,9 @@ def test_build_demo_refuses_bad_scans_in_one_line(tmp_path, capsys, kind):
 
 
 def test_train_mini_plot_name_is_checked_before_training(tmp_path, capsys):
-    err = _cli_error(capsys, ["train-mini", "--data", tmp_path, "--out", tmp_path / "w.pt", "--plot", tmp_path / "p.txt"])
+    err = _cli_error(
+        capsys, ["train-mini", "--data", tmp_path, "--out", tmp_path / "w.pt", "--plot", tmp_path / "p.txt"]
+    )
     assert "--plot" in err and ".png" in err
 
 

@@ -106,6 +106,7 @@ def test_identity_tre_matches_known_figures(labels, tmp_path):
     assert summary["cases"][2]["landmarks"]["mean"] == pytest.approx(8.1, abs=0.05)
 
 
+@pytest.mark.slow  # 12-16 s on a 2-core CPU
 def test_end_to_end_matching_with_standins(labels, tmp_path):
     root = tmp_path / "l2r"
     _write_standins(root, labels, ("0001",))
@@ -137,8 +138,8 @@ def test_cli_identity(labels, tmp_path, capsys):
     root = tmp_path / "l2r"
     _write_standins(root, labels, ("0003",), shift=False)
     rc = main(
-        ["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--backbone", "identity", "--cases", "3", "--no-keypoints",
-         "-o", str(tmp_path / "o")]
+        ["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--backbone", "identity", "--cases", "3",
+         "--no-keypoints", "-o", str(tmp_path / "o")]
     )
     assert rc == 0
     out = capsys.readouterr().out
@@ -147,6 +148,24 @@ def test_cli_identity(labels, tmp_path, capsys):
     assert main(["evaluate-l2r", "--root", str(root), "--labels", str(labels), "--cases", "one"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("meddift: error: --cases must be"), err
+
+
+def test_cluster_run_takes_evaluate_l2rs_arguments():
+    """One source for the 14 arguments: the cluster run's signature is evaluate_l2r's, its device
+    defaulting to 'auto' (resolved on each worker), plus the cluster's own keywords."""
+    import inspect
+
+    from napari_meddift.batch.l2r import evaluate_l2r_on_cluster
+
+    serial = inspect.signature(evaluate_l2r).parameters
+    cluster = inspect.signature(evaluate_l2r_on_cluster).parameters
+    assert serial["device"].default == "cpu" and cluster["device"].default == "auto"
+    shared = [n for n in serial if n not in ("done", "progress")]
+    assert list(cluster)[: len(shared)] == shared
+    assert all(cluster[n].default == serial[n].default for n in shared if n != "device")
+    assert list(cluster)[len(shared):] == ["workers", "scheduler", "client", "threads", "progress"]
+    with pytest.raises(TypeError, match="done"):
+        evaluate_l2r_on_cluster("root", done={})
 
 
 @pytest.mark.slow

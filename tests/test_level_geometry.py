@@ -19,7 +19,7 @@ from napari_meddift.backbones.base import ExtractionSettings
 from napari_meddift.backbones.extraction import cached_store_path, extract_to_store, extraction_grid
 from napari_meddift.errors import MedDiftError
 from napari_meddift.io.geometry import Grid
-from napari_meddift.io.store import open_store, write_store
+from napari_meddift.io.store import write_store
 from napari_meddift.io.volume import Volume
 from napari_meddift.matching import Matcher
 
@@ -120,7 +120,9 @@ def test_native_spacing_runs_on_the_scans_grid(tmp_path):
     assert store.extraction_grid.same_as(Grid.of(vol))
     assert extraction_grid(vol, bb).shape == (16, 12, 12)
     # the grid is part of the store's identity; how it was asked for (default, 2.5, "2.5mm") is not
-    paths = {s: cached_store_path(vol, bb, ExtractionSettings(spacing=s), tmp_path) for s in (None, 2.5, "2.5mm", "native")}
+    paths = {
+        s: cached_store_path(vol, bb, ExtractionSettings(spacing=s), tmp_path) for s in (None, 2.5, "2.5mm", "native")
+    }
     assert paths[None] == paths[2.5] == paths["2.5mm"] != paths["native"]
 
 

@@ -76,9 +76,8 @@ def _scheduler(variant):
     from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 
     if variant == "ddpm":  # config_maisi3d-ddpm.json
-        return DDPMScheduler(
-            num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, schedule="scaled_linear_beta", clip_sample=False
-        )
+        return DDPMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
+                             schedule="scaled_linear_beta", clip_sample=False)
     return RFlowScheduler(  # config_maisi3d-rflow.json
         num_train_timesteps=1000, use_discrete_timesteps=False, use_timestep_transform=True, sample_method="uniform",
         scale=1.4,
@@ -93,7 +92,9 @@ def reference_input(scan):
         Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, Orientationd, Resized, ScaleIntensityRanged,
     )
 
-    plain = Compose([LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS")])
+    plain = Compose(
+        [LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS")]
+    )
     dim = plain({"image": str(scan)})["image"].shape[1:]
     new_dim = tuple(int(max(round(float(n) / 128.0), 1.0) * 128) for n in dim)
     full = Compose(

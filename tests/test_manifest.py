@@ -36,7 +36,7 @@ def test_packaged_manifest_is_the_top_level_one():
     import napari_meddift
 
     packaged = Path(napari_meddift.__file__).parent / "napari.yaml"
-    assert packaged.read_text() == (REPO / "napari.yaml").read_text()
+    assert packaged.read_text(encoding="utf-8") == (REPO / "napari.yaml").read_text(encoding="utf-8")
 
 
 def test_npe2_validate_installed_plugin():

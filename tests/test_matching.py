@@ -28,7 +28,8 @@ def _levels(native, seed, dtype=np.float32):
 
 def _corner_points(shape):
     z, y, x = (s - 1 for s in shape)
-    return [(0, 0, 0), (z, y, x), (0, y, x), (z, 0, 0), (0, y // 2, x), (z // 2, y, 0), (z // 2, y // 2, x // 2), (3, 7, 11)]
+    return [(0, 0, 0), (z, y, x), (0, y, x), (z, 0, 0), (0, y // 2, x), (z // 2, y, 0), (z // 2, y // 2, x // 2),
+            (3, 7, 11)]
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +226,8 @@ def test_match_points_equals_single_matches(pair):
             assert bool(table.consistent[i]) == one.consistent
             _close(table.ambiguity[i], one.ambiguity, 1e-5)
         rows = table.to_rows()
-        assert rows[0]["source_z"] == 0 and set(rows[0]) >= {"target_x", "score", "ambiguity", "fb_distance", "consistent"}
+        assert rows[0]["source_z"] == 0
+        assert set(rows[0]) >= {"target_x", "score", "ambiguity", "fb_distance", "consistent"}
 
 
 def test_forward_backward_distance(pair):
@@ -240,6 +242,22 @@ def test_forward_backward_distance(pair):
         if got.target_zyx == t:
             _close(got.fb_distance, np.linalg.norm(np.subtract(b, p)), 1e-6)
             assert got.consistent == (got.fb_distance <= 1.5)
+
+
+def test_backward_follows_every_search_setting(pair):
+    """The backward matcher of a consistency check searches as its forward one: every knob of
+    SearchSettings is handed over, also when it changes after the first back-match."""
+    from dataclasses import fields
+
+    from napari_meddift.matching.matcher import SearchSettings
+
+    m = Matcher(pair[0], pair[1], SRC_SHAPE, TGT_SHAPE)
+    assert SearchSettings.of(m) == SearchSettings() == SearchSettings.of(m.backward)
+    changed = SearchSettings(cpu_threads=None, global_search="dense", global_batch=3, global_threads=2,
+                             cache_norms=True)
+    assert all(getattr(changed, f.name) != f.default for f in fields(SearchSettings))
+    changed.apply(m)
+    assert SearchSettings.of(m.backward) == changed
 
 
 def test_float16_and_torch_inputs(pair):

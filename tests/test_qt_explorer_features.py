@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from napari_meddift.explorer import DISPLAY_MODES, LandmarkTruth  # noqa: E402
+from napari_meddift.explorer import DISPLAY_MODES  # noqa: E402
 from napari_meddift.matching import Matcher  # noqa: E402
 
 SHAPE = (20, 24, 22)
@@ -26,7 +26,7 @@ def _levels(seed):
 
 @pytest.fixture
 def explorer(make_napari_viewer, qtbot):
-    from napari_meddift._qt._explorer import ExplorerWidget, explorer_in
+    from napari_meddift._qt.explorer.widget import ExplorerWidget, explorer_in
 
     viewer = make_napari_viewer(show=True)
     rng = np.random.default_rng(0)
@@ -113,8 +113,11 @@ def test_timestep_slider_and_compare_strip(explorer, qtbot):
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         c.timestep.value = 1  # the slider: t=100, a search on cached descriptors
     assert w.result.request.timestep == 100 and c.timestep_label.value == "t = 100"
-    np.testing.assert_allclose(w.map_layers.fused_map(),
-                               Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((8, 9, 10), R_VOX).fused, atol=1e-6)
+    np.testing.assert_allclose(
+        w.map_layers.fused_map(),
+        Matcher(_levels(5), _levels(6), SHAPE, SHAPE).similarity((8, 9, 10), R_VOX).fused,
+        atol=1e-6,
+    )
     with qtbot.waitSignal(w.compare_applied, timeout=10000):  # drawn right after the main map
         c.compare.value = True
     strip = w.map_layers.layers["compare"]
@@ -151,7 +154,7 @@ def test_timestep_labels_give_noise_signal_and_mixed_schedules_order_by_it(explo
 
 def test_display_modes_and_limits(explorer, qtbot):
     viewer, w, src, tgt = explorer
-    res = _query(qtbot, w, (8, 9, 10))
+    _query(qtbot, w, (8, 9, 10))
     fused = w.map_layers.layers["maps"]  # per-level maps off: the fused map alone
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.controls.display_mode.value = DISPLAY_MODES[2]
@@ -258,8 +261,8 @@ def test_menus_contribute_our_widgets(make_napari_viewer):
 
 def test_maps_and_markers_follow_the_scan_direction(make_napari_viewer, qtbot):
     """A LAS scan (direction diag(1, -1, 1)): every derived layer sits where the target's voxels are."""
-    from napari_meddift._qt._explorer import ExplorerWidget
     from napari_meddift._qt._layers import geometry_kwargs
+    from napari_meddift._qt.explorer.widget import ExplorerWidget
 
     viewer = make_napari_viewer(show=True)
     geo = geometry_kwargs(SPACING, (-20.0, 30.0, 5.0), np.diag([1.0, -1.0, 1.0]))
@@ -280,7 +283,9 @@ def test_maps_and_markers_follow_the_scan_direction(make_napari_viewer, qtbot):
     mk = L["markers"]
     np.testing.assert_allclose(mk.data_to_world(w.map_layers.marker("match")),
                                tgt.data_to_world(np.array(res.target_zyx, float)))
-    np.testing.assert_allclose(mk.data_to_world(w.map_layers.marker("truth")), tgt.data_to_world(np.array([11.0, 13.0, 10.0])))
+    np.testing.assert_allclose(
+        mk.data_to_world(w.map_layers.marker("truth")), tgt.data_to_world(np.array([11.0, 13.0, 10.0]))
+    )
     # the per-level maps lie to the right on screen (world x larger), also with a flipped y axis
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.state.per_level = True

@@ -42,7 +42,7 @@ def extract_widget(make_napari_viewer, tmp_path):
 
 
 def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
-    from napari_meddift._qt._explorer import explorer_in
+    from napari_meddift._qt.explorer.widget import explorer_in
     from napari_meddift.io.store import open_store
 
     viewer, w, cache = extract_widget

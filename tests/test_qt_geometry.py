@@ -46,6 +46,8 @@ def test_every_layer_kind_maps_voxels_like_itk(make_napari_viewer, tmp_path):
         voxel_to_world,
         world_to_voxel,
     )
+    from napari_meddift.io.volume import voxel_to_world as vol_voxel_to_world
+    from napari_meddift.io.volume import world_to_voxel as vol_world_to_voxel
 
     viewer = make_napari_viewer()
     demo = read_volume(DEMO / "inhale.nii.gz"), sitk.ReadImage(str(DEMO / "inhale.nii.gz"))
@@ -62,6 +64,15 @@ def test_every_layer_kind_maps_voxels_like_itk(make_napari_viewer, tmp_path):
             assert tuple(layer.axis_labels) == ("z", "y", "x")
         np.testing.assert_allclose(voxel_to_world(image, idx[0]), ref[0], atol=1e-6)
         assert world_to_voxel(image, ref[3]) == tuple(int(v) for v in np.rint(idx[3]))
+        # the layer maps wrap the core's (io.volume), rounding to the nearest voxel, None outside
+        core = layer_to_volume(image)
+        np.testing.assert_allclose(voxel_to_world(image, idx[:4]), vol_voxel_to_world(core, idx[:4]), atol=1e-9)
+        assert world_to_voxel(image, ref[3]) == tuple(int(v) for v in np.rint(vol_world_to_voxel(core, ref[3])))
+        assert world_to_voxel(image, (0.0, *ref[3])) == world_to_voxel(image, ref[3])  # a 4D viewer position
+        for outside in ((-1.0, 0.0, 0.0), (0.0, 0.0, vol.shape[2] - 0.4)):
+            assert world_to_voxel(image, image.data_to_world(np.asarray(outside))) is None
+        assert world_to_voxel(image, image.data_to_world(np.asarray((0.0, 0.0, vol.shape[2] - 0.6)))) == (
+            0, 0, vol.shape[2] - 1)
         # a similarity-map box of the target at voxel offset (1, 2, 3), 3x3x3 voxels
         box = viewer.add_image(np.zeros((3, 3, 3), np.float32), **same_geometry(image))
         box.translate = box_translate(image, (1, 2, 3))

@@ -25,7 +25,7 @@ def test_private_names_only_in_one_module():
     for path in sorted(SRC.rglob("*.py")):
         if path.name == "_napari_private.py":
             continue
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if PRIVATE.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
     assert offenders == [], "napari internals outside _qt/_napari_private.py:\n" + "\n".join(offenders)
@@ -42,7 +42,7 @@ def test_pyproject_pins_the_checked_napari_range():
 
     from napari_meddift._qt._napari_private import TESTED_NAPARI
 
-    text = (REPO / "pyproject.toml").read_text()
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert f'"napari{TESTED_NAPARI}"' in text
     assert napari.__version__ in SpecifierSet(TESTED_NAPARI), (
         f"napari {napari.__version__} is outside the checked range {TESTED_NAPARI}: run these tests, then widen it")

@@ -27,7 +27,7 @@ def test_progress_flood_with_a_slow_gui_thread(make_napari_viewer, qtbot, capfd,
     from magicgui.widgets import Container
     from qtpy.QtCore import QTimer
 
-    from napari_meddift._qt._tasks import LongTask
+    from napari_meddift._qt._long_task import LongTask
     from napari_meddift._qt._task_panel import TaskPanel
 
     hooked = []
@@ -82,7 +82,7 @@ def test_progress_flood_with_a_slow_gui_thread(make_napari_viewer, qtbot, capfd,
 
 @pytest.mark.qt_no_exception_capture
 def test_error_and_cancel_close_the_bar_too(make_napari_viewer, qtbot, monkeypatch):
-    from napari_meddift._qt._tasks import LongTask
+    from napari_meddift._qt._long_task import LongTask
     from napari_meddift.errors import MedDiftError
 
     hooked = []

@@ -19,8 +19,8 @@ from napari_meddift.matching import Matcher  # noqa: E402
 
 @pytest.fixture
 def docks(make_napari_viewer, qtbot, tmp_path):
-    from napari_meddift._qt._explorer import ExplorerWidget
     from napari_meddift._qt._report import FeatureQualityWidget
+    from napari_meddift._qt.explorer.widget import ExplorerWidget
 
     viewer = make_napari_viewer(show=True)
     rng = np.random.default_rng(0)
@@ -50,6 +50,7 @@ def _click(qtbot, fq, panel, configuration, timestep):
         qtbot.mouseClick(fq.canvas, Qt.MouseButton.LeftButton, pos=pos)
 
 
+@pytest.mark.slow  # 10-14 s on a 2-core CPU (a viewer, two docks, a report)
 def test_click_a_cell_sets_the_explorer(docks, qtbot):
     viewer, ex, fq, pairs, pts = docks
     fq.fusions.value = "up0:2+up2"

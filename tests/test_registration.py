@@ -27,7 +27,9 @@ def test_cost_volume_equals_matcher_windows(tshape):
     src, tgt = _levels(rng, sshape, spec_s), _levels(rng, tshape, spec_t)
     weights = {"a": 1.0, "b": 3.0}
     nodes = [lattice(n, 4) for n in sshape]
-    bases = [np.clip(np.rint((n + 0.5) * t / s - 0.5), 0, t - 1).astype(np.int64) for n, s, t in zip(nodes, sshape, tshape)]
+    bases = [
+        np.clip(np.rint((n + 0.5) * t / s - 0.5), 0, t - 1).astype(np.int64) for n, s, t in zip(nodes, sshape, tshape)
+    ]
     sim, used = cost_volume(src, tgt, weights, sshape, tshape, nodes, bases, radius=4, step=2, budget_floats=5000)
     matcher = Matcher({k: v.numpy() for k, v in src.items()}, {k: v.numpy() for k, v in tgt.items()}, sshape, tshape,
                       weights=weights)
@@ -85,7 +87,9 @@ def test_known_smooth_deformation_recovered_from_descriptors():
     assert res.jacobian.folding_percent < 1.0
     # points through the field agree with the dense positions
     pts = np.array([[10.0, 12.0, 20.0], [18.5, 20.25, 22.0]])
-    want = np.stack([ndi.map_coordinates(res.field.positions[a].astype(np.float64), pts.T, order=1) for a in range(3)], 1)
+    want = np.stack(
+        [ndi.map_coordinates(res.field.positions[a].astype(np.float64), pts.T, order=1) for a in range(3)], 1
+    )
     assert np.allclose(res.field.map_points(pts), want, atol=1e-4)
 
 
@@ -147,7 +151,9 @@ def test_field_file_round_trips_and_warps_like_sitk_resample(tmp_path):
     want = tgt.to_world(pos[:, 3, 4, 5]) - src.to_world(p)
     got = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[3, 4, 5]
     assert np.allclose(got, want[::-1], atol=1e-4)
-    assert np.allclose(tx.TransformPoint(tuple(src.to_world(p)[::-1].tolist())), tgt.to_world(pos[:, 3, 4, 5])[::-1], atol=1e-3)
+    assert np.allclose(
+        tx.TransformPoint(tuple(src.to_world(p)[::-1].tolist())), tgt.to_world(pos[:, 3, 4, 5])[::-1], atol=1e-3
+    )
 
 
 def test_wrong_shape_field_is_one_clear_error(tmp_path):

@@ -1,6 +1,5 @@
 """Crash recovery, writer locking and chunk integrity of descriptor stores (issue: nothing silent)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from napari_meddift.io import store as S
 from napari_meddift.errors import MedDiftError
-from napari_meddift.io.locking import StoreLock, sibling_path
+from napari_meddift.io.locking import StoreLock
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ATTRS = {"image_shape": (40, 36, 80), "spacing": (2.5, 0.7, 0.7)}
@@ -109,7 +108,8 @@ def test_second_writer_waits_for_the_lock_then_writes(tmp_path):
     code = """
     import sys, numpy as np
     from napari_meddift.io import store as S
-    S.write_store(sys.argv[1], {"up0": np.ones((2, 4, 4, 4), np.float32)}, {"image_shape": (4, 4, 4), "spacing": (1, 1, 1)})
+    S.write_store(sys.argv[1], {"up0": np.ones((2, 4, 4, 4), np.float32)},
+                  {"image_shape": (4, 4, 4), "spacing": (1, 1, 1)})
     print("wrote")
     """
     lock = StoreLock(path).acquire()
@@ -128,16 +128,21 @@ def test_second_writer_waits_for_the_lock_then_writes(tmp_path):
 def test_second_writer_stops_with_one_clear_line_after_timeout(tmp_path):
     path = tmp_path / "a.zarr"
     with StoreLock(path):
-        proc = _run("""
+        proc = _run(
+            """
         import sys, numpy as np
         from napari_meddift.cli import main
         from napari_meddift.io import store as S
         from napari_meddift.errors import MedDiftError
         try:
-            S.write_store(sys.argv[1], {"up0": np.ones((2, 4, 4, 4), np.float32)}, {"image_shape": (4, 4, 4), "spacing": (1, 1, 1)})
+            S.write_store(sys.argv[1], {"up0": np.ones((2, 4, 4, 4), np.float32)},
+                          {"image_shape": (4, 4, 4), "spacing": (1, 1, 1)})
         except MedDiftError as exc:
             print(exc)
-        """, path, env={"MEDDIFT_LOCK_TIMEOUT": "0.5"})
+        """,
+            path,
+            env={"MEDDIFT_LOCK_TIMEOUT": "0.5"},
+        )
     assert f"process {os.getpid()} is writing {path}" in proc.stdout
     assert "choose another output path" in proc.stdout and not path.exists()
 
@@ -154,6 +159,7 @@ def test_store_written_meanwhile_is_not_overwritten(tmp_path):
     assert _same(_values(path), _levels(1))
 
 
+@pytest.mark.slow  # 14-17 s on a 2-core CPU
 def test_concurrent_extractions_of_different_images_never_both_say_wrote(tmp_path):
     """Two CLI extractions of different scans to one store: one writes, the other stops (or
     waits and replaces); whoever says "wrote" holds the store that is there at that moment.
@@ -183,8 +189,10 @@ def test_concurrent_extractions_of_different_images_never_both_say_wrote(tmp_pat
     sys.exit(main(sys.argv[2:]))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", slow, str(delay), "extract", str(scan), "-o", str(out),
-                               "--random-weights", "--spacing", "native"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              encoding="utf-8", errors="replace")  # lenient: one unexplained decode error seen under load
+                               "--random-weights", "--spacing", "native"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              # lenient: one unexplained decode error seen under load
+                              encoding="utf-8", errors="replace")
              for delay, scan in ((8.0, scans[0]), (0.0, scans[1]))]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     (out0, err0, rc0), (out1, err1, rc1) = results
@@ -207,7 +215,9 @@ def test_missing_chunk_file_is_refused_at_open(tmp_path):
 
 def test_all_zero_chunks_are_written_so_the_check_holds(tmp_path):
     path = tmp_path / "z.zarr"
-    S.write_store(path, {"up0": np.zeros((2, 20, 20, 20), np.float32)}, {"image_shape": (20, 20, 20), "spacing": (1, 1, 1)})
+    S.write_store(
+        path, {"up0": np.zeros((2, 20, 20, 20), np.float32)}, {"image_shape": (20, 20, 20), "spacing": (1, 1, 1)}
+    )
     assert S.open_store(path).load_levels()["up0"].sum() == 0  # opens: every chunk present
 
 

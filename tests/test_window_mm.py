@@ -141,7 +141,8 @@ def test_cli_a_window_of_one_voxel_is_refused(stores, tmp_path, capsys):
     a, b, _, _ = stores
     pts = _points_csv(tmp_path / "p.csv", [(7, 15, 13)])
     for value in ("0", "0mm"):
-        argv = ["match", str(a.path), str(b.path), "--points", str(pts), "-o", str(tmp_path / "m.csv"), "--radius", value]
+        argv = ["match", str(a.path), str(b.path), "--points", str(pts), "-o", str(tmp_path / "m.csv"),
+                "--radius", value]
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "only the window's centre voxel" in err[0] and "e.g. 40mm" in err[0]

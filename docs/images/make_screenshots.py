@@ -58,10 +58,10 @@ def _frame(ex, keys):
 def settle(app, ex):
     """Let the map, then the compare strip and the consistency check, arrive and draw."""
     for _ in range(3):
-        ex._worker.wait_idle(20)
+        ex.search_worker.wait_idle(20)
         pump(app, 0.5)
-        ex._cmp_worker.wait_idle(20)
-        ex._fb_worker.wait_idle(20)
+        ex.compare_worker.wait_idle(20)
+        ex.consistency_worker.wait_idle(20)
         pump(app, 0.5)
 
 
@@ -140,7 +140,7 @@ def main(argv=None):
     ex.state.min_error_mm = 8.0
     _raise(lw)
     lw.table.selectRow(0)
-    ex._worker.wait_idle(10)
+    ex.search_worker.wait_idle(10)
     tv.camera.center, tv.camera.zoom = cam
     shot(app, ex, viewer, out / "landmarks.png")
     ex.state.display_mode = DISPLAY_MODES[0]

@@ -317,7 +317,7 @@ class ExtractWidget(Container):
             self._open_in_explorer(res["stores"], levels, weights)
 
     def _open_in_explorer(self, stores, levels, weights):
-        from ._explorer import ExplorerWidget, explorer_in
+        from .explorer import ExplorerWidget, explorer_in
 
         explorer = explorer_in(self.viewer)
         try:

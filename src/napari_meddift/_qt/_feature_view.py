@@ -9,10 +9,10 @@ from __future__ import annotations
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
-from ._explorer import explorer_in
-from ._tasks import LongTask, error_text, notify_error
-from ._layers import layer_store_path
 from ._controls import error_label
+from ._layers import layer_store_path
+from ._long_task import LongTask, error_text, notify_error
+from .explorer import explorer_in
 
 __all__ = ["FeatureViewWidget"]
 
@@ -91,8 +91,8 @@ class FeatureViewWidget(QWidget):
         grid = int(self.grid_spin.value())
 
         def work():
-            from ..pca import joint_pca_rgb
             from ..io.store import open_store
+            from ..pca import joint_pca_rgb
 
             stores = [open_store(p) for p in paths]
             sets = [s.load_levels(levels) for s in stores]

@@ -31,8 +31,8 @@ from qtpy.QtWidgets import (
 
 from ..errors import MedDiftError
 from ._controls import error_label, path_field
-from ._explorer import explorer_in
-from ._tasks import error_text, notify_error
+from ._long_task import error_text, notify_error
+from .explorer import explorer_in
 
 __all__ = ["LandmarksWidget", "region_text"]
 
@@ -47,7 +47,7 @@ class _NumItem(QTableWidgetItem):
         self.setData(Qt.ItemDataRole.UserRole, float(value))
         self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
-    def __lt__(self, other):  # noqa: D105
+    def __lt__(self, other):
         a, b = self.data(Qt.ItemDataRole.UserRole), other.data(Qt.ItemDataRole.UserRole)
         a = -math.inf if a is None or math.isnan(a) else a
         b = -math.inf if b is None or math.isnan(b) else b

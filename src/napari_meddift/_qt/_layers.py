@@ -20,10 +20,13 @@ the usual radiological orientation.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..io.volume import affine_zyx
+from ..io.volume import voxel_to_world as _voxel_to_world
+from ..io.volume import world_to_voxel as _world_to_voxel
 
 STORE_KEY = "meddift_store"  # layer.metadata key: path of the layer's descriptor store
 VOLUME_KEY = "meddift_volume"  # layer.metadata key: geometry of the volume the layer shows
@@ -167,11 +170,37 @@ def _ct_limits(arr) -> tuple[float, float]:
     return lo, hi
 
 
+class LayerGeometry(NamedTuple):
+    """A 3D layer's voxel geometry, as a :class:`~napari_meddift.io.volume.Volume` holds it:
+    ``shape``, ``spacing`` and ``origin`` (z, y, x; mm), ``direction`` (3x3, ITK x, y, z order)."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray
+
+
+def layer_geometry(layer) -> LayerGeometry:
+    """The voxel geometry of a 3D layer, read from its data-to-world map (any reader's layer:
+    scale/translate only, or a full affine). A zero scale gives a zero spacing (callers refuse it)."""
+    m = layer_affine_zyx(layer)
+    lin = m[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    d_zyx = lin / np.where(spacing > 0, spacing, 1.0)[None, :]
+    return LayerGeometry(
+        shape=tuple(int(n) for n in np.shape(layer.data)[-3:]),  # type: ignore[arg-type]
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        origin=tuple(float(t) for t in m[:3, 3]),  # type: ignore[arg-type]
+        direction=d_zyx[::-1, ::-1].copy(),
+    )
+
+
 def layer_to_volume(layer):
     """A Volume from a napari Image layer (3D, scalar), geometry read from its transforms.
 
-    Spacing, origin and direction come from the layer's data-to-world map, so a layer opened by
-    any reader (scale/translate only, or a full affine) gives the right physical geometry.
+    Spacing, origin and direction come from the layer's data-to-world map
+    (:func:`layer_geometry`), so a layer opened by any reader (scale/translate only, or a full
+    affine) gives the right physical geometry.
     """
     from ..errors import MedDiftError
     from ..io.volume import Volume
@@ -180,20 +209,18 @@ def layer_to_volume(layer):
         raise MedDiftError("no image layer chosen; open a CT volume first")
     if getattr(layer, "rgb", False) or np.ndim(layer.data) != 3 or getattr(layer, "multiscale", False):
         raise MedDiftError(
-            f"layer '{layer.name}' is not a 3D grey-value image (shape {np.shape(layer.data)}); choose a CT volume layer"
+            f"layer '{layer.name}' is not a 3D grey-value image (shape {np.shape(layer.data)}); "
+            "choose a CT volume layer"
         )
     meta = layer.metadata.get(VOLUME_KEY, {}) if isinstance(layer.metadata, dict) else {}
-    m = layer_affine_zyx(layer)
-    lin = m[:3, :3]
-    spacing = np.linalg.norm(lin, axis=0)
-    if np.any(spacing <= 0):
+    geo = layer_geometry(layer)
+    if min(geo.spacing) <= 0:
         raise MedDiftError(f"layer '{layer.name}' has a zero scale; set a positive voxel size (mm) in its scale")
-    d_zyx = lin / spacing[None, :]
     return Volume(
         array=np.asarray(layer.data, dtype=np.float32),
-        spacing=tuple(float(s) for s in spacing),
-        origin=tuple(float(t) for t in m[:3, 3]),
-        direction=d_zyx[::-1, ::-1].copy(),
+        spacing=geo.spacing,
+        origin=geo.origin,
+        direction=geo.direction,
         name=str(meta.get("name") or layer.name),
     )
 
@@ -204,15 +231,23 @@ def layer_store_path(layer) -> Path | None:
 
 
 def world_to_voxel(layer, world) -> tuple[int, int, int] | None:
-    """Nearest voxel (z, y, x) of ``layer`` at a world (= physical, mm) position, or None outside the data."""
-    data_pos = np.asarray(layer.world_to_data(np.asarray(world, float)), float)[-3:]
-    idx = np.rint(data_pos).astype(np.int64)
-    shape = np.asarray(np.shape(layer.data)[-3:])
-    if np.any(idx < 0) or np.any(idx >= shape):
+    """Nearest voxel (z, y, x) of ``layer`` at a world (= physical, mm) position, or None outside the data.
+
+    A thin wrapper: the layer's geometry (:func:`layer_geometry`) into the core's one map,
+    :func:`napari_meddift.io.volume.world_to_voxel`, rounded to the nearest voxel. ``world`` may
+    have more axes than the layer (a viewer position): its last three are (z, y, x).
+    """
+    geo = layer_geometry(layer)
+    idx = np.rint(_world_to_voxel(geo, np.asarray(world, float)[-3:])).astype(np.int64)
+    if np.any(idx < 0) or np.any(idx >= np.asarray(geo.shape)):
         return None
     return tuple(int(v) for v in idx)  # type: ignore[return-value]
 
 
 def voxel_to_world(layer, zyx) -> np.ndarray:
-    """World = ITK physical position (z, y, x) mm of a voxel index (z, y, x) of ``layer``."""
-    return np.asarray(layer.data_to_world(np.asarray(zyx, float)), float)
+    """World = ITK physical position (z, y, x) mm of a voxel index (z, y, x) of ``layer``.
+
+    A thin wrapper: the layer's geometry (:func:`layer_geometry`) into the core's one map,
+    :func:`napari_meddift.io.volume.voxel_to_world`.
+    """
+    return _voxel_to_world(layer_geometry(layer), zyx)

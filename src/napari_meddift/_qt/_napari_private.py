@@ -14,7 +14,8 @@ import contextlib
 from typing import Callable
 
 __all__ = ["TESTED_NAPARI", "qt_viewer_class", "skip_thumbnails", "refresh_blocker", "reslice_callback",
-           "layer_ranges", "layers_change_callback", "show_activity", "hide_activity", "canvas_widget", "check_private_api"]
+           "layer_ranges", "layers_change_callback", "show_activity", "hide_activity", "canvas_widget",
+           "check_private_api"]
 
 #: the napari versions these private names were checked on (pyproject's bound says the same)
 TESTED_NAPARI = ">=0.9,<0.10"

@@ -10,7 +10,8 @@ series already opened a moment ago give no second copy).
 The landmark reader takes Learn2Reg CSV (x,y,z voxel), DIR-Lab text (x y z voxel, 1-based) and
 elastix point files (``point``: physical mm, ``index``: voxel) and returns a Points layer in the
 world coordinates of the scan they belong to: the active 3D image layer of the current viewer
-(else its first one); an elastix ``point`` file needs no scan. Other CSV/text files are declined. The store reader takes only napari-meddift descriptor stores (a zarr v3 group
+(else its first one); an elastix ``point`` file needs no scan. Other CSV/text files are declined.
+The store reader takes only napari-meddift descriptor stores (a zarr v3 group
 whose attributes name our format); OME-Zarr and other zarr groups are left to their plugins.
 Every layer carries the scan's full geometry (see ``_layers.py``).
 """

@@ -141,8 +141,10 @@ class RegistrationWidget(Container):
             res = register_stores(src, tgt, settings, progress=progress)
             progress(1, 1, "warping the target")
             warped = res.field.warp(moving)
-            grid = res.field.warp(type(moving)(grid_image(moving.shape), moving.spacing, moving.origin, moving.direction),
-                                  default_value=0.0)
+            grid = res.field.warp(
+                type(moving)(grid_image(moving.shape), moving.spacing, moving.origin, moving.direction),
+                default_value=0.0,
+            )
             return {"result": res, "warped": warped, "grid": grid, "seconds": time.perf_counter() - t0}
 
         return self.panel.start(work, self._done)

@@ -23,8 +23,8 @@ from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 
 from ..errors import MedDiftError
 from ..matching.window import Radius, radius_tag
-from ._explorer import explorer_in
 from ._task_panel import TaskPanel
+from .explorer import explorer_in
 
 __all__ = ["FeatureQualityWidget"]
 
@@ -235,7 +235,8 @@ class FeatureQualityWidget(QWidget):
                          old.spacing_zyx, predicted=table.target_zyx.astype(float),
                          score=table.score.astype(float),
                          settings={"levels": list(config.levels), "weights": config.weight_map,
-                                   "radius": radius_tag(rep.radii[0]), "timestep": timestep, "source": "feature quality report"})
+                                   "radius": radius_tag(rep.radii[0]), "timestep": timestep,
+                                   "source": "feature quality report"})
         ex.session.apply_landmarks(lm)
         err = lm.errors_mm
         self.chosen = (configuration, timestep)

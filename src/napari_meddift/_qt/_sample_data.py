@@ -27,7 +27,9 @@ def demo_pair():
         (exhale.array, volume_layer_kwargs(exhale, name=tgt_name, visible=False), "image"),
     ]
     for mask, vol, name, visible in ((lungs_in, inhale, src_name, False), (lungs_ex, exhale, tgt_name, False)):
-        layers.append((mask.astype(np.uint8), labels_layer_kwargs(vol, name=f"{name} lungs", visible=visible), "labels"))
+        layers.append(
+            (mask.astype(np.uint8), labels_layer_kwargs(vol, name=f"{name} lungs", visible=visible), "labels")
+        )
     for pts, vol, name, color, visible in ((src_pts, inhale, src_name, "cyan", True),
                                            (tgt_pts, exhale, tgt_name, "lime", False)):
         layers.append((np.asarray(pts, float), points_layer_kwargs(

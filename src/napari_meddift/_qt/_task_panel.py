@@ -1,7 +1,7 @@
 """The run / cancel / progress / message / error rows of a dock that runs one long job at a time.
 
 ``TaskPanel(desc, run_text)`` owns the magicgui widgets (``widgets`` lists them in dock order)
-and one :class:`~napari_meddift._qt._tasks.LongTask` at a time: ``start(fn, on_done)`` runs
+and one :class:`~napari_meddift._qt._long_task.LongTask` at a time: ``start(fn, on_done)`` runs
 ``fn(progress)`` on a napari worker, mirrors its progress into the panel's bar and message (and
 napari's activity dock), and shows a failure as one red line (a cancel as a plain message). The
 dock keeps its own inputs and results; the Extract and Registration docks share this panel.
@@ -17,7 +17,7 @@ from qtpy.QtCore import QObject, QTimer
 
 from ..errors import CancelledError
 from ._controls import ERROR_STYLE
-from ._tasks import LongTask, error_text
+from ._long_task import LongTask, error_text
 
 __all__ = ["TaskPanel"]
 

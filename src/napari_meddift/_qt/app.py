@@ -37,9 +37,9 @@ def launch_explorer(source, target, src_store, tgt_store, landmarks=None, viewer
     """
     import napari
 
-    from ._explorer import ExplorerWidget
     from ._feature_view import FeatureViewWidget
     from ._landmarks import LandmarksWidget
+    from .explorer import ExplorerWidget
 
     if viewer is None:
         viewer = napari.Viewer(title="MedDIFT correspondence explorer", show=show)
@@ -91,7 +91,7 @@ def launch_demo(inhale, exhale, landmarks, prepare, radius: int | None = None, n
     it is done. ``note(text)``: one line for the terminal. Returns ``(viewer, task)``."""
     import napari
 
-    from ._tasks import LongTask
+    from ._long_task import LongTask
 
     viewer = napari.Viewer(title="MedDIFT correspondence explorer")
     layers = add_pair_layers(viewer, inhale, exhale)
@@ -106,7 +106,7 @@ def launch_demo(inhale, exhale, landmarks, prepare, radius: int | None = None, n
         note("meddift demo: descriptors ready, explorer connected")
 
     def failed(exc):
-        from ._tasks import error_text
+        from ._long_task import error_text
 
         note(f"meddift demo: the demo descriptors could not be prepared: {error_text(exc)}")
 

@@ -34,21 +34,20 @@ __all__ = [
 class ExtractionSettings:
     """How descriptors are taken from a backbone; stored verbatim in the store's attributes.
 
-    Args:
-        timestep: diffusion timestep of the added noise, in ``0 .. num_train_timesteps - 1`` of
-            the backbone's scheduler (1000 steps for MAISI and mini); None (default): the
-            backbone's ``default_timestep``, the paper's operating point on its own schedule
-            (20 for DDPM, 155 for rectified flow: the same noise/signal 0.184). Extraction
-            resolves it (:meth:`resolved`) before the cache key, so a store records the number.
-        levels: level names to return; None: the backbone's ``default_levels``.
-        seed: seed of the noise draws (a private generator; the global RNG is never touched).
-        samples: noise draws averaged, at least 1.
-        device: ``auto`` | ``cpu`` | ``cuda`` (not part of the cache key).
-        dtype: ``auto`` (float32 on CPU, float16 on CUDA) | ``float32`` | ``float16`` | ``bfloat16``.
-        spacing: the grid the backbone runs on: None, the backbone's own (``Backbone.grid_spacing``);
-            ``"native"``, the scan's own grid; or isotropic millimetres (see :func:`parse_spacing`).
-            The scan is resampled to that grid over its own field of view; the store records the grid
-            (``extraction_grid``) and positions stay in the scan's own voxels.
+    ``timestep``: diffusion timestep of the added noise, in ``0 .. num_train_timesteps - 1`` of
+    the backbone's scheduler (1000 steps for MAISI and mini); None (default): the
+    backbone's ``default_timestep``, the paper's operating point on its own schedule
+    (20 for DDPM, 155 for rectified flow: the same noise/signal 0.184). Extraction
+    resolves it (:meth:`resolved`) before the cache key, so a store records the number.
+    ``levels``: level names to return; None: the backbone's ``default_levels``.
+    ``seed``: seed of the noise draws (a private generator; the global RNG is never touched).
+    ``samples``: noise draws averaged, at least 1.
+    ``device``: ``auto`` | ``cpu`` | ``cuda`` (not part of the cache key).
+    ``dtype``: ``auto`` (float32 on CPU, float16 on CUDA) | ``float32`` | ``float16`` | ``bfloat16``.
+    ``spacing``: the grid the backbone runs on: None, the backbone's own (``Backbone.grid_spacing``);
+    ``"native"``, the scan's own grid; or isotropic millimetres (see :func:`parse_spacing`).
+    The scan is resampled to that grid over its own field of view; the store records the grid
+    (``extraction_grid``) and positions stay in the scan's own voxels.
     """
 
     timestep: int | None = None
@@ -116,7 +115,9 @@ def parse_spacing(value: float | str | None) -> float | str | None:
         try:
             value = float(text)
         except ValueError:
-            raise MedDiftError(f"--spacing must be millimetres (e.g. 2.5 or 2.5mm) or 'native', got {value!r}") from None
+            raise MedDiftError(
+                f"--spacing must be millimetres (e.g. 2.5 or 2.5mm) or 'native', got {value!r}"
+            ) from None
     lo, hi = SPACING_RANGE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= float(value) <= hi):
         raise MedDiftError(f"--spacing must be between {lo:g} and {hi:g} mm, or 'native' (the scan's own grid); "
@@ -153,20 +154,19 @@ class Backbone(Protocol):
     native resolution; the level grid spans the whole image as
     ``F.interpolate(..., size=image_shape, mode="trilinear", align_corners=False)`` does.
 
-    Attributes:
-        name: registry name (``maisi``, ``mini``, ...).
-        level_names: every level it can give, in fusion order.
-        default_levels: the levels extracted when the settings name none.
-        grid_spacing: the isotropic voxel spacing (mm) the backbone wants its input at (mini: the
-            spacing it was trained at), or None to run on the scan's own grid (MAISI, which resizes
-            and conditions on spacing itself; MIND-SSC). Extraction resamples the scan to it.
-        preprocessing: the HU window and network-shape rule it applies by default, or None for a
-            backbone that takes no preprocessing settings (``extract`` then refuses them).
-        weights_hash: identity of the weights (sha256 of the checkpoint files' bytes, or
-            ``random-...`` for seeded random weights); part of every store's cache key.
-        config: everything else about the backbone that changes its features (for MAISI the
-            variant, the body region and the latent choice); part of the cache key and stored.
-        description: one human-readable line (release, weights) stored beside the levels.
+    ``name``: registry name (``maisi``, ``mini``, ...).
+    ``level_names``: every level it can give, in fusion order.
+    ``default_levels``: the levels extracted when the settings name none.
+    ``grid_spacing``: the isotropic voxel spacing (mm) the backbone wants its input at (mini: the
+    spacing it was trained at), or None to run on the scan's own grid (MAISI, which resizes
+    and conditions on spacing itself; MIND-SSC). Extraction resamples the scan to it.
+    ``preprocessing``: the HU window and network-shape rule it applies by default, or None for a
+    backbone that takes no preprocessing settings (``extract`` then refuses them).
+    ``weights_hash``: identity of the weights (sha256 of the checkpoint files' bytes, or
+    ``random-...`` for seeded random weights); part of every store's cache key.
+    ``config``: everything else about the backbone that changes its features (for MAISI the
+    variant, the body region and the latent choice); part of the cache key and stored.
+    ``description``: one human-readable line (release, weights) stored beside the levels.
 
     A diffusion backbone also has ``scheduler`` (its MONAI noise scheduler) and
     ``default_timestep`` (the timestep of settings that name none); both are optional.

@@ -79,23 +79,21 @@ def capture_levels(
 ) -> dict[str, torch.Tensor]:
     """Average over ``settings.samples`` noise draws of the outputs of ``modules[level]``.
 
-    Args:
-        run: ``run(x_t, timesteps)`` calls the network once (with its conditioning).
-        modules: level name -> module whose forward output is that level.
-        levels: the levels to capture (validated with :func:`check_request`).
-        x0: clean network input (1, C, a, b, c) on the device the network runs on.
-        scheduler: a MONAI scheduler; ``scheduler.add_noise(x0, noise, timesteps)`` noises.
-        settings: timestep, seed, samples.
-        dtype: autocast dtype; float32 runs without autocast.
-        progress: called with ``(done + i + 1, total, message)`` after noise sample i.
-        done, total: progress steps before this call, and in the whole extraction
-            (default ``done + samples``).
+    ``run``: ``run(x_t, timesteps)`` calls the network once (with its conditioning).
+    ``modules``: level name -> module whose forward output is that level.
+    ``levels``: the levels to capture (validated with :func:`check_request`).
+    ``x0``: clean network input (1, C, a, b, c) on the device the network runs on.
+    ``scheduler``: a MONAI scheduler; ``scheduler.add_noise(x0, noise, timesteps)`` noises.
+    ``settings``: timestep, seed, samples.
+    ``dtype``: autocast dtype; float32 runs without autocast.
+    ``progress``: called with ``(done + i + 1, total, message)`` after noise sample i.
+    ``done``, ``total``: progress steps before this call, and in the whole extraction
+    (default ``done + samples``).
 
-    Returns:
-        {level: tensor (C, a', b', c') float32} on ``x0``'s device: the mean over the samples of
-        the batch's first item. The forward pass stops as soon as the last requested level is
-        captured (the decoder blocks after it and the output head never run). Hooks are removed
-        even when ``progress`` raises.
+    Returns {level: tensor (C, a', b', c') float32} on ``x0``'s device: the mean over the samples of
+    the batch's first item. The forward pass stops as soon as the last requested level is
+    captured (the decoder blocks after it and the output head never run). Hooks are removed
+    even when ``progress`` raises.
     """
     samples = int(settings.samples)
     total = done + samples if total is None else total

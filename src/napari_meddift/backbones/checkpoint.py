@@ -46,17 +46,15 @@ def enum_members_by_getattr(enums: Sequence[type[enum.Enum]]) -> tuple[Callable[
 def load_checkpoint(path: str | Path, what: str = "checkpoint", allowed: Sequence[Any] = ()) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU.
 
-    Args:
-        path: the checkpoint file.
-        what: how messages name it ("mini weights", "MAISI checkpoint").
-        allowed: extra types the file may hold beside tensors and plain containers (for
-            MAISI: MONAI's MetaTensor and plain numpy values), given to
-            ``torch.serialization.safe_globals``.
+    ``path``: the checkpoint file.
+    ``what``: how messages name it ("mini weights", "MAISI checkpoint").
+    ``allowed``: extra types the file may hold beside tensors and plain containers (for
+    MAISI: MONAI's MetaTensor and plain numpy values), given to
+    ``torch.serialization.safe_globals``.
 
-    Raises:
-        MedDiftError: one line, for a file holding any other Python object (a pickle that could
-            run code: it is never loaded with ``weights_only=False``), or one that is truncated or
-            not a checkpoint. Out-of-memory errors pass through unchanged.
+    Raises MedDiftError: one line, for a file holding any other Python object (a pickle that could
+    run code: it is never loaded with ``weights_only=False``), or one that is truncated or
+    not a checkpoint. Out-of-memory errors pass through unchanged.
     """
     import torch
 
@@ -74,7 +72,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", allowed: Sequenc
             ) from None
         raise MedDiftError(f"cannot read {what} {path} (it is truncated or not a PyTorch checkpoint); "
                            "copy or download it again") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-fixable problem
+    except Exception as exc:  # any unreadable checkpoint is a user-fixable problem
         if is_out_of_memory(exc):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

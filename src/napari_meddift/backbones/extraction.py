@@ -61,13 +61,11 @@ def _preprocessing_dict(backbone: Backbone, preprocessing: Any = None) -> dict:
 def extraction_grid(volume: Volume, backbone: Backbone, spacing: float | str | None = None) -> Grid:
     """The grid ``backbone`` runs on for ``volume``: the scan's field of view at the backbone's spacing.
 
-    Args:
-        volume: the scan.
-        backbone: its ``grid_spacing`` (mm, or None for the scan's own grid) is the default.
-        spacing: ``ExtractionSettings.spacing``: None (the backbone's), ``"native"`` or mm.
+    ``volume``: the scan.
+    ``backbone``: its ``grid_spacing`` (mm, or None for the scan's own grid) is the default.
+    ``spacing``: ``ExtractionSettings.spacing``: None (the backbone's), ``"native"`` or mm.
 
-    Returns:
-        :func:`grid_at` the spacing asked for, or the backbone's.
+    Returns :func:`grid_at` the spacing asked for, or the backbone's.
     """
     return grid_at(volume, getattr(backbone, "grid_spacing", None) if spacing is None else spacing)
 
@@ -107,15 +105,13 @@ def cached_store_path(
 ) -> Path:
     """One store per (image, backbone, weights, settings) in a cache folder, named by its cache key.
 
-    Args:
-        volume: the CT the store describes; its name starts the file name.
-        backbone: the descriptor source (name and weights hash enter the key).
-        settings: timestep, levels, seed, samples: they enter the key.
-        cache_dir: the folder, e.g. :func:`napari_meddift.io.cache.default_cache_dir`.
-        preprocessing: preprocessing settings of backbones that take them (None: the backbone's own).
+    ``volume``: the CT the store describes; its name starts the file name.
+    ``backbone``: the descriptor source (name and weights hash enter the key).
+    ``settings``: timestep, levels, seed, samples: they enter the key.
+    ``cache_dir``: the folder, e.g. :func:`napari_meddift.io.cache.default_cache_dir`.
+    ``preprocessing``: preprocessing settings of backbones that take them (None: the backbone's own).
 
-    Returns:
-        ``cache_dir / "<image>-<backbone>-<key[:12]>.zarr"``; the path may not exist yet.
+    Returns ``cache_dir / "<image>-<backbone>-<key[:12]>.zarr"``; the path may not exist yet.
     """
     stem = safe_filename(volume.name, "volume").strip("._") or "volume"
     key = _store_key(volume, backbone, settings, preprocessing)
@@ -138,19 +134,17 @@ def extract_to_store(
     weights and settings) is returned at once unless ``overwrite``. Otherwise the backbone runs
     and the store is written atomically, replacing an older store only once the new one is whole.
 
-    Args:
-        volume: the CT, array (z, y, x) in HU with spacing and origin in mm.
-        backbone: the descriptor source; each level comes back as (C, z', y', x') on its own grid.
-        settings: timestep, levels, seed, samples, device and dtype of the extraction.
-        path: the store to write (``STORE.zarr``).
-        preprocessing: preprocessing settings for backbones that take them (None: the backbone's own).
-        progress: ``progress(done, total, message)``; raising
-            :class:`~napari_meddift.errors.CancelledError` in it stops the run and leaves nothing behind.
-        overwrite: extract again even if ``path`` holds a matching store.
-        dtype: the stored precision, ``"float16"`` or ``"float32"``.
+    ``volume``: the CT, array (z, y, x) in HU with spacing and origin in mm.
+    ``backbone``: the descriptor source; each level comes back as (C, z', y', x') on its own grid.
+    ``settings``: timestep, levels, seed, samples, device and dtype of the extraction.
+    ``path``: the store to write (``STORE.zarr``).
+    ``preprocessing``: preprocessing settings for backbones that take them (None: the backbone's own).
+    ``progress``: ``progress(done, total, message)``; raising
+    :class:`~napari_meddift.errors.CancelledError` in it stops the run and leaves nothing behind.
+    ``overwrite``: extract again even if ``path`` holds a matching store.
+    ``dtype``: the stored precision, ``"float16"`` or ``"float32"``.
 
-    Returns:
-        ``(store, reused)``: the opened store and whether it was already there.
+    Returns ``(store, reused)``: the opened store and whether it was already there.
     """
     path = Path(path)
     settings = settings.resolved(backbone)  # the timestep the store records and the key holds

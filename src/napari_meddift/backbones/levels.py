@@ -10,16 +10,13 @@ from ..errors import MedDiftError
 def resolve_levels(spec: str | None, level_names: Sequence[str]) -> tuple[str, ...] | None:
     """Turn a level specification into level names.
 
-    Args:
-        spec: comma-separated indices into ``level_names`` (``"0,2,3"``), names (``"up0,up2"``)
-            or a mix; ``None`` or blank means "all levels" (the caller's default).
-        level_names: the levels the backbone or store has, in order.
+    ``spec``: comma-separated indices into ``level_names`` (``"0,2,3"``), names (``"up0,up2"``)
+    or a mix; ``None`` or blank means "all levels" (the caller's default).
+    ``level_names``: the levels the backbone or store has, in order.
 
-    Returns:
-        The named levels without duplicates, in the order given, or ``None`` for "all".
+    Returns the named levels without duplicates, in the order given, or ``None`` for "all".
 
-    Raises:
-        MedDiftError: an index out of range or an unknown name; the message lists the choices.
+    Raises MedDiftError: an index out of range or an unknown name; the message lists the choices.
     """
     if spec is None or spec.strip() == "":
         return None

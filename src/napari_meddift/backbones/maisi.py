@@ -28,7 +28,6 @@ from .preprocessing import Prepared, PreprocessSettings, from_canonical, prepare
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
 from .capture import capture_levels, check_request, noise_generator, seeded
 from .maisi_release import (
-    BUNDLE,
     HOW_TO_GET,
     RELEASES,
     VARIANTS,
@@ -183,22 +182,21 @@ def _digest(t: torch.Tensor) -> str:
 class MaisiBackbone:
     """MAISI autoencoder + diffusion UNet; levels up0..up3 (+ mid), native resolution.
 
-    Args:
-        weights: folder of one MAISI release (the folder itself, its ``models/`` or
-            ``maisi_ct_generative/models/``); the release and its variant are recognised from the
-            checkpoints (``maisi_release.py``).
-        random_weights: untrained control, seeded by ``seed`` (the global RNG is left alone).
-        width: scales every channel count (tests; checkpoints fit width 1 only).
-        seed: seed of the random weights.
-        body_region: DDPM conditioning, one of head/chest/abdomen/lower or a (top, bottom) pair;
-            None means chest. Rectified-flow releases take none (they are conditioned on the
-            modality, CT).
-        include_mid: also offer the middle block as level ``mid``.
-        preprocessing: HU window and network-shape rule (default: the tutorials').
-        variant: ``auto`` (from the checkpoint), ``ddpm`` or ``rflow``; with several UNet files in
-            the folder it picks one; with random weights it picks the architecture (auto: ddpm).
-        latent: ``mean`` (the posterior mean, deterministic; default) or ``sample`` (mean + sigma
-            * eps, eps seeded by the extraction seed, as the tutorials' training data were made).
+    ``weights``: folder of one MAISI release (the folder itself, its ``models/`` or
+    ``maisi_ct_generative/models/``); the release and its variant are recognised from the
+    checkpoints (``maisi_release.py``).
+    ``random_weights``: untrained control, seeded by ``seed`` (the global RNG is left alone).
+    ``width``: scales every channel count (tests; checkpoints fit width 1 only).
+    ``seed``: seed of the random weights.
+    ``body_region``: DDPM conditioning, one of head/chest/abdomen/lower or a (top, bottom) pair;
+    None means chest. Rectified-flow releases take none (they are conditioned on the
+    modality, CT).
+    ``include_mid``: also offer the middle block as level ``mid``.
+    ``preprocessing``: HU window and network-shape rule (default: the tutorials').
+    ``variant``: ``auto`` (from the checkpoint), ``ddpm`` or ``rflow``; with several UNet files in
+    the folder it picks one; with random weights it picks the architecture (auto: ddpm).
+    ``latent``: ``mean`` (the posterior mean, deterministic; default) or ``sample`` (mean + sigma
+    * eps, eps seeded by the extraction seed, as the tutorials' training data were made).
     """
 
     name = "maisi"

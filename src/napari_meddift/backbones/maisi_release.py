@@ -2,16 +2,16 @@
 
 Five public releases ship the same two networks under different names (docs/backbones.md):
 
-=====================================  =========================  ===========================================================  =======
-release                                autoencoder                diffusion UNet                                               variant
-=====================================  =========================  ===========================================================  =======
-bundle maisi_ct_generative 0.4.x       autoencoder_epoch273.pt    input_unet3d_data-all_steps1000size512ddpm_random_current    ddpm
-                                                                  _inputx_v1.pt
-MAISI tutorials, early 2025            autoencoder_epoch273.pt    diff_unet_3d_ddpm.pt                                         ddpm
-NV-Generate-CT / tutorials, DDPM       autoencoder_v1.pt          diff_unet_3d_ddpm-ct.pt                                      ddpm
-bundle maisi_ct_generative 1.0.x       autoencoder.pt             diffusion_unet.pt                                            rflow
-NV-Generate-CT / tutorials, rflow      autoencoder_v1.pt          diff_unet_3d_rflow-ct.pt                                     rflow
-=====================================  =========================  ===========================================================  =======
+=================================  =======================  ======================================  =======
+release                            autoencoder              diffusion UNet                          variant
+=================================  =======================  ======================================  =======
+bundle maisi_ct_generative 0.4.x   autoencoder_epoch273.pt  input_unet3d_data-all_steps1000size512  ddpm
+                                                            ddpm_random_current_inputx_v1.pt
+MAISI tutorials, early 2025        autoencoder_epoch273.pt  diff_unet_3d_ddpm.pt                    ddpm
+NV-Generate-CT / tutorials, DDPM   autoencoder_v1.pt        diff_unet_3d_ddpm-ct.pt                 ddpm
+bundle maisi_ct_generative 1.0.x   autoencoder.pt           diffusion_unet.pt                       rflow
+NV-Generate-CT / tutorials, rflow  autoencoder_v1.pt        diff_unet_3d_rflow-ct.pt                rflow
+=================================  =======================  ======================================  =======
 
 (plus the early-2025 tutorials' rectified-flow file ``diff_unet_3d_rflow.pt``). The variant is
 decided by the UNet's state-dict keys, not by its file name. The autoencoder file is a raw state
@@ -294,7 +294,8 @@ def find_release(weights: str | os.PathLike, variant: str = "auto") -> Found:
         raise MedDiftError(f"MAISI weights folder {root} does not exist; " + HOW_TO_GET)
     if root.is_file():
         raise MedDiftError(
-            f"--weights must be the folder holding a MAISI release's autoencoder and diffusion UNet, not the file {root}"
+            f"--weights must be the folder holding a MAISI release's autoencoder and diffusion UNet, "
+            f"not the file {root}"
         )
     folders = _candidate_folders(root)
     wanted = [r for r in RELEASES if variant in ("auto", r.variant)]

@@ -70,13 +70,12 @@ def estimate_peak_bytes(backbone: str, grid_shape, device: str = "cpu", preproce
                         image_shape=None) -> int:
     """Estimated peak memory (bytes) of extracting one scan; ``samples`` adds little (sums are reused).
 
-    Args:
-        backbone: registry name.
-        grid_shape: the extraction grid (z, y, x) the backbone runs on.
-        device: ``cpu`` or ``cuda``.
-        preprocessing: the backbone's network-shape rule, if any.
-        samples: noise samples (not counted: sums are reused).
-        image_shape: the scan's own grid when it differs (it is read, and copied once to resample).
+    ``backbone``: registry name.
+    ``grid_shape``: the extraction grid (z, y, x) the backbone runs on.
+    ``device``: ``cpu`` or ``cuda``.
+    ``preprocessing``: the backbone's network-shape rule, if any.
+    ``samples``: noise samples (not counted: sums are reused).
+    ``image_shape``: the scan's own grid when it differs (it is read, and copied once to resample).
     """
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     base, per_voxel = COEFFICIENTS.get((backbone, dev), COEFFICIENTS[("mini", dev)])
@@ -86,7 +85,10 @@ def estimate_peak_bytes(backbone: str, grid_shape, device: str = "cpu", preproce
 
 
 def _cgroup_limit() -> int | None:
-    for path, unlimited in (("/sys/fs/cgroup/memory.max", "max"), ("/sys/fs/cgroup/memory/memory.limit_in_bytes", None)):
+    for path, unlimited in (
+        ("/sys/fs/cgroup/memory.max", "max"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", None),
+    ):
         try:
             text = Path(path).read_text().strip()
         except OSError:

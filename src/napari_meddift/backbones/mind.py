@@ -103,7 +103,9 @@ class MindSscBackbone:
         from ..errors import MedDiftError
 
         if int(radius) < 0 or int(dilation) < 1:
-            raise MedDiftError(f"MIND-SSC needs radius >= 0 and dilation >= 1, got radius={radius}, dilation={dilation}")
+            raise MedDiftError(
+                f"MIND-SSC needs radius >= 0 and dilation >= 1, got radius={radius}, dilation={dilation}"
+            )
         self.radius = int(radius)
         self.dilation = int(dilation)
 

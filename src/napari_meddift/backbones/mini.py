@@ -299,6 +299,6 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         unet.load_state_dict({k: v.float() for k, v in state.items()})
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-fixable problem
+    except Exception as exc:  # any unreadable checkpoint is a user-fixable problem
         raise MedDiftError(f"cannot load mini weights {path}: {exc}") from exc
     return unet, meta, digest

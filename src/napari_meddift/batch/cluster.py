@@ -29,7 +29,7 @@ def require_distributed() -> None:
         if (exc.name or "").split(".")[0] not in ("dask", "distributed"):
             raise  # a broken install of something else: its own message is the useful one
         raise MedDiftError("Dask is not installed: extract-many and --workers/--scheduler need it; "
-                           "install it with `pip install napari-meddift[batch]`") from None
+                           "install it from the clone with `pip install -e \".[batch]\"`") from None
 
 
 def usable_cores() -> int:
@@ -62,7 +62,8 @@ def threads_per_worker(n_workers: int, cores: int | None = None) -> int:
 def thread_env(threads: int) -> dict[str, str]:
     """Environment that caps OpenMP, MKL, OpenBLAS and numba pools (read once, at process start)."""
     t = str(int(threads))
-    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "NUMBA_NUM_THREADS": t, THREADS_ENV: t}
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "NUMBA_NUM_THREADS": t,
+            THREADS_ENV: t}
 
 
 def default_workers(device: str = "auto", gpus: Sequence[str] | None = None) -> int:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 from typing import Sequence
 
 from ..errors import MedDiftError
-from ..evaluation.l2r import DEFAULT_WINDOW
 from .tasks import BackboneSpec, ScanJob
 
 
@@ -91,65 +91,73 @@ def evaluate_cases_on_cluster(
     return out_map
 
 
-def evaluate_l2r_on_cluster(
-    root,
-    backbone="mini",
-    settings=None,
-    radius=DEFAULT_WINDOW,
-    cases: Sequence[int | str] | None = None,
-    out_dir=None,
-    *,
-    labels_root=None,
-    levels: Sequence[str] | None = None,
-    keypoints: bool = True,
-    device: str = "auto",
-    weights=None,
-    random_weights: bool = False,
-    workers: int | None = None,
-    scheduler: str | None = None,
-    client=None,
-    threads: int | None = None,
-    progress=None,
-    log=None,
-):
+#: where the cluster run's defaults differ from :func:`~napari_meddift.evaluation.l2r.evaluate_l2r`'s
+CLUSTER_DEFAULTS = {"device": "auto"}  # resolved on each worker, which may hold its own GPU
+
+
+def evaluate_l2r_on_cluster(root, *args, workers: int | None = None, scheduler: str | None = None, client=None,
+                            threads: int | None = None, progress=None, **kwargs):
     """:func:`napari_meddift.evaluation.l2r.evaluate_l2r` with extraction and matching as Dask tasks.
 
-    Args:
-        root, backbone, settings, radius, cases, out_dir, labels_root, levels, keypoints, weights,
-            random_weights, log: as for ``evaluate_l2r``; a backbone given by name is built on the
-            workers (its ``weights`` must be readable there).
-        device: matching device; ``"auto"`` is resolved on each worker.
-        workers, scheduler, client: a local cluster of that many processes (default 1), the
-            running scheduler at that address (``tcp://host:port``), or that ``distributed.Client``.
-        threads: PyTorch threads per worker (default: the cores split between workers).
-        progress: ``progress(done, total, message)`` per extracted image and per matched case.
+    Takes ``evaluate_l2r``'s arguments (its signature is the one source of them; only ``device``
+    defaults differently, :data:`CLUSTER_DEFAULTS`) and the cluster's own keywords.
 
-    Returns:
-        The same ``L2RResult`` as the serial harness (table and JSON written to the output folder).
+    ``root``, ``*args``, ``**kwargs``: as for ``evaluate_l2r`` (``done`` aside); a backbone given by
+    name is built on the workers (its ``weights`` must be readable there). ``device``: the matching
+    device, ``"auto"`` by default, resolved on each worker.
+    ``workers``, ``scheduler``, ``client``: a local cluster of that many processes (default 1), the
+    running scheduler at that address (``tcp://host:port``), or that ``distributed.Client``.
+    ``threads``: PyTorch threads per worker (default: the cores split between workers).
+    ``progress``: ``progress(done, total, message)`` per extracted image and per matched case.
+
+    Returns the same ``L2RResult`` as the serial harness (table and JSON written to the output folder).
     """
     from ..backbones.base import ExtractionSettings
     from ..evaluation.l2r import check_files, evaluate_l2r, is_identity, l2r_cases, method_name, output_folder
 
+    if "done" in kwargs:
+        raise TypeError("evaluate_l2r_on_cluster() got an unexpected keyword argument 'done'")
+    call = inspect.signature(evaluate_l2r).bind(root, *args, **{**CLUSTER_DEFAULTS, **kwargs})
+    call.apply_defaults()
+    run = dict(call.arguments)  # every argument of evaluate_l2r, by name
+    backbone, radius = run["backbone"], run["radius"]
     if is_identity(backbone):  # nothing to extract or match
-        return evaluate_l2r(root, None, settings, radius, cases, out_dir, labels_root=labels_root, keypoints=keypoints,
-                            log=log)
-    _, case_list = l2r_cases(root, labels_root, cases)
-    check_files(root, case_list, keypoints=keypoints)
+        return evaluate_l2r(root, None, run["settings"], radius, run["cases"], run["out_dir"],
+                            labels_root=run["labels_root"], keypoints=run["keypoints"], log=run["log"])
+    _, case_list = l2r_cases(root, run["labels_root"], run["cases"])
+    check_files(root, case_list, keypoints=run["keypoints"])
     if isinstance(backbone, str):
         from ..backbones import backbone_levels
 
         backbone_levels(backbone)  # an unknown name fails here, before any worker starts
-        backbone = BackboneSpec(backbone.lower(), str(weights) if weights is not None else None, bool(random_weights))
-    settings = settings or ExtractionSettings(device=device)
-    out = output_folder(root, out_dir)
+        weights = run["weights"]
+        backbone = BackboneSpec(backbone.lower(), str(weights) if weights is not None else None,
+                                bool(run["random_weights"]))
+    settings = run["settings"] or ExtractionSettings(device=run["device"])
+    out = output_folder(root, run["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     done = evaluate_cases_on_cluster(
-        case_list, backbone, settings, out, method_name(backbone, radius), radius=radius, levels=levels,
-        keypoints=keypoints, device=device, workers=workers, scheduler=scheduler, client=client, threads=threads,
-        progress=progress,
+        case_list, backbone, settings, out, method_name(backbone, radius), radius=radius, levels=run["levels"],
+        keypoints=run["keypoints"], device=run["device"], workers=workers, scheduler=scheduler, client=client,
+        threads=threads, progress=progress,
     )
-    return evaluate_l2r(root, backbone, settings, radius, [c.case_id for c in case_list], out, labels_root=labels_root,
-                        levels=levels, keypoints=keypoints, device=device, log=log, done=done)
+    return evaluate_l2r(**{**run, "backbone": backbone, "settings": settings,
+                           "cases": [c.case_id for c in case_list], "out_dir": out, "done": done})
+
+
+def _cluster_signature() -> inspect.Signature:
+    """``evaluate_l2r``'s signature with :data:`CLUSTER_DEFAULTS`, less ``done`` and its per-case
+    ``progress``, plus the cluster's keywords: what ``help(evaluate_l2r_on_cluster)`` shows."""
+    from ..evaluation.l2r import evaluate_l2r
+
+    shared = [p.replace(default=CLUSTER_DEFAULTS.get(p.name, p.default))
+              for p in inspect.signature(evaluate_l2r).parameters.values() if p.name not in ("done", "progress")]
+    own = [p for p in inspect.signature(evaluate_l2r_on_cluster).parameters.values()
+           if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return inspect.signature(evaluate_l2r).replace(parameters=shared + own)
+
+
+evaluate_l2r_on_cluster.__signature__ = _cluster_signature()  # type: ignore[attr-defined]
 
 
 __all__ = ["evaluate_cases_on_cluster", "evaluate_l2r_on_cluster"]

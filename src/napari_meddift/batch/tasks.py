@@ -173,7 +173,7 @@ def extract_scan(
         res.status = SKIPPED if reused else DONE
     except MedDiftError as exc:
         res.status, res.error = FAILED, str(exc)
-    except Exception as exc:  # noqa: BLE001 - re-raised for Dask's retries, with where it happened
+    except Exception as exc:  # re-raised for Dask's retries, with where it happened
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         raise RuntimeError(f"{job.name} on {res.worker}: {tail}") from exc
     res.seconds = time.perf_counter() - t0

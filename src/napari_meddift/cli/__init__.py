@@ -12,11 +12,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import build_demo, check, demo, evaluate, evaluate_l2r, extract, extract_many, match, register, report, train_mini
+from . import (build_demo, check, demo, evaluate, evaluate_l2r, extract, extract_many, match, register, report,
+               train_mini)
 from ._common import Parser, check_bounds, run_guarded
 
 #: the sub-commands in the order ``meddift --help`` lists them; add a new one here
-SUBCOMMANDS = (extract, extract_many, match, register, evaluate, report, check, demo, train_mini, evaluate_l2r, build_demo)
+SUBCOMMANDS = (extract, extract_many, match, register, evaluate, report, check, demo, train_mini, evaluate_l2r,
+               build_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

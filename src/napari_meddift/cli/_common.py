@@ -53,7 +53,7 @@ def run_guarded(run: Callable[[], int | None]) -> int:
     except MedDiftError as exc:
         print(f"meddift: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - out of memory and file-system failures are the user's to fix
+    except Exception as exc:  # out of memory and file-system failures are the user's to fix
         if is_out_of_memory(exc):
             print(f"meddift: error: {out_of_memory_message(exc)}", file=sys.stderr)
             return EXIT_ERROR
@@ -72,7 +72,8 @@ def _num(v) -> str:
 def check_range(value, name: str, low=None, high=None, what: str = "") -> None:
     """MedDiftError unless ``low <= value <= high`` (either bound optional), before any work."""
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {_num(low)}" if high is None else f"<= {_num(high)}" if low is None else f"in [{_num(low)}, {_num(high)}]"
+        bounds = (f">= {_num(low)}" if high is None else f"<= {_num(high)}" if low is None
+                  else f"in [{_num(low)}, {_num(high)}]")
         raise MedDiftError(f"{name} must be {bounds}{what}, got {value}")
 
 

@@ -105,7 +105,8 @@ def run_demo(headless: bool = False, as_json: bool = False, cache_dir=None, radi
     try:
         import napari
     except ImportError:  # pragma: no cover - depends on the install
-        print("meddift demo needs napari: pip install 'napari-meddift[all]' (or use --headless)", file=sys.stderr)
+        print("meddift demo needs napari: from the clone, pip install -e \".[all]\" (or use --headless)",
+              file=sys.stderr)
         return 2
     from .._qt.app import launch_demo
 
@@ -149,7 +150,8 @@ def display_missing() -> bool:
         return False
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
         return False
-    return os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] not in ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
+    platform = os.environ.get("QT_QPA_PLATFORM", "").split(":")[0]
+    return platform not in ("offscreen", "minimal", "vnc", "eglfs", "linuxfb")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,8 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..backbones import ALIASES, available_backbones
 
     short = ", ".join(f"{a} = {n}" for a, n in ALIASES.items())
-    add_backbone_arguments(p, f"descriptor source: {', '.join(available_backbones())} ({short}); default mini (built in)",
-                           timestep_help="diffusion timestep of the added noise (0-999 of the backbone's scheduler)")
+    add_backbone_arguments(
+        p,
+        f"descriptor source: {', '.join(available_backbones())} ({short}); default mini (built in)",
+        timestep_help="diffusion timestep of the added noise (0-999 of the backbone's scheduler)",
+    )
     add_levels_argument(p, "levels to keep: indices (0,1,2,3) or names; default all")
     p.add_argument("--samples", type=int, default=1, help="noise samples averaged")
     add_spacing_argument(p)
@@ -95,4 +98,5 @@ def grid_text(grid, image, backbone: str) -> str:
 
     if grid.same_as(image):
         return f"{backbone} ran on the scan's own grid ({size(image)})"
-    return f"{backbone} ran on the scan resampled to {size(grid)} (the scan: {size(image)}; --spacing native keeps its grid)"
+    return (f"{backbone} ran on the scan resampled to {size(grid)} "
+            f"(the scan: {size(image)}; --spacing native keeps its grid)")

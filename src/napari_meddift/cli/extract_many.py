@@ -32,8 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
     p.add_argument("--threads", type=int, help="PyTorch threads per worker (default: the cores split between workers)")
     p.add_argument("--retries", type=int, default=1, help="extra attempts for a scan after an unexpected error")
-    add_backbone_arguments(p, "descriptor source: mini (built in), maisi, ... (weights must be readable by every worker)",
-                           timestep_help="diffusion timestep of the added noise (0-999)")
+    add_backbone_arguments(
+        p,
+        "descriptor source: mini (built in), maisi, ... (weights must be readable by every worker)",
+        timestep_help="diffusion timestep of the added noise (0-999)",
+    )
     add_levels_argument(p, "levels to keep: indices (0,1,2,3) or names; default all")
     p.add_argument("--samples", type=int, default=1, help="noise samples averaged")
     add_spacing_argument(p)

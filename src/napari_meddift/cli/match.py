@@ -10,7 +10,6 @@ from ._common import (
     add_device_argument,
     add_levels_argument,
     add_search_arguments,
-    check_range,
     search_radius,
     tqdm_progress,
     window_text,
@@ -58,18 +57,23 @@ def run(args: argparse.Namespace) -> int:
     if levels is None and src.level_names != tgt.level_names:
         raise MedDiftError(
             f"the stores hold different levels (source {', '.join(src.level_names)}; target "
-            f"{', '.join(tgt.level_names)}); extract both with the same --levels, or name the levels to fuse with --levels"
+            f"{', '.join(tgt.level_names)}); extract both with the same --levels, "
+            "or name the levels to fuse with --levels"
         )
     points = read_points(args.points)
     limit = MAX_GLOBAL_POINTS if args.global_search else MAX_POINTS
     if len(points) > limit and not args.no_size_limit:
         raise MedDiftError(
-            f"{args.points} holds {len(points):,} points; more than {limit:,} {'global searches' if args.global_search else 'points'} "
-            "would take hours: split the file into smaller runs, or pass --no-size-limit to run them all")
+            f"{args.points} holds {len(points):,} points; "
+            f"more than {limit:,} {'global searches' if args.global_search else 'points'} "
+            "would take hours: split the file into smaller runs, or pass --no-size-limit to run them all"
+        )
     check_points_inside(points, src.image_shape, args.points)
     if radius is not None and max(voxel_radius(radius, tgt.spacing)) == 0:
-        raise MedDiftError(f"--radius {radius} searches only the window's centre voxel of the target "
-                           f"({tgt.spacing} mm voxels): nothing to match or compare; give at least one voxel, e.g. 40mm")
+        raise MedDiftError(
+            f"--radius {radius} searches only the window's centre voxel of the target "
+            f"({tgt.spacing} mm voxels): nothing to match or compare; give at least one voxel, e.g. 40mm"
+        )
     matcher = Matcher.from_stores(src, tgt, levels=levels, device=args.device, allow_mixed=args.allow_mixed)
     print(f"search window: {window_text(radius, tgt.spacing)}")
     table = matcher.match_points(points, radius, progress=tqdm_progress("match"))

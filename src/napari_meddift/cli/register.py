@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_levels_argument(p, "levels to fuse: indices or names; default all in the stores")
     p.add_argument("--grid-spacing", type=int, default=S.grid_spacing, help="cost-volume node spacing (voxels)")
     p.add_argument("--search-radius", type=int, default=S.search_radius, help="displacement range (voxels)")
-    p.add_argument("--search-step", type=int, default=S.search_step, help="displacement step of the cost volume (voxels)")
+    p.add_argument(
+        "--search-step", type=int, default=S.search_step, help="displacement step of the cost volume (voxels)"
+    )
     p.add_argument("--smoothness", type=float, default=S.smoothness, help="weight of the regulariser (Adam stage)")
     p.add_argument("--regulariser", choices=["diffusion", "bending"], default=S.regulariser)
     p.add_argument("--iterations", type=int, default=S.iterations, help="Adam steps (0: convex result only)")
@@ -58,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _check_outputs(args: argparse.Namespace) -> None:
     from ..io.volume import VOLUME_SUFFIXES, _suffix
 
-    images = [("-o/--output", args.output)] + [(f, v) for f, v in (("--warped", args.warped), ("--jacobian", args.jacobian)) if v]
+    images = [("-o/--output", args.output)] + [
+        (f, v) for f, v in (("--warped", args.warped), ("--jacobian", args.jacobian)) if v
+    ]
     for flag, path in images:
         if _suffix(Path(path)) not in VOLUME_SUFFIXES:
             raise MedDiftError(f"{flag} {path}: use a name ending in .nii.gz, .nii, .mha, .mhd or .nrrd")
@@ -93,14 +97,18 @@ def run(args: argparse.Namespace) -> int:
         check_points_inside(points, src.image_shape, args.points)  # a field is not extrapolated
     moving = read_volume(args.moving) if args.moving else None
     if moving is not None and tuple(moving.shape) != tuple(tgt.image_shape):
-        raise MedDiftError(f"--moving {args.moving} is {'x'.join(map(str, moving.shape))} (z,y,x) but the target store's "
-                           f"image is {'x'.join(map(str, tgt.image_shape))}; give the image the target store was made from")
+        raise MedDiftError(
+            f"--moving {args.moving} is {'x'.join(map(str, moving.shape))} (z,y,x) but the target store's "
+            f"image is {'x'.join(map(str, tgt.image_shape))}; give the image the target store was made from"
+        )
 
     if args.method == "unigradicon":
         from ..registration.unigradicon import register_unigradicon
 
         if not args.source_image or moving is None:
-            raise MedDiftError("--method unigradicon registers intensities: give --source-image SRC_CT and --moving TGT_CT")
+            raise MedDiftError(
+                "--method unigradicon registers intensities: give --source-image SRC_CT and --moving TGT_CT"
+            )
         result = register_unigradicon(read_volume(args.source_image), moving, args.unigradicon_weights,
                                       device=args.device, source_geometry=Geometry.of(src))
     else:

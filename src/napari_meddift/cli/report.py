@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     points = read_points(args.points)
     truth = read_points(args.truth) if args.truth else None
     if truth is not None and truth.shape != points.shape:
-        raise MedDiftError(f"{args.points} has {len(points)} points but {args.truth} has {len(truth)}; they must be pairs")
+        raise MedDiftError(
+            f"{args.points} has {len(points)} points but {args.truth} has {len(truth)}; they must be pairs"
+        )
     mask = None
     if args.mask:
         import numpy as np
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     levels = resolve_levels(args.levels, level_names)
     radii = [radius] + ([None] if args.global_search else [])
     report = feature_report(pairs, points, truth, levels=levels, fusions=args.fusion, radii=radii, mask=mask,
-                            exclusion=args.exclusion, device=args.device, progress=tqdm_progress("report", unit="match"))
+                            exclusion=args.exclusion, device=args.device,
+                            progress=tqdm_progress("report", unit="match"))
     out.mkdir(parents=True, exist_ok=True)
     report.write_csv(out / "report.csv")
     report.write_json(out / "report.json")
@@ -120,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     except MedDiftError as exc:  # no matplotlib: the tables are the report; say how to get the figure
         print(f"meddift: {exc}")
     n = len(report.configurations) * len(report.timesteps) * len(radii)
-    print(f"{n} configurations x timesteps x searches over {len(points)} landmarks -> {out}/report.csv, report.json{figure}")
+    print(f"{n} configurations x timesteps x searches over {len(points)} landmarks -> "
+          f"{out}/report.csv, report.json{figure}")
     metric = "tre_mean_mm" if truth is not None else "fb_consistent_pct"
     best = report.best(metric)
     print(f"best by {metric}: {best['configuration']} at t={best['timestep']} ({best[metric]:.2f})")

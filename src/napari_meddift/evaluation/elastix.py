@@ -14,7 +14,7 @@ image (it is the pull-back used to resample the moving image onto the fixed grid
 image, which is exactly what landmark TRE needs.
 
 Points are voxel indices in numpy (z, y, x) order, floats allowed, as everywhere in the project.
-itk-elastix is optional: ``pip install itk-elastix`` (or ``pip install napari-meddift[elastix]``).
+itk-elastix is optional: ``pip install itk-elastix`` (or, from the clone, ``pip install -e ".[elastix]"``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ INSTALL_HINT = "the elastix baseline needs itk-elastix: pip install itk-elastix"
 def _itk():
     """Import itk with elastix support, or say exactly how to get it."""
     try:
-        import itk  # noqa: F401
+        import itk
 
         itk.ElastixRegistrationMethod  # lazy attribute: raises if itk-elastix is absent
     except (ImportError, AttributeError) as exc:
@@ -88,11 +88,6 @@ class ElastixTransform:
         return paths
 
 
-def _geometry(volume: Volume) -> Grid:
-    """The voxel grid of ``volume`` (io.geometry's :class:`Grid`: the one home of index <-> physical maps)."""
-    return Grid.of(volume)
-
-
 def _index_to_physical(points_zyx: np.ndarray, grid: Grid) -> np.ndarray:
     """Continuous voxel indices (z, y, x), (N, 3) -> ITK physical points (x, y, z) in mm, (N, 3)."""
     return grid.index_to_physical(np.asarray(points_zyx, dtype=np.float64))[:, ::-1]
@@ -107,7 +102,9 @@ def _to_itk_image(itk, array: np.ndarray, grid: Grid, pixel=np.float32):
     image = itk.image_from_array(np.ascontiguousarray(array, dtype=pixel))
     image.SetSpacing([float(s) for s in grid.spacing[::-1]])
     image.SetOrigin([float(s) for s in grid.origin[::-1]])
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(np.reshape(grid.direction, (3, 3)), dtype=np.float64)))
+    image.SetDirection(
+        itk.matrix_from_array(np.ascontiguousarray(np.reshape(grid.direction, (3, 3)), dtype=np.float64))
+    )
     return image
 
 
@@ -122,20 +119,17 @@ def lung_parameter_maps(
 ) -> list[dict[str, list[str]]]:
     """The affine + B-spline parameter maps used by :func:`register_bspline`.
 
-    Args:
-        iterations: maximum iterations per resolution of the B-spline stage.
-        affine_iterations: the same for the affine stage (default: ``iterations``).
-        grid_spacing_mm: final B-spline control-point spacing in mm.
-        metric: ``"mi"`` (Mattes mutual information) or ``"ncc"`` (normalised correlation).
-        resolutions: pyramid levels (smoothing, no downsampling).
-        samples: random spatial samples per iteration.
-        bending_weight: weight of the bending-energy penalty of the B-spline stage.
+    ``iterations``: maximum iterations per resolution of the B-spline stage.
+    ``affine_iterations``: the same for the affine stage (default: ``iterations``).
+    ``grid_spacing_mm``: final B-spline control-point spacing in mm.
+    ``metric``: ``"mi"`` (Mattes mutual information) or ``"ncc"`` (normalised correlation).
+    ``resolutions``: pyramid levels (smoothing, no downsampling).
+    ``samples``: random spatial samples per iteration.
+    ``bending_weight``: weight of the bending-energy penalty of the B-spline stage.
 
-    Returns:
-        ``[affine, bspline]`` parameter maps, ``{name: [str, ...]}`` as elastix takes them.
+    Returns ``[affine, bspline]`` parameter maps, ``{name: [str, ...]}`` as elastix takes them.
 
-    Raises:
-        MedDiftError: an unknown metric or fewer than one iteration.
+    Raises MedDiftError: an unknown metric or fewer than one iteration.
     """
     metrics = {"mi": "AdvancedMattesMutualInformation", "ncc": "AdvancedNormalizedCorrelation"}
     if metric not in metrics:
@@ -213,28 +207,25 @@ def register_bspline(
 ) -> ElastixTransform:
     """Affine + B-spline registration of ``moving`` onto ``fixed``.
 
-    Args:
-        fixed: the fixed CT, array (z, y, x) in HU, spacing/origin in mm.
-        moving: the moving CT, same conventions (its own grid).
-        mask: optional fixed-image mask, shape (z, y, x) of ``fixed`` (nonzero = use), e.g. the lungs.
-        iterations: maximum iterations per resolution of the B-spline stage (and of the affine
-            stage unless ``affine_iterations`` is given).
-        affine_iterations, grid_spacing_mm, metric, resolutions, samples, bending_weight: see
-            :func:`lung_parameter_maps`.
-        affine: run the affine stage first.
-        threads: ITK's global thread count (None: ITK's default).
-        log_to_console: let elastix print its log.
+    ``fixed``: the fixed CT, array (z, y, x) in HU, spacing/origin in mm.
+    ``moving``: the moving CT, same conventions (its own grid).
+    ``mask``: optional fixed-image mask, shape (z, y, x) of ``fixed`` (nonzero = use), e.g. the lungs.
+    ``iterations``: maximum iterations per resolution of the B-spline stage (and of the affine
+    stage unless ``affine_iterations`` is given).
+    ``affine_iterations``, ``grid_spacing_mm``, ``metric``, ``resolutions``, ``samples``, ``bending_weight``: see
+    :func:`lung_parameter_maps`.
+    ``affine``: run the affine stage first.
+    ``threads``: ITK's global thread count (None: ITK's default).
+    ``log_to_console``: let elastix print its log.
 
-    Returns:
-        The fixed->moving transform; map points with :func:`map_points`.
+    Returns the fixed->moving transform; map points with :func:`map_points`.
 
-    Raises:
-        MedDiftError: itk-elastix is missing, the mask is empty or mis-shaped, or elastix fails.
+    Raises MedDiftError: itk-elastix is missing, the mask is empty or mis-shaped, or elastix fails.
     """
     import time
 
     itk = _itk()
-    fgeom, mgeom = _geometry(fixed), _geometry(moving)
+    fgeom, mgeom = Grid.of(fixed), Grid.of(moving)  # io.geometry: the one home of index <-> physical maps
     # the CT window the other methods see; elastix samples inside it
     f_img = _to_itk_image(itk, np.clip(fixed.array, -1000, 1000), fgeom)
     m_img = _to_itk_image(itk, np.clip(moving.array, -1000, 1000), mgeom)
@@ -285,15 +276,12 @@ def register_bspline(
 def map_points(transform: ElastixTransform, points_zyx_in_fixed: ArrayLike) -> np.ndarray:
     """Carry fixed-image points into the moving image.
 
-    Args:
-        transform: the result of :func:`register_bspline`.
-        points_zyx_in_fixed: voxel points of the fixed image, shape (N, 3), (z, y, x), floats allowed.
+    ``transform``: the result of :func:`register_bspline`.
+    ``points_zyx_in_fixed``: voxel points of the fixed image, shape (N, 3), (z, y, x), floats allowed.
 
-    Returns:
-        The corresponding moving-image voxel points, shape (N, 3), (z, y, x), float64.
+    Returns the corresponding moving-image voxel points, shape (N, 3), (z, y, x), float64.
 
-    Raises:
-        MedDiftError: points not of shape (N, 3), or a transform without its ITK object.
+    Raises MedDiftError: points not of shape (N, 3), or a transform without its ITK object.
     """
     pts = np.asarray(points_zyx_in_fixed, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:

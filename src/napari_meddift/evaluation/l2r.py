@@ -23,7 +23,7 @@ from ..io.outputs import write_text
 from ..matching.window import DEFAULT_RADIUS_MM, Radius, radius_tag
 # the case layout and the results live apart; their names stay importable from here
 from .l2r_cases import CONFIG_NAME, L2R_SOURCE, L2RCase, check_files, l2r_cases  # noqa: F401
-from .l2r_results import L2RCaseResult, L2RResult, _pm, format_l2r_table  # noqa: F401
+from .l2r_results import L2RCaseResult, L2RResult, _pm, format_l2r_table
 
 if TYPE_CHECKING:
     from ..backbones.base import Backbone
@@ -70,13 +70,11 @@ def resolve_backbone(
 ) -> Backbone | None:
     """The descriptor source a run names.
 
-    Args:
-        backbone: a Backbone, a registered name (``"mini"``, ``"maisi"``, ``"mind-ssc"``, ...), or
-            ``"identity"`` / None for no matching.
-        weights, random_weights: passed to :func:`napari_meddift.backbones.get_backbone` for a name.
+    ``backbone``: a Backbone, a registered name (``"mini"``, ``"maisi"``, ``"mind-ssc"``, ...), or
+    ``"identity"`` / None for no matching.
+    ``weights``, ``random_weights``: passed to :func:`napari_meddift.backbones.get_backbone` for a name.
 
-    Returns:
-        The backbone, or None for identity.
+    Returns the backbone, or None for identity.
     """
     if is_identity(backbone):
         return None
@@ -102,18 +100,16 @@ def evaluate_case(
 ) -> L2RCaseResult:
     """TRE of one pair, and its predicted points written to ``out``.
 
-    Args:
-        case: the pair and its annotation files.
-        bb: the backbone that extracts (unless ``stores`` are given); None and no ``stores``:
-            identity (the fixed points are the prediction).
-        settings: extraction settings for ``bb``.
-        out: output folder (stores go to ``out/stores``, named by cache key).
-        method: the method's name in the output file names.
-        radius, levels, keypoints, device: as in :func:`evaluate_l2r`.
-        stores: (fixed, moving) store paths extracted beforehand, e.g. on a Dask cluster.
+    ``case``: the pair and its annotation files.
+    ``bb``: the backbone that extracts (unless ``stores`` are given); None and no ``stores``:
+    identity (the fixed points are the prediction).
+    ``settings``: extraction settings for ``bb``.
+    ``out``: output folder (stores go to ``out/stores``, named by cache key).
+    ``method``: the method's name in the output file names.
+    ``radius``, ``levels``, ``keypoints``, ``device``: as in :func:`evaluate_l2r`.
+    ``stores``: (fixed, moving) store paths extracted beforehand, e.g. on a Dask cluster.
 
-    Returns:
-        The case's TRE summaries (mm) and timings.
+    Returns the case's TRE summaries (mm) and timings.
     """
     from ..io.landmarks import read_points, write_points_csv
     from .metrics import summarize, tre_mm
@@ -152,7 +148,9 @@ def evaluate_case(
     spacing, shape = _image_spacing_shape(case.fixed_image)
     m_spacing, m_shape = _image_spacing_shape(case.moving_image)
     if m_shape != shape:
-        raise MedDiftError(f"{case.moving_image} has shape {m_shape[::-1]} (x,y,z) but {case.fixed_image} has {shape[::-1]}")
+        raise MedDiftError(
+            f"{case.moving_image} has shape {m_shape[::-1]} (x,y,z) but {case.fixed_image} has {shape[::-1]}"
+        )
     for name, pts in (("landmarks", f_lm), ("keypoints", f_kp)):
         if pts is not None and len(pts) and (np.any(pts < 0) or np.any(pts > np.asarray(shape) - 1)):
             raise MedDiftError(
@@ -238,36 +236,33 @@ def evaluate_l2r(
 ) -> L2RResult:
     """Evaluate a descriptor source on Learn2Reg LungCT pairs.
 
-    Args:
-        root: the unpacked Learn2Reg LungCT folder.
-        backbone: a Backbone, a registered name ('mini', 'maisi', 'mind-ssc', ...), or
-            'identity' / None (no matching: the fixed points are the prediction; images are then
-            only checked, not read).
-        settings: :class:`~napari_meddift.backbones.base.ExtractionSettings` (default: its defaults).
-        radius: search window half-width: a ``Radius`` (mm; default ``DEFAULT_RADIUS_MM``), voxels
-            (int or per-axis triple), or None for a global search.
-        cases: only these cases (numbers or ids); None for all.
-        out_dir: stores, predicted points (x,y,z voxel CSV with ``tre_mm``), the table and a JSON
-            summary go there (default ``root/meddift_l2r``).
-        labels_root: a second folder for the config and annotations.
-        levels: the levels to fuse (default: all in the stores).
-        keypoints: also evaluate the corrField keypoints inside the fixed lung mask.
-        device: ``"cpu"`` or ``"cuda"`` for matching.
-        weights, random_weights: for a backbone given by name.
-        progress: ``progress(done, total, message)``, called per case.
-        log: gets one line per case.
-        done: {case id: result} of cases evaluated elsewhere (by
-            :func:`napari_meddift.batch.l2r.evaluate_l2r_on_cluster`, on a Dask cluster); they are
-            gathered into the table instead of being extracted and matched here.
+    ``root``: the unpacked Learn2Reg LungCT folder.
+    ``backbone``: a Backbone, a registered name ('mini', 'maisi', 'mind-ssc', ...), or
+    'identity' / None (no matching: the fixed points are the prediction; images are then
+    only checked, not read).
+    ``settings``: :class:`~napari_meddift.backbones.base.ExtractionSettings` (default: its defaults).
+    ``radius``: search window half-width: a ``Radius`` (mm; default ``DEFAULT_RADIUS_MM``), voxels
+    (int or per-axis triple), or None for a global search.
+    ``cases``: only these cases (numbers or ids); None for all.
+    ``out_dir``: stores, predicted points (x,y,z voxel CSV with ``tre_mm``), the table and a JSON
+    summary go there (default ``root/meddift_l2r``).
+    ``labels_root``: a second folder for the config and annotations.
+    ``levels``: the levels to fuse (default: all in the stores).
+    ``keypoints``: also evaluate the corrField keypoints inside the fixed lung mask.
+    ``device``: ``"cpu"`` or ``"cuda"`` for matching.
+    ``weights``, ``random_weights``: for a backbone given by name.
+    ``progress``: ``progress(done, total, message)``, called per case.
+    ``log``: gets one line per case.
+    ``done``: {case id: result} of cases evaluated elsewhere (by
+    :func:`napari_meddift.batch.l2r.evaluate_l2r_on_cluster`, on a Dask cluster); they are
+    gathered into the table instead of being extracted and matched here.
 
-    Returns:
-        Per-case and pooled TRE summaries (mm) of landmarks and keypoints, next to identity, with
-        the Markdown table and the output folder.
+    Returns per-case and pooled TRE summaries (mm) of landmarks and keypoints, next to identity, with
+    the Markdown table and the output folder.
 
-    Raises:
-        MedDiftError: missing or malformed files, point counts that differ, points outside the
-            image, and whatever extraction or matching raises; all before the long work where
-            they can be checked first.
+    Raises MedDiftError: missing or malformed files, point counts that differ, points outside the
+    image, and whatever extraction or matching raises; all before the long work where
+    they can be checked first.
     """
     from ..backbones.base import ExtractionSettings
     from .metrics import summarize

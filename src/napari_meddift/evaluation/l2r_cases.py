@@ -90,16 +90,13 @@ def l2r_cases(
 ) -> tuple[dict, list[L2RCase]]:
     """The evaluation config and its pairs, with every file path resolved.
 
-    Args:
-        root: the unpacked Learn2Reg LungCT folder (imagesTr/, landmarksTr/, ...).
-        labels_root: a second folder for the config and annotations, if not in ``root``.
-        cases: only these cases: numbers (``3``) or ids (``"0003"``); None for all.
+    ``root``: the unpacked Learn2Reg LungCT folder (imagesTr/, landmarksTr/, ...).
+    ``labels_root``: a second folder for the config and annotations, if not in ``root``.
+    ``cases``: only these cases: numbers (``3``) or ids (``"0003"``); None for all.
 
-    Returns:
-        ``(config, cases)``: the config dict and one :class:`L2RCase` per pair, in config order.
+    Returns ``(config, cases)``: the config dict and one :class:`L2RCase` per pair, in config order.
 
-    Raises:
-        MedDiftError: no such folder, no config, a malformed image name, or unknown cases.
+    Raises MedDiftError: no such folder, no config, a malformed image name, or unknown cases.
     """
 
     root = Path(root).expanduser()
@@ -139,13 +136,11 @@ def l2r_cases(
 def check_files(root: str | os.PathLike, cases: Sequence[L2RCase], keypoints: bool = True) -> None:
     """Check that every file the protocol reads is there, before any long work.
 
-    Args:
-        root: the Learn2Reg folder (named in the message).
-        cases: the pairs from :func:`l2r_cases`.
-        keypoints: also require keypoints and lung masks.
+    ``root``: the Learn2Reg folder (named in the message).
+    ``cases``: the pairs from :func:`l2r_cases`.
+    ``keypoints``: also require keypoints and lung masks.
 
-    Raises:
-        MedDiftError: naming every missing image and annotation file, and where they come from.
+    Raises MedDiftError: naming every missing image and annotation file, and where they come from.
     """
     root = Path(root).expanduser()
     missing_images: list[str] = []
@@ -163,8 +158,10 @@ def check_files(root: str | os.PathLike, cases: Sequence[L2RCase], keypoints: bo
     parts = []
     if missing_images:
         parts.append(
-            f"{len(missing_images)} Learn2Reg LungCT image file(s) missing: " + ", ".join(missing_images)
-            + f". The images are not shipped with napari-meddift; they come from {L2R_SOURCE.replace('ROOT', str(root))}"
+            f"{len(missing_images)} Learn2Reg LungCT image file(s) missing: "
+            + ", ".join(missing_images)
+            + ". The images are not shipped with napari-meddift; "
+            + f"they come from {L2R_SOURCE.replace('ROOT', str(root))}"
         )
     if missing_labels:
         parts.append(

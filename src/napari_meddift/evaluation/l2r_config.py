@@ -20,15 +20,12 @@ def read_l2r_config(path: str | os.PathLike) -> dict:
     (fixed/moving image paths) and ``evaluation_methods``. It carries no spacing: Learn2Reg
     LungCT is 1.75 x 1.25 x 1.75 mm (x, y, z), read it from the images or masks.
 
-    Args:
-        path: the JSON file.
+    ``path``: the JSON file.
 
-    Returns:
-        The config as a dict.
+    Returns the config as a dict.
 
-    Raises:
-        MedDiftError: no such file, not JSON, no ``eval_pairs``, pairs without text ``fixed``
-            and ``moving`` entries, or an ``expected_shape`` that is not positive integers.
+    Raises MedDiftError: no such file, not JSON, no ``eval_pairs``, pairs without text ``fixed``
+    and ``moving`` entries, or an ``expected_shape`` that is not positive integers.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -38,33 +35,41 @@ def read_l2r_config(path: str | os.PathLike) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MedDiftError(f"{path}: is not valid JSON ({exc}); use the challenge's *_evaluation_config.json") from None
     if not isinstance(cfg, dict) or "eval_pairs" not in cfg:
-        raise MedDiftError(f"{path}: is not a Learn2Reg evaluation config (no 'eval_pairs'); use the challenge's *_evaluation_config.json")
+        raise MedDiftError(
+            f"{path}: is not a Learn2Reg evaluation config (no 'eval_pairs'); "
+            "use the challenge's *_evaluation_config.json"
+        )
     pairs = cfg["eval_pairs"]
     if not isinstance(pairs, list) or not pairs:
-        raise MedDiftError(f"{path}: 'eval_pairs' must be a non-empty list of {{\"fixed\": ..., \"moving\": ...}} entries")
+        raise MedDiftError(
+            f'{path}: \'eval_pairs\' must be a non-empty list of {{"fixed": ..., "moving": ...}} entries'
+        )
     for i, pair in enumerate(pairs):
-        if not isinstance(pair, dict) or not all(isinstance(pair.get(k), str) and pair.get(k) for k in ("fixed", "moving")):
-            raise MedDiftError(f"{path}: eval_pairs[{i}] needs text entries 'fixed' and 'moving' (image paths), got {str(pair)[:80]}")
+        if not isinstance(pair, dict) or not all(
+            isinstance(pair.get(k), str) and pair.get(k) for k in ("fixed", "moving")
+        ):
+            raise MedDiftError(
+                f"{path}: eval_pairs[{i}] needs text entries 'fixed' and 'moving' (image paths), got {str(pair)[:80]}"
+            )
     shape = cfg.get("expected_shape")
     if shape is not None and (
         not isinstance(shape, list) or len(shape) < 3
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape[:3])
     ):
-        raise MedDiftError(f"{path}: 'expected_shape' must be a list [x, y, z, 3] of positive integers, got {str(shape)[:80]}")
+        raise MedDiftError(
+            f"{path}: 'expected_shape' must be a list [x, y, z, 3] of positive integers, got {str(shape)[:80]}"
+        )
     return cfg
 
 
 def l2r_shape_zyx(cfg: dict) -> tuple[int, int, int]:
     """The image shape of a config.
 
-    Args:
-        cfg: a config from :func:`read_l2r_config`.
+    ``cfg``: a config from :func:`read_l2r_config`.
 
-    Returns:
-        The shape (z, y, x) in voxels, from ``expected_shape`` (x, y, z, 3).
+    Returns the shape (z, y, x) in voxels, from ``expected_shape`` (x, y, z, 3).
 
-    Raises:
-        MedDiftError: the config has no usable ``expected_shape``.
+    Raises MedDiftError: the config has no usable ``expected_shape``.
     """
     shape = cfg.get("expected_shape")
     if not shape or len(shape) < 3:
@@ -76,15 +81,12 @@ def l2r_shape_zyx(cfg: dict) -> tuple[int, int, int]:
 def l2r_case_id(name: str) -> str:
     """The case id of a Learn2Reg file name.
 
-    Args:
-        name: a file name (or path) such as ``LungCT_0001_0000.nii.gz``: task, 4-digit case,
-            4-digit modality/phase, then ``.nii.gz``, ``.nii`` or ``.csv``.
+    ``name``: a file name (or path) such as ``LungCT_0001_0000.nii.gz``: task, 4-digit case, 4-digit
+    modality/phase, then ``.nii.gz``, ``.nii`` or ``.csv``.
 
-    Returns:
-        The case id, ``"0001"``.
+    Returns the case id, ``"0001"``.
 
-    Raises:
-        MedDiftError: the name does not follow the pattern; nothing is guessed.
+    Raises MedDiftError: the name does not follow the pattern; nothing is guessed.
     """
     base = Path(str(name)).name
     m = _CASE_NAME.fullmatch(base)
@@ -97,13 +99,10 @@ def l2r_case_id(name: str) -> str:
 def l2r_case_ids(cfg: dict) -> list[str]:
     """Case ids (``"0001"``, ...) of the config's ``eval_pairs``, from the fixed image names.
 
-    Args:
-        cfg: a config from :func:`read_l2r_config`.
+    ``cfg``: a config from :func:`read_l2r_config`.
 
-    Returns:
-        One id per pair, in the config's order.
+    Returns one id per pair, in the config's order.
 
-    Raises:
-        MedDiftError: a fixed image name that is not ``TASK_XXXX_XXXX.nii.gz``.
+    Raises MedDiftError: a fixed image name that is not ``TASK_XXXX_XXXX.nii.gz``.
     """
     return [l2r_case_id(pair["fixed"]) for pair in cfg.get("eval_pairs", [])]

@@ -68,15 +68,13 @@ def format_l2r_table(result_cases: Sequence[L2RCaseResult], method: str, overall
                      overall_kp=None, overall_kp_initial=None) -> str:
     """A Markdown table of the results: identity and predicted TRE per case and pooled.
 
-    Args:
-        result_cases: per-case results.
-        method: the method's label in the column names.
-        overall, overall_initial: pooled landmark summaries (predicted, identity); a pooled row is
-            added when there is more than one case.
-        overall_kp, overall_kp_initial: the same for keypoints.
+    ``result_cases``: per-case results.
+    ``method``: the method's label in the column names.
+    ``overall``, ``overall_initial``: pooled landmark summaries (predicted, identity); a pooled row is
+    added when there is more than one case.
+    ``overall_kp``, ``overall_kp_initial``: the same for keypoints.
 
-    Returns:
-        The table (mean ± std, median and p95 in mm), ending in a newline.
+    Returns the table (mean ± std, median and p95 in mm), ending in a newline.
     """
     kp = any(c.keypoints is not None for c in result_cases)
     head = "| case | landmarks | initial TRE (mm) | " + f"{method} TRE (mm) | median (mm) | p95 (mm) |"

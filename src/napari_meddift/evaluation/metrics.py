@@ -34,21 +34,20 @@ def _spacing(spacing_zyx) -> np.ndarray:
 def tre_mm(pred_zyx: ArrayLike, true_zyx: ArrayLike, spacing_zyx: ArrayLike) -> np.ndarray:
     """Per-point target registration error: ``||(pred - true) * spacing||``.
 
-    Args:
-        pred_zyx: predicted voxel points, shape (N, 3) or (3,), (z, y, x), floats allowed.
-        true_zyx: true voxel points, same shape, on the same grid.
-        spacing_zyx: voxel spacing (z, y, x) in mm, three positive numbers.
+    ``pred_zyx``: predicted voxel points, shape (N, 3) or (3,), (z, y, x), floats allowed.
+    ``true_zyx``: true voxel points, same shape, on the same grid.
+    ``spacing_zyx``: voxel spacing (z, y, x) in mm, three positive numbers.
 
-    Returns:
-        TRE in mm, shape (N,), float64.
+    Returns TRE in mm, shape (N,), float64.
 
-    Raises:
-        MedDiftError: wrong shapes, different point counts or a non-positive spacing.
+    Raises MedDiftError: wrong shapes, different point counts or a non-positive spacing.
     """
     pred = _points(pred_zyx, "predicted points")
     true = _points(true_zyx, "true points")
     if pred.shape != true.shape:
-        raise MedDiftError(f"{pred.shape[0]} predicted points but {true.shape[0]} true points; give one prediction per landmark")
+        raise MedDiftError(
+            f"{pred.shape[0]} predicted points but {true.shape[0]} true points; give one prediction per landmark"
+        )
     return np.linalg.norm((pred - true) * _spacing(spacing_zyx), axis=1)
 
 
@@ -66,21 +65,20 @@ def json_ready(obj):
 def summarize(errors: ArrayLike) -> dict[str, float]:
     """Summary statistics of per-point errors.
 
-    Args:
-        errors: per-point errors in mm, any shape (flattened), e.g. from :func:`tre_mm`.
+    ``errors``: per-point errors in mm, any shape (flattened), e.g. from :func:`tre_mm`.
 
-    Returns:
-        ``{"n", "mean", "std" (population, ddof=0), "median", "p95", "max"}``, all in mm but
-        ``n``; an empty input gives n=0 and NaN statistics.
+    Returns ``{"n", "mean", "std" (population, ddof=0), "median", "p95", "max"}``, all in mm but
+    ``n``; an empty input gives n=0 and NaN statistics.
 
-    Raises:
-        MedDiftError: an error value is NaN or infinite.
+    Raises MedDiftError: an error value is NaN or infinite.
     """
     e = np.asarray(errors, dtype=np.float64).reshape(-1)
     if e.size == 0:
         return {"n": 0, **{k: float("nan") for k in SUMMARY_KEYS[1:]}}
     if not np.all(np.isfinite(e)):
-        raise MedDiftError(f"{int(np.sum(~np.isfinite(e)))} error value(s) are NaN/inf; drop unmatched points before summarising")
+        raise MedDiftError(
+            f"{int(np.sum(~np.isfinite(e)))} error value(s) are NaN/inf; drop unmatched points before summarising"
+        )
     return {
         "n": int(e.size),
         "mean": float(e.mean()),
@@ -96,16 +94,14 @@ def tre_table(
 ) -> list[dict]:
     """One row per landmark, for CSV output and the landmark widget.
 
-    Args:
-        pred_zyx: predicted voxel points (N, 3), (z, y, x).
-        true_zyx: true voxel points (N, 3), (z, y, x).
-        spacing_zyx: voxel spacing (z, y, x) in mm.
-        source_zyx: the points before registration/matching (N, 3), e.g. the fixed landmarks when
-            ``true_zyx`` are the moving ones; adds ``initial_mm``, the identity TRE.
+    ``pred_zyx``: predicted voxel points (N, 3), (z, y, x).
+    ``true_zyx``: true voxel points (N, 3), (z, y, x).
+    ``spacing_zyx``: voxel spacing (z, y, x) in mm.
+    ``source_zyx``: the points before registration/matching (N, 3), e.g. the fixed landmarks when
+    ``true_zyx`` are the moving ones; adds ``initial_mm``, the identity TRE.
 
-    Returns:
-        Rows ``{"index", "true_x", "true_y", "true_z", "pred_x", "pred_y", "pred_z", "tre_mm"}``
-        (voxel coordinates, TRE in mm), plus ``"initial_mm"`` with ``source_zyx``.
+    Returns rows ``{"index", "true_x", "true_y", "true_z", "pred_x", "pred_y", "pred_z", "tre_mm"}``
+    (voxel coordinates, TRE in mm), plus ``"initial_mm"`` with ``source_zyx``.
     """
     pred = _points(pred_zyx, "predicted points")
     true = _points(true_zyx, "true points")
@@ -130,16 +126,13 @@ def tre_table(
 def format_summary_table(rows: dict[str, dict], digits: int = 2) -> str:
     """A Markdown table, one line per method.
 
-    Args:
-        rows: ``{method: summary}`` with summaries from :func:`summarize`.
-        digits: decimals of the mm columns.
+    ``rows``: ``{method: summary}`` with summaries from :func:`summarize`.
+    ``digits``: decimals of the mm columns.
 
-    Returns:
-        The table (header, separator, one row per method: n, mean, std, median, p95, max in mm),
-        ending in a newline.
+    Returns the table (header, separator, one row per method: n, mean, std, median, p95, max in mm),
+    ending in a newline.
 
-    Raises:
-        MedDiftError: a summary lacks one of the keys.
+    Raises MedDiftError: a summary lacks one of the keys.
     """
     head = "| method | n | mean (mm) | std (mm) | median (mm) | p95 (mm) | max (mm) |"
     sep = "|---|---:|---:|---:|---:|---:|---:|"

@@ -211,7 +211,9 @@ class FeatureReport:
         for c in self.configurations:
             if c.name == name:
                 return c
-        raise MedDiftError(f"no configuration {name!r} in the report; it has {', '.join(c.name for c in self.configurations)}")
+        raise MedDiftError(
+            f"no configuration {name!r} in the report; it has {', '.join(c.name for c in self.configurations)}"
+        )
 
     def _radius(self, radius):
         return self.radii[0] if radius is ... else radius
@@ -220,10 +222,12 @@ class FeatureReport:
         """The row of one cell (``radius``: None is the global search; not given: the report's first)."""
         radius = self._radius(radius)
         for r in self.rows:
-            if (r["configuration"] == configuration and r["timestep"] == timestep and r["radius"] == _radius_cell(radius)
-                    and r["region"] == region):
+            if (r["configuration"] == configuration and r["timestep"] == timestep
+                    and r["radius"] == _radius_cell(radius) and r["region"] == region):
                 return r
-        raise MedDiftError(f"no cell {configuration!r} at t={timestep}, radius {radius}, region {region!r} in the report")
+        raise MedDiftError(
+            f"no cell {configuration!r} at t={timestep}, radius {radius}, region {region!r} in the report"
+        )
 
     def grid(self, metric: str, radius=..., region: str = "all") -> np.ndarray:
         """(configurations, timesteps) array of ``metric`` (NaN where undefined)."""
@@ -247,7 +251,9 @@ class FeatureReport:
         rows = [r for r in self.rows if r["radius"] == _radius_cell(self._radius(radius))
                 and r["region"] == region and _finite(r.get(metric))]
         if not rows:
-            raise MedDiftError(f"no cell has a value for {metric}" + ("" if self.has_truth else " (no truth was given)"))
+            raise MedDiftError(
+                f"no cell has a value for {metric}" + ("" if self.has_truth else " (no truth was given)")
+            )
         return (min if lower else max)(rows, key=lambda r: float(r[metric]))
 
     def write_csv(self, path: str | os.PathLike) -> Path:
@@ -366,19 +372,18 @@ def feature_report(
 ) -> FeatureReport:
     """Run the report (module docstring).
 
-    Args:
-        pairs: ``{timestep: (source_store, target_store)}`` (see :func:`pairs_by_timestep`); all
-            pairs describe the same two images.
-        source_points: (N, 3) source voxels (z, y, x), rounded to whole voxels.
-        target_points: (N, 3) their true target positions (z, y, x voxels) or None (no TRE).
-        levels: the levels to combine (default: every level both stores hold).
-        fusions: extra fusions, as :func:`parse_fusion` takes them.
-        radii: the searches: window radii as the Matcher takes them (passed through unchanged),
-            None for the global search.
-        mask: a mask or label image on the source grid (per-region rows), or None.
-        exclusion, fb_threshold: the Matcher's ambiguity exclusion and consistency threshold.
-        within_mm: the TRE of "within" (the column says 2 mm).
-        progress: ``progress(done, total, message)``; raise CancelledError in it to stop.
+    ``pairs``: ``{timestep: (source_store, target_store)}`` (see :func:`pairs_by_timestep`); all
+    pairs describe the same two images.
+    ``source_points``: (N, 3) source voxels (z, y, x), rounded to whole voxels.
+    ``target_points``: (N, 3) their true target positions (z, y, x voxels) or None (no TRE).
+    ``levels``: the levels to combine (default: every level both stores hold).
+    ``fusions``: extra fusions, as :func:`parse_fusion` takes them.
+    ``radii``: the searches: window radii as the Matcher takes them (passed through unchanged), None
+    for the global search.
+    ``mask``: a mask or label image on the source grid (per-region rows), or None.
+    ``exclusion``, ``fb_threshold``: the Matcher's ambiguity exclusion and consistency threshold.
+    ``within_mm``: the TRE of "within" (the column says 2 mm).
+    ``progress``: ``progress(done, total, message)``; raise CancelledError in it to stop.
     """
     if not pairs:
         raise MedDiftError("no store pairs to report on; give a source and a target store per timestep")
@@ -388,14 +393,18 @@ def feature_report(
     for t in timesteps:
         s, g = pairs[t]
         if tuple(s.image_shape) != src_shape or tuple(g.image_shape) != tgt_shape:
-            raise MedDiftError(f"the t={t} stores describe images of other shapes ({tuple(s.image_shape)}, "
-                               f"{tuple(g.image_shape)}) than the t={timesteps[0]} stores; extract them from the same pair")
+            raise MedDiftError(
+                f"the t={t} stores describe images of other shapes ({tuple(s.image_shape)}, "
+                f"{tuple(g.image_shape)}) than the t={timesteps[0]} stores; extract them from the same pair"
+            )
     common = [n for n in first_src.level_names if all(n in s.level_names and n in g.level_names
                                                        for s, g in pairs.values())]
     if levels is not None:
         missing = [n for n in levels if n not in common]
         if missing:
-            raise MedDiftError(f"level(s) {', '.join(missing)} are not in every store; they all hold {', '.join(common)}")
+            raise MedDiftError(
+                f"level(s) {', '.join(missing)} are not in every store; they all hold {', '.join(common)}"
+            )
         common = list(levels)
     configs = configurations(common, fusions)
     src_q = check_points(source_points, src_shape, "source points")
@@ -481,7 +490,9 @@ def extract_pairs(source_volume, target_volume, backbone, settings, timesteps: S
                 if progress is not None:
                     progress(_done, total, _msg)
             inner(0, 1, "")
-            store, _ = extract_to_store(vol, backbone, s, cached_store_path(vol, backbone, s, cache_dir), progress=inner)
+            store, _ = extract_to_store(
+                vol, backbone, s, cached_store_path(vol, backbone, s, cache_dir), progress=inner
+            )
             pair.append(store)
             done += 1
         out[int(t)] = (pair[0], pair[1])

@@ -38,7 +38,8 @@ def _require_matplotlib():
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the install
-        raise MedDiftError("the report's heatmap needs matplotlib: pip install matplotlib (or napari-meddift[all])") from None
+        raise MedDiftError("the report's heatmap needs matplotlib: pip install matplotlib "
+                           "(or, from the clone, pip install -e \".[all]\")") from None
 
 
 def _fmt(v: float, metric: str) -> str:

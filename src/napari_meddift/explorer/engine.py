@@ -82,7 +82,7 @@ class ExplorerEngine:
         try:
             with self._lock:
                 self.matcher.warm_norms(source=source)
-        except Exception:  # pragma: no cover - the first query builds what it needs and reports
+        except Exception:  # noqa: BLE001  # pragma: no cover - the first query builds what it needs and reports
             pass
         finally:
             self.warmed.set()

@@ -104,8 +104,9 @@ def suggest_map_range(engine, ranges: Mapping[str, tuple[float, float]], radius,
     """The narrowest of ``ranges`` (name -> (low, high)) that shows raw maps of this pair.
 
     Samples the fused maps at the centre and a grid of source points (window ``radius``: any form
-    the matcher takes, at most 16 voxels per axis) and returns the narrowest range whose low end lies under the median of their
-    ``quantile``-th percentiles. Chosen once per pair, so raw maps stay comparable.
+    the matcher takes, at most 16 voxels per axis) and returns the narrowest range whose low end lies
+    under the median of their ``quantile``-th percentiles. Chosen once per pair, so raw maps stay
+    comparable.
     """
     shape = engine.matcher.source_shape
     vox = engine.matcher.voxel_radius(radius)

@@ -173,7 +173,9 @@ class ExplorerSession:
             raise MedDiftError(f"t = {timestep} is already cached from a {have} store; t = {timestep} of a {info[0]} "
                                "store is another noise level: explore it in its own session")
         ref = next(iter(self.engines.values())).matcher
-        if tuple(matcher.source_shape) != tuple(ref.source_shape) or tuple(matcher.target_shape) != tuple(ref.target_shape):
+        if tuple(matcher.source_shape) != tuple(ref.source_shape) or tuple(matcher.target_shape) != tuple(
+            ref.target_shape
+        ):
             raise MedDiftError(f"the timestep {timestep} stores are for other images (shapes {matcher.source_shape}, "
                                f"{matcher.target_shape}); extract them from this pair")
         self._give_spacing(matcher)
@@ -316,7 +318,7 @@ class ExplorerSession:
         """Drop the pair and stop listening to the state."""
         try:
             self.state.events.disconnect(self._on_state)
-        except Exception:  # pragma: no cover - already disconnected
+        except Exception:  # noqa: BLE001  # pragma: no cover - already disconnected
             pass
         self.engines = {}
         self.timestep_noise = {}

@@ -90,7 +90,9 @@ class LandmarkTruth:
         self.source = np.asarray(source_zyx, dtype=np.float64).reshape(-1, 3)
         self.target = np.asarray(target_zyx, dtype=np.float64).reshape(-1, 3)
         if self.source.shape != self.target.shape or len(self.source) == 0:
-            raise ValueError(f"need matching, non-empty landmark arrays, got {self.source.shape} and {self.target.shape}")
+            raise ValueError(
+                f"need matching, non-empty landmark arrays, got {self.source.shape} and {self.target.shape}"
+            )
         self.spacing = np.asarray(spacing_zyx, dtype=np.float64)
         self._tree = cKDTree(self.source * self.spacing)  # nearest in mm, not in voxels
 

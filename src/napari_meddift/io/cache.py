@@ -12,11 +12,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def default_cache_dir() -> Path:
     """The folder for descriptor stores nobody named a path for.
 
-    Returns:
-        ``$MEDDIFT_CACHE``, else the platform's user cache folder from ``platformdirs``:
-        ``$XDG_CACHE_HOME/napari-meddift`` or ``~/.cache/napari-meddift`` on Linux,
-        ``~/Library/Caches/napari-meddift`` on macOS, ``%LOCALAPPDATA%\\napari-meddift\\Cache``
-        on Windows; it may not exist yet.
+    Returns ``$MEDDIFT_CACHE``, else the platform's user cache folder from ``platformdirs``:
+    ``$XDG_CACHE_HOME/napari-meddift`` or ``~/.cache/napari-meddift`` on Linux,
+    ``~/Library/Caches/napari-meddift`` on macOS, ``%LOCALAPPDATA%\\napari-meddift\\Cache``
+    on Windows; it may not exist yet.
     """
     env = os.environ.get("MEDDIFT_CACHE")
     if env:
@@ -29,12 +28,10 @@ def default_cache_dir() -> Path:
 def safe_filename(text: str, fallback: str = "file") -> str:
     """``text`` usable as (part of) a file name on every platform.
 
-    Args:
-        text: any label: an image name, a method name such as ``"mini (random)"``.
-        fallback: returned when nothing usable is left.
+    ``text``: any label: an image name, a method name such as ``"mini (random)"``.
+    ``fallback``: returned when nothing usable is left.
 
-    Returns:
-        ``text`` with every run of characters other than ``A-Z a-z 0-9 . _ -`` replaced by one
-        ``_``; ``fallback`` when that leaves an empty string.
+    Returns ``text`` with every run of characters other than ``A-Z a-z 0-9 . _ -`` replaced by one
+    ``_``; ``fallback`` when that leaves an empty string.
     """
     return _UNSAFE.sub("_", text or "") or fallback

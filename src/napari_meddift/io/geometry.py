@@ -19,7 +19,6 @@ continuous index ``(i + 0.5) * N / n - 0.5`` along each axis: the per-axis taps 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,11 +34,10 @@ TOLERANCE = 1e-5
 class Grid:
     """A voxel grid: shape and spacing (z, y, x), origin (z, y, x) mm (LPS), direction (ITK x, y, z).
 
-    Attributes:
-        shape: voxels per axis (z, y, x).
-        spacing: mm between voxel centres per axis (z, y, x).
-        origin: physical position of voxel (0, 0, 0), (z, y, x) mm.
-        direction: 3x3 direction cosines in ITK's (x, y, z) convention, as a tuple of 9 floats.
+    ``shape``: voxels per axis (z, y, x).
+    ``spacing``: mm between voxel centres per axis (z, y, x).
+    ``origin``: physical position of voxel (0, 0, 0), (z, y, x) mm.
+    ``direction``: 3x3 direction cosines in ITK's (x, y, z) convention, as a tuple of 9 floats.
     """
 
     shape: tuple[int, int, int]
@@ -48,19 +46,16 @@ class Grid:
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
     def __post_init__(self) -> None:
+        from .metadata import geometry_problems  # the one set of geometry rules, shared with stores and volumes
+
+        problems = geometry_problems({"image_shape": self.shape, "spacing": self.spacing,
+                                      "origin": self.origin, "direction": self.direction})
+        if problems:
+            raise MedDiftError(f"not a voxel grid: {'; '.join(problems)}")
         shape = tuple(int(n) for n in self.shape)
         spacing = tuple(float(s) for s in self.spacing)
         origin = tuple(float(o) for o in self.origin)
         direction = tuple(float(v) for v in np.asarray(self.direction, dtype=np.float64).reshape(-1))
-        if len(shape) != 3 or min(shape) < 1:
-            raise MedDiftError(f"a grid needs three positive sizes (z, y, x), got {self.shape!r}")
-        if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise MedDiftError(f"a grid needs three positive finite spacings (mm), got {self.spacing!r}")
-        if len(origin) != 3 or not all(math.isfinite(o) for o in origin):
-            raise MedDiftError(f"a grid needs a finite origin (z, y, x mm), got {self.origin!r}")
-        d = np.asarray(direction).reshape(3, 3) if len(direction) == 9 else None
-        if d is None or not np.all(np.isfinite(d)) or not np.allclose(d @ d.T, np.eye(3), atol=1e-4):
-            raise MedDiftError(f"a grid's direction must be a 3x3 rotation (orthonormal), got {self.direction!r}")
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "origin", origin)
@@ -103,15 +98,15 @@ class Grid:
 
     def index_to_physical(self, zyx) -> np.ndarray:
         """Continuous indices (3,) or (N, 3) -> physical points (z, y, x) mm."""
-        p = np.asarray(zyx, dtype=np.float64)
-        a = self.affine_zyx()
-        return p @ a[:3, :3].T + a[:3, 3]
+        from .volume import index_to_physical
+
+        return index_to_physical(self.affine_zyx(), zyx)
 
     def physical_to_index(self, zyx_mm) -> np.ndarray:
         """Physical points (3,) or (N, 3), (z, y, x) mm -> continuous indices (z, y, x)."""
-        p = np.asarray(zyx_mm, dtype=np.float64)
-        a = self.affine_zyx()
-        return (p - a[:3, 3]) @ np.linalg.inv(a[:3, :3]).T
+        from .volume import physical_to_index
+
+        return physical_to_index(self.affine_zyx(), zyx_mm)
 
     def spanning(self, shape) -> "Grid":
         """The grid of ``shape`` nodes over this grid's field of view, edge to edge, same direction.

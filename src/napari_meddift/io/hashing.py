@@ -12,11 +12,9 @@ _CACHE: dict[tuple[str, int, int], str] = {}
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file, cached by (path, mtime, size) for this process: checkpoints are large.
 
-    Args:
-        path: the file.
+    ``path``: the file.
 
-    Returns:
-        64 hexadecimal digits.
+    Returns 64 hexadecimal digits.
     """
     path = Path(path)
     st = path.stat()

@@ -66,15 +66,12 @@ def _lines(text: str) -> list[tuple[int, str]]:
 def detect_format(path: str | os.PathLike) -> str:
     """Guess the format of a landmark file from its first line.
 
-    Args:
-        path: the landmark file.
+    ``path``: the landmark file.
 
-    Returns:
-        ``"elastix"`` (first line 'point'/'index'), ``"csv"`` (commas; Learn2Reg included) or
-        ``"dirlab"`` (whitespace-separated numbers).
+    Returns ``"elastix"`` (first line 'point'/'index'), ``"csv"`` (commas; Learn2Reg included) or
+    ``"dirlab"`` (whitespace-separated numbers).
 
-    Raises:
-        MedDiftError: an empty or unreadable file.
+    Raises MedDiftError: an empty or unreadable file.
     """
     path = Path(path)
     lines = _lines(_read_text(path))
@@ -89,7 +86,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if len(tokens) >= 3 and all(_is_number(t) for t in tokens[:3]):
         return "dirlab"
     raise MedDiftError(
-        f"{path}: unknown landmark format (first line '{lines[0][1][:40]}'); pass fmt='l2r', 'dirlab', 'elastix' or 'csv'"
+        f"{path}: unknown landmark format (first line '{lines[0][1][:40]}'); "
+        "pass fmt='l2r', 'dirlab', 'elastix' or 'csv'"
     )
 
 
@@ -106,7 +104,9 @@ def _parse_xyz(tokens: list[str], lineno: int, path: Path) -> list[float]:
     try:
         return [float(t) for t in tokens[:3]]
     except ValueError:
-        raise MedDiftError(f"{path}, line {lineno}: '{' '.join(tokens)[:60]}' is not three numbers x y z; fix that row") from None
+        raise MedDiftError(
+            f"{path}, line {lineno}: '{' '.join(tokens)[:60]}' is not three numbers x y z; fix that row"
+        ) from None
 
 
 def _read_csv_table(path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
@@ -133,7 +133,8 @@ def _read_csv_xyz(path: Path) -> np.ndarray:
         missing = [c for c in ("x", "y", "z") if c not in header]
         if missing:
             raise MedDiftError(
-                f"{path}: header '{','.join(header)[:60]}' has no column(s) {', '.join(missing)}; name the columns x,y,z"
+                f"{path}: header '{','.join(header)[:60]}' has no column(s) {', '.join(missing)}; "
+                "name the columns x,y,z"
             )
         cols = [header.index(c) for c in ("x", "y", "z")]
     else:
@@ -164,12 +165,15 @@ def _mm_to_voxel_zyx(xyz_mm: np.ndarray, path: Path, volume, spacing, origin, wh
         return world_to_voxel(volume, zyx_mm)
     if spacing is None:
         raise MedDiftError(
-            f"{path}: {what} are in mm; pass volume= (the image they belong to) or spacing= (z,y,x mm) to convert them to voxels"
+            f"{path}: {what} are in mm; pass volume= (the image they belong to) or spacing= (z,y,x mm) "
+            "to convert them to voxels"
         )
     sp = np.asarray(spacing, dtype=np.float64).reshape(-1)
     org = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64).reshape(-1)
     if sp.shape != (3,) or org.shape != (3,) or np.any(sp <= 0):
-        raise MedDiftError(f"spacing/origin must be three numbers in (z, y, x) order with spacing > 0, got {spacing}, {origin}")
+        raise MedDiftError(
+            f"spacing/origin must be three numbers in (z, y, x) order with spacing > 0, got {spacing}, {origin}"
+        )
     return (zyx_mm - org) / sp
 
 
@@ -183,22 +187,19 @@ def read_points(
 ) -> np.ndarray:
     """Read landmarks as voxel indices.
 
-    Args:
-        path: the landmark file.
-        fmt: ``"auto"`` (detect: a first line 'point'/'index' is elastix; commas make a CSV,
-            Learn2Reg is a header-less CSV; whitespace-separated numbers are DIR-Lab, 1-based,
-            1 is subtracted), ``"l2r"``, ``"dirlab"``, ``"elastix"`` or ``"csv"``.
-        volume: the image geometry, needed for coordinates in mm (csv with ``units="mm"``,
-            elastix 'point'); direction honoured.
-        spacing, origin: the geometry without a volume, (z, y, x) in mm (axis-aligned image assumed).
-        units: for ``"csv"`` only: ``"voxel"`` (default) or ``"mm"`` (world coordinates).
+    ``path``: the landmark file.
+    ``fmt``: ``"auto"`` (detect: a first line 'point'/'index' is elastix; commas make a CSV,
+    Learn2Reg is a header-less CSV; whitespace-separated numbers are DIR-Lab, 1-based, 1 is
+    subtracted), ``"l2r"``, ``"dirlab"``, ``"elastix"`` or ``"csv"``.
+    ``volume``: the image geometry, needed for coordinates in mm (csv with ``units="mm"``, elastix
+    'point'); direction honoured.
+    ``spacing``, ``origin``: the geometry without a volume, (z, y, x) in mm (axis-aligned image assumed).
+    ``units``: for ``"csv"`` only: ``"voxel"`` (default) or ``"mm"`` (world coordinates).
 
-    Returns:
-        Points, shape (N, 3), float64, 0-based voxel indices in (z, y, x) order.
+    Returns points, shape (N, 3), float64, 0-based voxel indices in (z, y, x) order.
 
-    Raises:
-        MedDiftError: an unknown format or unit, a malformed file (with the line), or mm
-            coordinates without a geometry.
+    Raises MedDiftError: an unknown format or unit, a malformed file (with the line), or mm
+    coordinates without a geometry.
     """
     from .paths import check_not_special
 
@@ -225,12 +226,16 @@ def read_points(
     # elastix
     lines = _lines(_read_text(path))
     if len(lines) < 2 or lines[0][1].lower() not in ("point", "index"):
-        raise MedDiftError(f"{path}: is not an elastix point file (first line must be 'point' or 'index', then the count)")
+        raise MedDiftError(
+            f"{path}: is not an elastix point file (first line must be 'point' or 'index', then the count)"
+        )
     kind = lines[0][1].lower()
     try:
         count = int(lines[1][1])
     except ValueError:
-        raise MedDiftError(f"{path}, line {lines[1][0]}: expected the number of points, got '{lines[1][1][:40]}'") from None
+        raise MedDiftError(
+            f"{path}, line {lines[1][0]}: expected the number of points, got '{lines[1][1][:40]}'"
+        ) from None
     xyz, _ = _read_whitespace_xyz(path, skip=2)
     if xyz.shape[0] != count:
         raise MedDiftError(f"{path}: header says {count} points but the file holds {xyz.shape[0]}; fix the count line")
@@ -251,25 +256,23 @@ def read_point_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read corresponding fixed and moving landmarks.
 
-    Args:
-        fixed, moving: the two landmark files of one pair.
-        fmt, units: as in :func:`read_points`.
-        volume: the fixed image's geometry.
-        moving_volume: the moving image's geometry (default: ``volume``).
-        spacing, origin: serve both when no volume is given, (z, y, x) in mm.
+    ``fixed``, ``moving``: the two landmark files of one pair.
+    ``fmt``, ``units``: as in :func:`read_points`.
+    ``volume``: the fixed image's geometry.
+    ``moving_volume``: the moving image's geometry (default: ``volume``).
+    ``spacing``, ``origin``: serve both when no volume is given, (z, y, x) in mm.
 
-    Returns:
-        ``(fixed, moving)`` voxel points, each shape (N, 3), (z, y, x), float64.
+    Returns ``(fixed, moving)`` voxel points, each shape (N, 3), (z, y, x), float64.
 
-    Raises:
-        MedDiftError: what :func:`read_points` raises, or different point counts.
+    Raises MedDiftError: what :func:`read_points` raises, or different point counts.
     """
     mv = moving_volume if moving_volume is not None else volume
     a = read_points(fixed, fmt=fmt, volume=volume, spacing=spacing, origin=origin, units=units)
     b = read_points(moving, fmt=fmt, volume=mv, spacing=spacing, origin=origin, units=units)
     if a.shape[0] != b.shape[0]:
         raise MedDiftError(
-            f"landmark counts differ: {a.shape[0]} in {fixed} but {b.shape[0]} in {moving}; give the two files of one pair"
+            f"landmark counts differ: {a.shape[0]} in {fixed} but {b.shape[0]} in {moving}; "
+            "give the two files of one pair"
         )
     return a, b
 
@@ -277,15 +280,12 @@ def read_point_pairs(
 def read_point_columns(path) -> dict[str, np.ndarray]:
     """All columns of a CSV with a header (as written by :func:`write_points_csv`).
 
-    Args:
-        path: the CSV file.
+    ``path``: the CSV file.
 
-    Returns:
-        ``{column: array (N,)}``: numeric columns as float64, others as str. x, y, z stay in
-        file order and units; use :func:`read_points` for (z, y, x) voxel points.
+    Returns ``{column: array (N,)}``: numeric columns as float64, others as str. x, y, z stay in
+    file order and units; use :func:`read_points` for (z, y, x) voxel points.
 
-    Raises:
-        MedDiftError: no such file, no header, or rows of different lengths.
+    Raises MedDiftError: no such file, no header, or rows of different lengths.
     """
     path = Path(path).expanduser()
     header, rows = _read_csv_table(path)
@@ -294,7 +294,9 @@ def read_point_columns(path) -> dict[str, np.ndarray]:
     cols: dict[str, list[str]] = {name: [] for name in header}
     for lineno, cells in rows:
         if len(cells) != len(header):
-            raise MedDiftError(f"{path}, line {lineno}: has {len(cells)} values for {len(header)} columns; fix that row")
+            raise MedDiftError(
+                f"{path}, line {lineno}: has {len(cells)} values for {len(header)} columns; fix that row"
+            )
         for name, cell in zip(header, cells):
             cols[name].append(cell)
     out = {}
@@ -321,16 +323,14 @@ def write_points_csv(
 ) -> None:
     """Write voxel points as CSV: header ``x,y,z[,extra...]``, then one row per point.
 
-    Args:
-        path: the CSV file; missing folders are created.
-        points_zyx: voxel points, shape (N, 3), (z, y, x); the file holds X, Y, Z order
-            (0-based voxels).
-        columns: extra columns after x, y, z, each a length-N array (numbers, bools or strings).
-        header: ``False`` writes the bare Learn2Reg layout (only x, y, z, no header line).
+    ``path``: the CSV file; missing folders are created.
+    ``points_zyx``: voxel points, shape (N, 3), (z, y, x); the file holds X, Y, Z order
+    (0-based voxels).
+    ``columns``: extra columns after x, y, z, each a length-N array (numbers, bools or strings).
+    ``header``: ``False`` writes the bare Learn2Reg layout (only x, y, z, no header line).
 
-    Raises:
-        MedDiftError: points not of shape (N, 3); extra columns without a header, named x/y/z or
-            of another length; a file that cannot be written.
+    Raises MedDiftError: points not of shape (N, 3); extra columns without a header, named x/y/z or
+    of another length; a file that cannot be written.
     """
     path = Path(path).expanduser()
     pts = np.asarray(points_zyx, dtype=np.float64)
@@ -344,7 +344,9 @@ def write_points_csv(
         if name.strip().lower() in ("x", "y", "z") or not name.strip():
             raise MedDiftError(f"extra column name '{name}' is empty or clashes with x,y,z; rename it")
         if len(np.asarray(columns[name]).reshape(-1)) != pts.shape[0]:
-            raise MedDiftError(f"column '{name}' has {len(np.asarray(columns[name]).reshape(-1))} values for {pts.shape[0]} points")
+            raise MedDiftError(
+                f"column '{name}' has {len(np.asarray(columns[name]).reshape(-1))} values for {pts.shape[0]} points"
+            )
     extra = [np.asarray(columns[n]).reshape(-1) for n in names]
     from .outputs import replacing
 

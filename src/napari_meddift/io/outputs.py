@@ -36,12 +36,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def check_outputs(outputs: Mapping[str, object], inputs: Mapping[str, object] = {}) -> dict[str, Path]:
     """Check every output before the work; returns ``{flag: Path}`` of the given ones.
 
-    Args:
-        outputs: ``{flag or name: path or None}``, e.g. ``{"-o/--output": "f.nii.gz"}``.
-        inputs: the same for the files and folders read.
+    ``outputs``: ``{flag or name: path or None}``, e.g. ``{"-o/--output": "f.nii.gz"}``.
+    ``inputs``: the same for the files and folders read.
 
-    Raises:
-        MedDiftError: one line naming the flag, the path and the way out.
+    Raises MedDiftError: one line naming the flag, the path and the way out.
     """
     outs = {k: Path(v).expanduser() for k, v in outputs.items() if v not in (None, "")}
     ins = {k: Path(v).expanduser() for k, v in inputs.items() if v not in (None, "")}

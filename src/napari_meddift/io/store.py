@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import secrets
 import shutil
@@ -74,12 +73,10 @@ def _to_numpy(a: Any, dtype: str) -> np.ndarray:
 def level_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The chunk shape of a level array: all channels, up to 16 nodes per spatial axis.
 
-    Args:
-        shape: the level's shape (C, z, y, x).
+    ``shape``: the level's shape (C, z, y, x).
 
-    Returns:
-        ``(C, min(16, z), min(16, y), min(16, x))``: a windowed query touches only the chunks
-        around it.
+    Returns ``(C, min(16, z), min(16, y), min(16, x))``: a windowed query touches only the chunks
+    around it.
     """
     c, *spatial = (int(n) for n in shape)
     return (c, *(max(1, min(CHUNK, n)) for n in spatial))
@@ -122,16 +119,14 @@ def _rmtree(path: Path) -> None:
 def cache_key(volume: Volume, backbone_name: str, weights_hash: str, settings: Any, preprocessing: Any = None) -> str:
     """The identity of an extraction: sha256 over voxels, geometry, backbone and settings.
 
-    Args:
-        volume: the CT (array (z, y, x), spacing/origin in mm, direction).
-        backbone_name: the backbone's registry name.
-        weights_hash: sha256 of its weights (or of its definition, for weight-free sources).
-        settings: the extraction settings (a dataclass or dict); ``device`` is left out, as where
-            it ran does not change what was asked for.
-        preprocessing: the backbone's preprocessing settings, if it has any.
+    ``volume``: the CT (array (z, y, x), spacing/origin in mm, direction).
+    ``backbone_name``: the backbone's registry name.
+    ``weights_hash``: sha256 of its weights (or of its definition, for weight-free sources).
+    ``settings``: the extraction settings (a dataclass or dict); ``device`` is left out, as where
+    it ran does not change what was asked for.
+    ``preprocessing``: the backbone's preprocessing settings, if it has any.
 
-    Returns:
-        64 hexadecimal digits; equal keys mean the stored descriptors can be reused.
+    Returns 64 hexadecimal digits; equal keys mean the stored descriptors can be reused.
     """
     arr = np.ascontiguousarray(np.asarray(volume.array, dtype=np.float32))
     h = hashlib.sha256()
@@ -291,16 +286,13 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
     level has the shape it was written with (:mod:`.integrity`); :func:`verify_store` decodes them
     all. A store left missing by a killed replace is restored first (:mod:`.locking`).
 
-    Args:
-        path: the store folder (``STORE.zarr``).
+    ``path``: the store folder (``STORE.zarr``).
 
-    Returns:
-        The store, read-only; level arrays are read lazily by chunk.
+    Returns the store, read-only; level arrays are read lazily by chunk.
 
-    Raises:
-        MedDiftError: no such path, not a zarr v3 group or not ours, another format version, an
-            incomplete (interrupted) write, missing level arrays or chunk files, or bad
-            geometry attributes; the message says what to do.
+    Raises MedDiftError: no such path, not a zarr v3 group or not ours, another format version, an
+    incomplete (interrupted) write, missing level arrays or chunk files, or bad
+    geometry attributes; the message says what to do.
     """
     import zarr
 
@@ -312,7 +304,7 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
         raise MedDiftError(f"no descriptor store at {path}; run `meddift extract` first")
     try:
         group = zarr.open_group(str(path), mode="r", zarr_format=3)
-    except Exception as exc:  # noqa: BLE001 - any zarr failure means "not a store"
+    except Exception as exc:  # any zarr failure means "not a store"
         raise MedDiftError(f"{path} is not a zarr v3 group, so not a napari-meddift descriptor store") from exc
     attrs = dict(group.attrs)
     if attrs.get("format") != FORMAT:
@@ -334,13 +326,9 @@ def open_store(path: str | os.PathLike) -> DescriptorStore:
     for key in ("image_shape", "spacing"):
         if key not in attrs:
             raise MedDiftError(f"{path} lacks the '{key}' attribute; extract again")
-    try:
-        shape = [int(n) for n in attrs["image_shape"]]
-        spacing = [float(s) for s in attrs["spacing"]]
-    except (TypeError, ValueError):
-        shape, spacing = [], []
-    if len(shape) != 3 or min(shape) < 1 or len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise _damaged(path, f"image_shape {attrs['image_shape']!r} / spacing {attrs['spacing']!r} are not three positive numbers")
+    sizes = geometry_problems({"image_shape": attrs["image_shape"], "spacing": attrs["spacing"]})  # io/metadata.py
+    if sizes:
+        raise _damaged(path, "; ".join(sizes))
     missing, incomplete = [], []
     for name in levels:
         try:
@@ -396,7 +384,9 @@ def check_level_geometry(attrs: Mapping[str, Any], level_shapes: Mapping[str, tu
             raise MedDiftError(f"level {name} has no level_geometry entry")
         grid = Grid.from_dict(geometry[name])
         if grid.shape != tuple(int(n) for n in shape[1:]):
-            raise MedDiftError(f"level {name}'s geometry is for {list(grid.shape)} nodes but it holds {list(shape[1:])}")
+            raise MedDiftError(
+                f"level {name}'s geometry is for {list(grid.shape)} nodes but it holds {list(shape[1:])}"
+            )
         if not grid.same_as(image.spanning(grid.shape), tolerance=1e-4):
             raise MedDiftError(f"level {name}'s nodes do not span the scan's field of view")
 
@@ -488,30 +478,27 @@ def write_store(
     that is not a napari-meddift store is never replaced. Writers of one path are serialised by
     ``<path>.lock`` and debris of killed writers is cleaned first (docs/store-format.md).
 
-    Args:
-        path: the store folder to write (``STORE.zarr``).
-        levels: ``{name: array (C, z', y', x')}`` (numpy or torch) at each level's native
-            resolution, in fusion order.
-        attrs: must hold ``image_shape`` (z, y, x voxels) and ``spacing`` (z, y, x mm); format,
-            format_version, levels, level_shapes, level_dtype, checksums, write_id,
-            package_version, created and complete are filled in here, and so are
-            ``extraction_grid`` (the scan's own grid) and ``level_geometry`` (each level spanning the
-            scan) when not given; given ones are checked against the levels.
-        dtype: ``"float16"`` or ``"float32"``.
-        replaces: ``store_token(path)`` taken before a long computation: a store another process
-            wrote meanwhile raises :class:`ReplacedMeanwhile` instead of being overwritten.
-            Default: replace whatever store is there.
+    ``path``: the store folder to write (``STORE.zarr``).
+    ``levels``: ``{name: array (C, z', y', x')}`` (numpy or torch) at each level's native
+    resolution, in fusion order.
+    ``attrs``: must hold ``image_shape`` (z, y, x voxels) and ``spacing`` (z, y, x mm); format,
+    format_version, levels, level_shapes, level_dtype, checksums, write_id, package_version, created
+    and complete are filled in here, and so are
+    ``extraction_grid`` (the scan's own grid) and ``level_geometry`` (each level spanning the
+    scan) when not given; given ones are checked against the levels.
+    ``dtype``: ``"float16"`` or ``"float32"``.
+    ``replaces``: ``store_token(path)`` taken before a long computation: a store another process
+    wrote meanwhile raises :class:`ReplacedMeanwhile` instead of being overwritten.
+    Default: replace whatever store is there.
 
-    Returns:
-        The written store, opened.
+    Returns the written store, opened.
 
-    Raises:
-        MedDiftError: an unknown dtype, no levels, a level name that is not a plain name, a level
-            not (C, z, y, x) with every size >= 1 or holding NaN/inf, ``attrs`` without a sound
-            ``image_shape``/``spacing``/``origin``/``direction``, ``path`` holding something
-            that is not a descriptor store, another writer holding the lock past its timeout, or
-            a failed write (disk full, permissions); nothing is left behind then, and a store
-            that was at ``path`` is kept.
+    Raises MedDiftError: an unknown dtype, no levels, a level name that is not a plain name, a level
+    not (C, z, y, x) with every size >= 1 or holding NaN/inf, ``attrs`` without a sound
+    ``image_shape``/``spacing``/``origin``/``direction``, ``path`` holding something
+    that is not a descriptor store, another writer holding the lock past its timeout, or
+    a failed write (disk full, permissions); nothing is left behind then, and a store
+    that was at ``path`` is kept.
     """
     import zarr
     from zarr.codecs import ZstdCodec
@@ -527,7 +514,9 @@ def write_store(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MedDiftError(f"cannot create the folder {path.parent} ({exc.strerror}); choose another output path") from None
+        raise MedDiftError(
+            f"cannot create the folder {path.parent} ({exc.strerror}); choose another output path"
+        ) from None
 
     with StoreLock(path):
         recover(path, _is_complete_store)

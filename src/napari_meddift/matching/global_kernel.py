@@ -131,7 +131,8 @@ if numba is not None:
         h_off[l] + k * ny + r); iz/lz (L, Z) and iy/ly (L, Y) first node and second-node weight per
         output voxel; invs L arrays (Z, Y, X) of 1/||f_l||; wl (L,) level weights; ``task`` planes
         per parallel task (a multiple of bs). Outputs, all written here: best, best_idx (T, B)
-        first maximum of each task and its flat voxel index; bmax (B, nbz, nby, nbx) block maxima. Per plane every level's rows are first interpolated in z
+        first maximum of each task and its flat voxel index; bmax (B, nbz, nby, nbx) block maxima.
+        Per plane every level's rows are first interpolated in z
         (``hz``); then each output row sums all levels while it sits in L1, is kept in ``acc``
         (bs planes, for the argmax) and folded into its block row's column maxima (``cmax``), so
         the block maxima cost one small pass per bs planes.

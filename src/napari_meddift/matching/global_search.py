@@ -10,7 +10,7 @@ For B queries at once (``GlobalSearch.stream``):
 2. the x and y interpolation once per level on the native z planes (B x nz x Y x X);
 3. slab by slab of output z planes, every level's z taps, norm and weight are summed into one
    cache-sized slab (B x S x Y x X). Its first maximum (C order) updates the running match and
-   its block maxima (``bs``^3 voxels) are kept: the full B x Z x Y x X maps never exist;
+   its block maxima (``block_size``^3 voxels) are kept: the full B x Z x Y x X maps never exist;
 4. the ambiguity's rival (best score outside the exclusion cube around the match) is the best
    maximum of the blocks clear of the cube, or an exact value from the few blocks the cube
    touches, evaluated again voxel by voxel (``evaluate``).
@@ -37,19 +37,21 @@ from . import global_kernel as _global_kernel
 
 
 class BlockTables:
-    """Per-level tables to evaluate blocks of ``bs``^3 voxels of one target level exactly (cached).
+    """Per-level tables to evaluate blocks of bs^3 voxels (``block_size``) of one target level
+    exactly (cached).
 
-    Per axis ``d``: ``start[d]`` (nb,) first node of a fixed-width window of ``w[d]`` nodes that
-    supports the block, and ``mat[d]`` (nb, bs, w) the interpolation weights of the block's
-    voxels on it (zero rows past the image edge); ``inv_blocks`` (nblocks, bs^3): 1/||f|| of each
-    block's voxels (0 past the edge).
+    Per axis ``d``, with nb blocks along it: ``start[d]`` (nb,) first node of a fixed-width window
+    of ``widths[d]`` nodes that supports the block, and ``mat[d]`` (nb, bs, widths[d]) the
+    interpolation weights of the block's voxels on it (zero rows past the image edge);
+    ``inv_blocks`` (nblocks, bs^3): 1/||f|| of each block's voxels (0 past the edge).
     """
 
-    def __init__(self, level, bs: int):
+    def __init__(self, level, block_size: int):
+        bs = block_size
         dev = level.f.device
-        self.bs = bs
+        self.block_size = bs
         self.node_shape = tuple(int(s) for s in level.f.shape[:3])
-        self.start, self.mat, self.w = [], [], []
+        self.start, self.mat, self.widths = [], [], []
         for ax, n_pad in zip(level.axes, self.node_shape):
             n_out = len(ax.i0)
             nb = -(-n_out // bs)
@@ -66,17 +68,17 @@ class BlockTables:
                     mat[j, o, ax.i0[v] + 1 - start[j]] += ax.lam[v]
             self.start.append(torch.as_tensor(start, device=dev))
             self.mat.append(torch.as_tensor(mat, dtype=torch.float32, device=dev))
-            self.w.append(r)
+            self.widths.append(r)
         inv = level.full_inv_norm()
-        self.nb = tuple(-(-s // bs) for s in inv.shape)
-        pad = [0, self.nb[2] * bs - inv.shape[2], 0, self.nb[1] * bs - inv.shape[1], 0, self.nb[0] * bs - inv.shape[0]]
-        blk = F.pad(inv, pad).reshape(self.nb[0], bs, self.nb[1], bs, self.nb[2], bs)
+        nb = self.blocks_per_axis = tuple(-(-s // bs) for s in inv.shape)
+        pad = [0, nb[2] * bs - inv.shape[2], 0, nb[1] * bs - inv.shape[1], 0, nb[0] * bs - inv.shape[0]]
+        blk = F.pad(inv, pad).reshape(nb[0], bs, nb[1], bs, nb[2], bs)
         self.inv_blocks = blk.permute(0, 2, 4, 1, 3, 5).reshape(-1, bs**3).contiguous()
 
     def values(self, p: torch.Tensor, jz: torch.Tensor, jy: torch.Tensor, jx: torch.Tensor) -> torch.Tensor:
         """Exact cosine (B, K, bs, bs, bs) in blocks (jz, jy, jx) (B, K each) from node dots p (B, nodes)."""
         bsz, k = jz.shape
-        wz, wy, wx = self.w
+        wz, wy, wx = self.widths
         _, ny, nx = self.node_shape
         dev = p.device
         sz = self.start[0][jz][..., None, None, None] + torch.arange(wz, device=dev)[:, None, None]
@@ -84,13 +86,14 @@ class BlockTables:
         sx = self.start[2][jx][..., None, None, None] + torch.arange(wx, device=dev)[None, None, :]
         idx = (sz * ny + sy) * nx + sx  # (B, K, wz, wy, wx)
         sub = torch.gather(p, 1, idx.reshape(bsz, -1)).reshape(bsz, k, wz, wy, wx)
-        bs = self.bs
+        bs = self.block_size
         m = bsz * k
         # three small batched products, one per axis: (wz*wy, wx) -> x, then y, then z
         t = torch.bmm(sub.reshape(m, wz * wy, wx), self.mat[2][jx].reshape(m, bs, wx).transpose(1, 2))
         t = torch.einsum("mzyx,mby->mzbx", t.reshape(m, wz, wy, bs), self.mat[1][jy].reshape(m, bs, wy))
         t = torch.bmm(self.mat[0][jz].reshape(m, bs, wz), t.reshape(m, wz, bs * bs))  # (m, Z, Y*X)
-        flat = (jz * self.nb[1] + jy) * self.nb[2] + jx
+        _, nby, nbx = self.blocks_per_axis
+        flat = (jz * nby + jy) * nbx + jx
         return t.reshape(bsz, k, bs, bs, bs).mul_(self.inv_blocks[flat].reshape(bsz, k, bs, bs, bs))
 
 
@@ -104,28 +107,32 @@ class GlobalSearch:
     #: path a GPU always takes). Both give the same matches up to float32 rounding.
     cpu_kernel = "fused"
 
-    def __init__(self, levels: dict, weights: dict[str, float], image_shape, bs: int | None = None):
-        bs = int(bs or self.block)
-        self.levels = levels  # name -> target _Level
+    def __init__(self, levels: dict, weights: dict[str, float], image_shape, block_size: int | None = None):
+        bs = int(block_size or self.block)
+        #: name -> target _Level
+        self.levels = levels
         total = sum(weights.values())
-        self.w = {n: weights[n] / total for n in levels if weights[n] > 0}
+        #: the levels that count, their weights normalised to sum 1
+        self.level_weights = {n: weights[n] / total for n in levels if weights[n] > 0}
         self.shape = tuple(int(s) for s in image_shape)
-        self.bs = bs
-        self.nb = tuple(-(-s // bs) for s in self.shape)  # blocks per axis
+        #: block edge in voxels, and blocks per axis (z, y, x)
+        self.block_size = bs
+        self.blocks_per_axis = tuple(-(-s // bs) for s in self.shape)
         self._tabs: dict[str, BlockTables] | None = None
-        self.dev = next(iter(levels.values())).f.device
-        self.o = torch.arange(bs, device=self.dev)
-        self.shape_t = torch.as_tensor(self.shape, device=self.dev)
+        self.device = next(iter(levels.values())).f.device
+        #: 0 .. block_size - 1: a voxel's offset inside its block
+        self.block_offsets = torch.arange(bs, device=self.device)
+        self.shape_tensor = torch.as_tensor(self.shape, device=self.device)
         self._fused: _global_kernel.FusedPlanes | None = None
         #: threads of the fused CPU kernel
         self.threads = torch.get_num_threads()
 
     def fused(self) -> _global_kernel.FusedPlanes | None:
         """The fused CPU kernel's tables, or None where the tensor path runs (GPU, no numba)."""
-        if self.dev.type != "cpu" or self.cpu_kernel != "fused" or not _global_kernel.available():
+        if self.device.type != "cpu" or self.cpu_kernel != "fused" or not _global_kernel.available():
             return None
         if self._fused is None:
-            self._fused = _global_kernel.FusedPlanes(self.levels, self.w, self.shape, self.bs)
+            self._fused = _global_kernel.FusedPlanes(self.levels, self.level_weights, self.shape, self.block_size)
         return self._fused
 
     @property
@@ -133,24 +140,24 @@ class GlobalSearch:
         """Per-level block tables of the tensor path's rival (built on first use and cached on the
         levels: the fused kernel never needs them, nor their blocked copy of 1/||f||)."""
         if self._tabs is None:
-            self._tabs = {n: _tables(self.levels[n], self.bs) for n in self.w}
+            self._tabs = {n: _tables(self.levels[n], self.block_size) for n in self.level_weights}
         return self._tabs
 
     def node_dots(self, q: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """P_l (B, nodes) = q_l . F_l[n] over each level's padded node grid (one GEMM per level)."""
-        return {n: (q[n] @ self.levels[n].f.reshape(-1, self.levels[n].channels).T) for n in self.w}
+        return {n: (q[n] @ self.levels[n].f.reshape(-1, self.levels[n].channels).T) for n in self.level_weights}
 
     def evaluate(self, p: dict[str, torch.Tensor], blocks: torch.Tensor):
         """Exact fused values (B, K, bs, bs, bs) in blocks (B, K) (flat block index) and the
         voxel coordinates along each axis, 3 x (B, K, bs); voxels past the image edge hold -inf."""
-        nbz, nby, nbx = self.nb
+        nbz, nby, nbx = self.blocks_per_axis
         jz, rem = blocks // (nby * nbx), blocks % (nby * nbx)
         jy, jx = rem // nbx, rem % nbx
         val = None
-        for n, w in self.w.items():
+        for n, w in self.level_weights.items():
             v = self.tabs[n].values(p[n], jz, jy, jx)
             val = v.mul_(w) if val is None else val.add_(v, alpha=w)
-        ax = [j[..., None] * self.bs + self.o for j in (jz, jy, jx)]  # 3 x (B, K, bs)
+        ax = [j[..., None] * self.block_size + self.block_offsets for j in (jz, jy, jx)]  # 3 x (B, K, bs)
         inside = [a < n for a, n in zip(ax, self.shape)]
         val.masked_fill_(~_outer(*inside), -math.inf)
         return val, ax
@@ -185,22 +192,22 @@ class GlobalSearch:
         bsz = next(iter(p.values())).shape[0]
         zdim, ydim, xdim = self.shape
         yx = ydim * xdim
-        bs = self.bs
+        bs = self.block_size
         slab = max(bs, slab // bs * bs)
         planes = {}
-        for n in self.w:
+        for n in self.level_weights:
             lv = self.levels[n]
             t = p[n].reshape((bsz,) + tuple(lv.f.shape[:3]))[:, :, :-1, :-1]  # y, x unpadded
             # PyTorch's bilinear kernel gives the reference's x and y taps in one pass (on the CPU
             # faster than gathers or products with the banded matrices)
             planes[n] = F.interpolate(t, size=(ydim, xdim), mode="bilinear", align_corners=False).reshape(bsz, -1, yx)
-        best = torch.full((bsz,), -math.inf, device=self.dev)
-        best_idx = torch.zeros(bsz, dtype=torch.long, device=self.dev)
-        bmax = torch.empty((bsz,) + self.nb, device=self.dev)
+        best = torch.full((bsz,), -math.inf, device=self.device)
+        best_idx = torch.zeros(bsz, dtype=torch.long, device=self.device)
+        bmax = torch.empty((bsz,) + self.blocks_per_axis, device=self.device)
         for o0 in range(0, zdim, slab):
             o1 = min(zdim, o0 + slab)
             acc = None
-            for n, w in self.w.items():
+            for n, w in self.level_weights.items():
                 lv = self.levels[n]
                 az = lv.axes[0]
                 a, b = az.nodes(o0, o1)
@@ -228,22 +235,23 @@ class GlobalSearch:
         """Best score outside the exclusion cube around loc (B,): block maxima clear of the cube,
         and the blocks it touches evaluated exactly."""
         bsz = loc.shape[0]
-        bs = self.bs
+        bs = self.block_size
         # rival: blocks clear of the exclusion cube by their maxima, the touched ones exactly
         e = int(exclusion)
         lo = (loc - e).clamp(min=0) // bs
-        hi = torch.minimum(loc + e, self.shape_t - 1) // bs
-        idx = [torch.arange(self.nb[d], device=self.dev) for d in range(3)]
+        hi = torch.minimum(loc + e, self.shape_tensor - 1) // bs
+        idx = [torch.arange(self.blocks_per_axis[d], device=self.device) for d in range(3)]
         touch = [(idx[d] >= lo[:, d, None]) & (idx[d] <= hi[:, d, None]) for d in range(3)]  # (B, nb_d)
         rival = bmax.masked_fill(_outer(*touch), -math.inf).reshape(bsz, -1).amax(1)
         span = e * 2 // bs + 2
-        ks = torch.arange(span, device=self.dev)
+        ks = torch.arange(span, device=self.device)
         js = [torch.minimum(lo[:, d, None] + ks, hi[:, d, None]) for d in range(3)]  # (B, span) repeats ok
         shp = (bsz, span, span, span)
         jz = js[0].reshape(bsz, span, 1, 1).expand(shp)
         jy = js[1].reshape(bsz, 1, span, 1).expand(shp)
         jx = js[2].reshape(bsz, 1, 1, span).expand(shp)
-        blocks = ((jz * self.nb[1] + jy) * self.nb[2] + jx).reshape(bsz, -1)
+        _, nby, nbx = self.blocks_per_axis
+        blocks = ((jz * nby + jy) * nbx + jx).reshape(bsz, -1)
         val, ax = self.evaluate(p, blocks)
         far = self._beyond(ax, loc, e)
         return torch.maximum(rival, val.masked_fill(~far, -math.inf).reshape(bsz, -1).amax(1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
@@ -42,6 +43,46 @@ def _torch_threads(n: int | None):
 # the matcher
 
 
+@dataclass
+class SearchSettings:
+    """The knobs of a :class:`Matcher`'s search and their defaults, in one place.
+
+    A matcher holds them as its own attributes (``matcher.cache_norms = True``); its
+    :attr:`~Matcher.backward` matcher is given the same ones (:meth:`of`, :meth:`apply`).
+    """
+
+    #: torch intra-op threads for the matcher's CPU work; None keeps torch's setting. One by
+    #: default: the work is many small or memory-bound ops, and on a small shared CPU the
+    #: thread pool's fork/join made queries 4-40x slower (docs/performance.md); raise it on
+    #: an idle many-core machine for faster global search.
+    cpu_threads: int | None = 1
+    #: how global (radius=None) matches are searched; both give the same matches:
+    #: "stream" (default): batches of points, their maps summed slab by slab and never held;
+    #: "dense": one whole map per point (a few at a time), the original search.
+    global_search: str = "stream"
+    #: points per batch of the "stream" search (None: 16 on the CPU, 64 on a GPU); memory
+    #: grows ~29 MB per point at MAISI's sizes for a 192x192x208 target
+    global_batch: int | None = None
+    #: CPU threads of the "stream" search (None: torch's current setting, by default one per
+    #: core). Unlike a windowed query it is a few large passes per batch, which cores shorten.
+    global_threads: int | None = None
+    #: windowed queries read each side's full-image 1/||f|| maps (built once, on the first
+    #: query: ~4 bytes per voxel and level) instead of computing norms from the window's own
+    #: nodes. Same values to float32 rounding; for interactive use, where thousands of
+    #: windows follow (the explorer turns it on). Batches decide by their size either way.
+    cache_norms: bool = False
+
+    @classmethod
+    def of(cls, matcher: "Matcher") -> "SearchSettings":
+        """The settings a matcher holds now."""
+        return cls(**{f.name: getattr(matcher, f.name) for f in fields(cls)})
+
+    def apply(self, matcher: "Matcher") -> None:
+        """Give a matcher these settings."""
+        for f in fields(self):
+            setattr(matcher, f.name, getattr(self, f.name))
+
+
 class Matcher:
     """Source -> target search over fused per-level cosine similarity, exact and memory-light.
 
@@ -55,6 +96,9 @@ class Matcher:
     image) or a :class:`~napari_meddift.matching.window.Radius` in mm, which becomes
     ``ceil(r / spacing)`` voxels per axis of the grid searched: the target's forwards, the
     source's for the forward-backward check.
+
+    The search's knobs (``cpu_threads``, ``global_search``, ``global_batch``, ``global_threads``,
+    ``cache_norms``) are plain attributes, documented with their defaults in :class:`SearchSettings`.
     """
 
     def __init__(
@@ -72,12 +116,7 @@ class Matcher:
         self.device = torch.device(device)
         self.source_spacing = _spacing(source_spacing)
         self.target_spacing = _spacing(target_spacing)
-        #: torch intra-op threads for the matcher's CPU work; None keeps torch's setting. One by
-        #: default: the work is many small or memory-bound ops, and on a small shared CPU the
-        #: thread pool's fork/join made queries 4-40x slower (docs/performance.md); raise it on
-        #: an idle many-core machine for faster global search.
-        self.cpu_threads: int | None = 1
-        self._init_global()
+        SearchSettings().apply(self)
         self._src = _Side(source_levels, source_shape, self.device)
         self._tgt = _Side(target_levels, target_shape, self.device)
         self._backward: Matcher | None = None
@@ -85,30 +124,12 @@ class Matcher:
         self.weights: dict[str, float] = {}
         self.set_levels(levels, weights)
 
-    def _init_global(self) -> None:
-        #: how global (radius=None) matches are searched; both give the same matches:
-        #: "stream" (default): batches of points, their maps summed slab by slab and never held;
-        #: "dense": one whole map per point (a few at a time), the original search.
-        self.global_search = "stream"
-        #: points per batch of the "stream" search (None: 16 on the CPU, 64 on a GPU); memory
-        #: grows ~29 MB per point at MAISI's sizes for a 192x192x208 target
-        self.global_batch: int | None = None
-        #: CPU threads of the "stream" search (None: torch's current setting, by default one per
-        #: core). Unlike a windowed query it is a few large passes per batch, which cores shorten.
-        self.global_threads: int | None = None
-        #: windowed queries read each side's full-image 1/||f|| maps (built once, on the first
-        #: query: ~4 bytes per voxel and level) instead of computing norms from the window's own
-        #: nodes. Same values to float32 rounding; for interactive use, where thousands of
-        #: windows follow (the explorer turns it on). Batches decide by their size either way.
-        self.cache_norms = False
-
     @classmethod
     def _from_sides(cls, src: _Side, tgt: _Side, levels, weights) -> "Matcher":
         m = cls.__new__(cls)
         m.device, m._src, m._tgt, m._backward = src.device, src, tgt, None
         m.source_spacing = m.target_spacing = None
-        m.cpu_threads = 1
-        m._init_global()
+        SearchSettings().apply(m)
         m.levels, m.weights = list(levels), dict(weights)
         return m
 
@@ -200,9 +221,7 @@ class Matcher:
         else:
             self._backward.levels, self._backward.weights = list(self.levels), dict(self.weights)
         self._backward.source_spacing, self._backward.target_spacing = self.target_spacing, self.source_spacing
-        self._backward.cpu_threads = self.cpu_threads
-        self._backward.global_search, self._backward.global_batch = self.global_search, self.global_batch
-        self._backward.global_threads, self._backward.cache_norms = self.global_threads, self.cache_norms
+        SearchSettings.of(self).apply(self._backward)
         return self._backward
 
     # ---- geometry -----------------------------------------------------------------
@@ -220,7 +239,10 @@ class Matcher:
             raise MedDiftError("points must be integer voxel indices (z, y, x)")
         bad = np.any((ri < 0) | (ri >= np.asarray(shape)), axis=1)
         if bad.any():
-            raise MedDiftError(f"point (z, y, x) = {tuple(int(v) for v in ri[bad][0])} lies outside the volume of shape (z, y, x) {tuple(shape)}")
+            raise MedDiftError(
+                f"point (z, y, x) = {tuple(int(v) for v in ri[bad][0])} "
+                f"lies outside the volume of shape (z, y, x) {tuple(shape)}"
+            )
         return ri
 
     def _centers(self, pts: np.ndarray) -> np.ndarray:
@@ -430,4 +452,4 @@ def _spacing(spacing) -> tuple[float, float, float] | None:
     return None if spacing is None else tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
-__all__ = ["Matcher"]
+__all__ = ["Matcher", "SearchSettings"]

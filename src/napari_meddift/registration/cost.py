@@ -179,7 +179,9 @@ def check_pair(source_levels: Mapping, target_levels: Mapping, levels: Sequence[
         raise MedDiftError("the source and target hold no common descriptor level; extract both with the same backbone")
     bad = [n for n in use if n not in avail]
     if bad:
-        raise MedDiftError(f"level(s) {', '.join(bad)} not held by both stores; available: {', '.join(avail) or 'none'}")
+        raise MedDiftError(
+            f"level(s) {', '.join(bad)} not held by both stores; available: {', '.join(avail) or 'none'}"
+        )
     for n in use:
         cs, ct = int(source_levels[n].shape[0]), int(target_levels[n].shape[0])
         if cs != ct:

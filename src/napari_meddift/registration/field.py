@@ -132,7 +132,9 @@ class DisplacementField:
         single = pts.ndim == 1
         pts = np.atleast_2d(pts)
         if pts.ndim != 2 or pts.shape[1] != 3 or not np.all(np.isfinite(pts)):
-            raise MedDiftError(f"points must be finite (N, 3) voxel (z, y, x) triples, got shape {np.asarray(points_zyx).shape}")
+            raise MedDiftError(
+                f"points must be finite (N, 3) voxel (z, y, x) triples, got shape {np.asarray(points_zyx).shape}"
+            )
         if len(pts) == 0:
             return np.zeros((0, 3))
         disp = self.displacement_voxels.astype(np.float64)
@@ -186,7 +188,9 @@ class DisplacementField:
 
         path = Path(path).expanduser()
         if _suffix(path) not in VOLUME_SUFFIXES:
-            raise MedDiftError(f"{path}: a displacement field is written as .nii.gz, .nii, .mha, .mhd or .nrrd; rename it")
+            raise MedDiftError(
+                f"{path}: a displacement field is written as .nii.gz, .nii, .mha, .mhd or .nrrd; rename it"
+            )
         return write_image(self.to_sitk(), path, "displacement field")  # whole or not at all
 
     @classmethod
@@ -214,11 +218,15 @@ class DisplacementField:
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError:
-            raise MedDiftError(f"{path}: cannot be read as an image; give an ITK displacement field (.nii.gz/.mha)") from None
+            raise MedDiftError(
+                f"{path}: cannot be read as an image; give an ITK displacement field (.nii.gz/.mha)"
+            ) from None
         f = cls.from_sitk(image, target)
         if source is not None and tuple(f.source.shape) != tuple(source.shape):
-            raise MedDiftError(f"{path}: the field's grid is {'x'.join(map(str, f.source.shape))} (z,y,x) but the source "
-                               f"is {'x'.join(map(str, source.shape))}; give the field made for this source")
+            raise MedDiftError(
+                f"{path}: the field's grid is {'x'.join(map(str, f.source.shape))} (z,y,x) but the source "
+                f"is {'x'.join(map(str, source.shape))}; give the field made for this source"
+            )
         return f
 
     def warp(self, moving, default_value: float | None = None, order: int = 1):
@@ -236,6 +244,8 @@ class DisplacementField:
         if default_value is None:
             default_value = float(sitk.GetArrayViewFromImage(img).min())
         interp = sitk.sitkNearestNeighbor if order == 0 else sitk.sitkLinear
-        out = sitk.Resample(img, self.source.reference_image(), self.to_transform(), interp, default_value, sitk.sitkFloat32)
+        out = sitk.Resample(
+            img, self.source.reference_image(), self.to_transform(), interp, default_value, sitk.sitkFloat32
+        )
         vol = volume_from_sitk(out, name="warped")
         return Volume(vol.array, vol.spacing, vol.origin, vol.direction, name="warped")

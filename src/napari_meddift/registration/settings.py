@@ -42,7 +42,9 @@ class RegistrationSettings:
             if int(getattr(self, name)) < 1:
                 raise MedDiftError(f"{name.replace('_', '-')} must be >= 1 voxel, got {getattr(self, name)}")
         if int(self.search_radius) < int(self.search_step):
-            raise MedDiftError(f"search radius ({self.search_radius}) must be at least the search step ({self.search_step}) voxels")
+            raise MedDiftError(
+                f"search radius ({self.search_radius}) must be at least the search step ({self.search_step}) voxels"
+            )
         if int(self.search_radius) // int(self.search_step) > 12:
             raise MedDiftError(f"search radius {self.search_radius} / step {self.search_step} gives more than 25 "
                                "displacements per axis; raise the step or lower the radius")

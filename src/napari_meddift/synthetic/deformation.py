@@ -39,12 +39,10 @@ HU_AIR = -1000.0
 def anatomical_axes(direction: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors pointing caudal and anterior, in array-axis components (z, y, x).
 
-    Args:
-        direction: ITK's 3x3 direction matrix (LPS world, columns = index axes i, j, k); None is
-            the identity. Array axis a is index axis 2 - a; superior is +z in LPS, anterior -y.
+    ``direction``: ITK's 3x3 direction matrix (LPS world, columns = index axes i, j, k); None is
+    the identity. Array axis a is index axis 2 - a; superior is +z in LPS, anterior -y.
 
-    Returns:
-        ``(caudal, anterior)``, each shape (3,), unit length.
+    Returns ``(caudal, anterior)``, each shape (3,), unit length.
     """
     d = np.eye(3) if direction is None else np.asarray(direction, dtype=float).reshape(3, 3)
     caudal = np.array([-d[2, 2 - a] for a in range(3)])
@@ -60,15 +58,13 @@ def lung_mask(hu: np.ndarray, spacing=(1.0, 1.0, 1.0), si_axis: int = 0, thresho
     rest the largest (and the second largest when it is at least 10 % of it: the other lung)
     are kept; then a small closing and a slice-wise hole filling take the vessels in.
 
-    Args:
-        hu: the CT, shape (z, y, x), in HU.
-        spacing: voxel spacing (z, y, x) in mm.
-        si_axis: the array axis closest to superior-inferior (its end faces are not "outside").
-        threshold: voxels below this many HU count as air.
-        closing_mm: radius of the closing in mm.
+    ``hu``: the CT, shape (z, y, x), in HU.
+    ``spacing``: voxel spacing (z, y, x) in mm.
+    ``si_axis``: the array axis closest to superior-inferior (its end faces are not "outside").
+    ``threshold``: voxels below this many HU count as air.
+    ``closing_mm``: radius of the closing in mm.
 
-    Returns:
-        The mask, shape (z, y, x), bool; all False when there is no air inside the body.
+    Returns the mask, shape (z, y, x), bool; all False when there is no air inside the body.
     """
     hu = np.asarray(hu)
     air = hu < threshold
@@ -112,12 +108,10 @@ def lung_mask(hu: np.ndarray, spacing=(1.0, 1.0, 1.0), si_axis: int = 0, thresho
 def jacobian_determinant(u_mm: np.ndarray, spacing) -> np.ndarray:
     """Jacobian determinant of ``x -> x + u(x)`` (central differences).
 
-    Args:
-        u_mm: displacement field, shape (3, z, y, x), components (z, y, x) in mm.
-        spacing: voxel spacing (z, y, x) in mm.
+    ``u_mm``: displacement field, shape (3, z, y, x), components (z, y, x) in mm.
+    ``spacing``: voxel spacing (z, y, x) in mm.
 
-    Returns:
-        ``det(I + du/dx)``, shape (z, y, x), dimensionless; below 0 where the map folds.
+    Returns ``det(I + du/dx)``, shape (z, y, x), dimensionless; below 0 where the map folds.
     """
     sp = np.asarray(spacing, dtype=float)
     grads = np.empty((3, 3) + u_mm.shape[1:], dtype=np.float64)
@@ -171,25 +165,22 @@ def breathing_field(
 ) -> BreathingField:
     """A smooth, invertible breathing displacement (module docstring: the model).
 
-    Args:
-        shape: the grid (z, y, x) in voxels.
-        spacing: voxel spacing (z, y, x) in mm.
-        lungs: boolean lung mask, shape ``shape``, not empty.
-        direction: ITK's 3x3 direction matrix (None: identity), for the anatomical axes.
-        seed: seed of the random smooth perturbation.
-        amplitude_si, amplitude_ap: peak cranio-caudal / antero-posterior displacement in mm
-            before the final smoothing, which lowers them (with the defaults, a thorax at
-            2.5 mm gets about 15-18 mm at the diaphragm).
-        noise_mm, noise_sigma_mm: amplitude and smoothness (Gaussian sigma) of the perturbation, mm.
-        smooth_mm: Gaussian sigma of the final smoothing in mm.
-        max_mm: cap on the displacement length in mm.
-        min_jacobian: the field is scaled down until ``det J`` stays above this everywhere.
+    ``shape``: the grid (z, y, x) in voxels.
+    ``spacing``: voxel spacing (z, y, x) in mm.
+    ``lungs``: boolean lung mask, shape ``shape``, not empty.
+    ``direction``: ITK's 3x3 direction matrix (None: identity), for the anatomical axes.
+    ``seed``: seed of the random smooth perturbation.
+    ``amplitude_si``, ``amplitude_ap``: peak cranio-caudal / antero-posterior displacement in mm
+    before the final smoothing, which lowers them (with the defaults, a thorax at
+    2.5 mm gets about 15-18 mm at the diaphragm).
+    ``noise_mm``, ``noise_sigma_mm``: amplitude and smoothness (Gaussian sigma) of the perturbation, mm.
+    ``smooth_mm``: Gaussian sigma of the final smoothing in mm.
+    ``max_mm``: cap on the displacement length in mm.
+    ``min_jacobian``: the field is scaled down until ``det J`` stays above this everywhere.
 
-    Returns:
-        The field on the exhale grid with its measured extremes.
+    Returns the field on the exhale grid with its measured extremes.
 
-    Raises:
-        MedDiftError: an empty lung mask or one of another shape.
+    Raises MedDiftError: an empty lung mask or one of another shape.
     """
     shape = tuple(int(s) for s in shape)
     sp = np.asarray(spacing, dtype=float)
@@ -259,16 +250,14 @@ def warp(image: np.ndarray, field: BreathingField, order: int = 1, cval: float =
          mode: str = "nearest") -> np.ndarray:
     """Pull ``image`` back through ``x -> x + u(x)``: the exhale-grid image.
 
-    Args:
-        image: an inhale-grid array, shape (z, y, x).
-        field: the breathing field (same grid).
-        order: spline order of the interpolation (1: trilinear, 0: nearest, for masks).
-        cval: value outside the grid with ``mode="constant"``.
-        mode: scipy's boundary mode (default: the edge voxel is repeated, so tissue cut by the
-            crop's lower face does not turn into air).
+    ``image``: an inhale-grid array, shape (z, y, x).
+    ``field``: the breathing field (same grid).
+    ``order``: spline order of the interpolation (1: trilinear, 0: nearest, for masks).
+    ``cval``: value outside the grid with ``mode="constant"``.
+    ``mode``: scipy's boundary mode (default: the edge voxel is repeated, so tissue cut by the
+    crop's lower face does not turn into air).
 
-    Returns:
-        The warped array, shape (z, y, x), float32.
+    Returns the warped array, shape (z, y, x), float32.
     """
     coords = _grid_plus_u(field.u_voxels())
     return ndi.map_coordinates(np.asarray(image, dtype=np.float32), coords, order=order, mode=mode,
@@ -279,14 +268,12 @@ def exhale_from_inhale(hu: np.ndarray, field: BreathingField, lungs_inhale: np.n
                        density: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The synthetic exhale of an inhale CT.
 
-    Args:
-        hu: the inhale CT, shape (z, y, x), in HU.
-        field: the breathing field.
-        lungs_inhale: the inhale lung mask, shape (z, y, x).
-        density: apply the mass-preserving lung density change (module docstring).
+    ``hu``: the inhale CT, shape (z, y, x), in HU.
+    ``field``: the breathing field.
+    ``lungs_inhale``: the inhale lung mask, shape (z, y, x).
+    ``density``: apply the mass-preserving lung density change (module docstring).
 
-    Returns:
-        ``(exhale HU, exhale lung mask)``, both shape (z, y, x): float32 and bool.
+    Returns ``(exhale HU, exhale lung mask)``, both shape (z, y, x): float32 and bool.
     """
     ex = warp(hu, field, order=1)
     lungs_ex = warp(lungs_inhale.astype(np.float32), field, order=1, cval=0.0, mode="constant") > 0.5
@@ -317,12 +304,10 @@ def _interp_grad(grad: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def exhale_to_inhale(points_zyx: np.ndarray, field: BreathingField) -> np.ndarray:
     """Exhale points to their inhale positions, ``p + u(p)`` (trilinear ``u``).
 
-    Args:
-        points_zyx: exhale voxel points, shape (N, 3) or (3,), (z, y, x).
-        field: the breathing field.
+    ``points_zyx``: exhale voxel points, shape (N, 3) or (3,), (z, y, x).
+    ``field``: the breathing field.
 
-    Returns:
-        Inhale voxel points, shape (N, 3), (z, y, x), float64.
+    Returns inhale voxel points, shape (N, 3), (z, y, x), float64.
     """
     p = np.atleast_2d(np.asarray(points_zyx, dtype=np.float64))
     return p + _interp_field(field.u_voxels().astype(np.float64), p)
@@ -335,17 +320,14 @@ def inhale_to_exhale(points_zyx: np.ndarray, field: BreathingField, tol: float =
     Newton steps with the interpolated field gradient, damped to a fixed-point step where
     Newton does not reduce the residual.
 
-    Args:
-        points_zyx: inhale voxel points ``p``, shape (N, 3) or (3,), (z, y, x).
-        field: the breathing field.
-        tol: residual (voxels) at which the iteration stops.
-        max_iter: the most iterations.
+    ``points_zyx``: inhale voxel points ``p``, shape (N, 3) or (3,), (z, y, x).
+    ``field``: the breathing field.
+    ``tol``: residual (voxels) at which the iteration stops.
+    ``max_iter``: the most iterations.
 
-    Returns:
-        ``(q, residual)``: exhale voxel points (N, 3), (z, y, x), and residuals (N,) in voxels.
+    Returns ``(q, residual)``: exhale voxel points (N, 3), (z, y, x), and residuals (N,) in voxels.
 
-    Raises:
-        MedDiftError: a residual stays above 1e-4 voxel.
+    Raises MedDiftError: a residual stays above 1e-4 voxel.
     """
     p = np.atleast_2d(np.asarray(points_zyx, dtype=np.float64))
     u_vox = field.u_voxels().astype(np.float64)

@@ -68,10 +68,9 @@ def si_axis(direction: np.ndarray | None) -> int:
 def demo_lungs(hu: np.ndarray, spacing, direction) -> np.ndarray:
     """The demo's lung mask (:func:`~napari_meddift.synthetic.deformation.lung_mask`), shape (z, y, x), bool.
 
-    Args:
-        hu: the CT, shape (z, y, x), in HU.
-        spacing: voxel spacing (z, y, x) in mm.
-        direction: ITK's 3x3 direction matrix.
+    ``hu``: the CT, shape (z, y, x), in HU.
+    ``spacing``: voxel spacing (z, y, x) in mm.
+    ``direction``: ITK's 3x3 direction matrix.
     """
     return lung_mask(hu, spacing, si_axis=si_axis(direction))
 
@@ -79,15 +78,13 @@ def demo_lungs(hu: np.ndarray, spacing, direction) -> np.ndarray:
 def demo_field(inhale_hu: np.ndarray, lungs: np.ndarray, spacing, direction, seed: int) -> BreathingField:
     """The demo's breathing deformation (fixed amplitudes, the given seed).
 
-    Args:
-        inhale_hu: the inhale CT, shape (z, y, x), in HU.
-        lungs: its lung mask, shape (z, y, x).
-        spacing: voxel spacing (z, y, x) in mm.
-        direction: ITK's 3x3 direction matrix.
-        seed: seed of the random part.
+    ``inhale_hu``: the inhale CT, shape (z, y, x), in HU.
+    ``lungs``: its lung mask, shape (z, y, x).
+    ``spacing``: voxel spacing (z, y, x) in mm.
+    ``direction``: ITK's 3x3 direction matrix.
+    ``seed``: seed of the random part.
 
-    Returns:
-        The field on the exhale grid (see :func:`~napari_meddift.synthetic.deformation.breathing_field`).
+    Returns the field on the exhale grid (see :func:`~napari_meddift.synthetic.deformation.breathing_field`).
     """
     return breathing_field(inhale_hu.shape, spacing, lungs, direction=direction, seed=seed,
                            amplitude_si=25.0, amplitude_ap=8.0, noise_mm=3.0, max_mm=18.0)
@@ -145,17 +142,14 @@ def build_demo_pair(ct_path: str | Path = DEFAULT_SOURCE, out_dir: str | Path = 
                     verbose: bool = True) -> dict:
     """Regenerate the demo files (module docstring: the recipe).
 
-    Args:
-        ct_path: the source chest CT.
-        out_dir: where the volumes, masks, landmarks and demo.json go.
-        seed: seed of the breathing deformation.
-        verbose: print what is done.
+    ``ct_path``: the source chest CT.
+    ``out_dir``: where the volumes, masks, landmarks and demo.json go.
+    ``seed``: seed of the breathing deformation.
+    ``verbose``: print what is done.
 
-    Returns:
-        The metadata written to demo.json (files with sha256, landmark statistics in mm, seed).
+    Returns the metadata written to demo.json (files with sha256, landmark statistics in mm, seed).
 
-    Raises:
-        MedDiftError: the source CT is missing, or the deformation cannot be made invertible.
+    Raises MedDiftError: the source CT is missing, or the deformation cannot be made invertible.
     """
     import SimpleITK as sitk
 
@@ -246,7 +240,8 @@ def load_demo_pair(demo_dir: str | Path = DEMO_DIR) -> tuple[Volume, Volume, np.
     inhale = read_volume(demo_dir / FILES["inhale"])
     exhale = read_volume(demo_dir / FILES["exhale"])
     inhale.name, exhale.name = "demo inhale", "demo exhale"
-    return inhale, exhale, read_points(demo_dir / FILES["src"], fmt="l2r"), read_points(demo_dir / FILES["tgt"], fmt="l2r")
+    src_points = read_points(demo_dir / FILES["src"], fmt="l2r")
+    return inhale, exhale, src_points, read_points(demo_dir / FILES["tgt"], fmt="l2r")
 
 
 def load_demo_lungs(demo_dir: str | Path = DEMO_DIR) -> tuple[np.ndarray, np.ndarray]:

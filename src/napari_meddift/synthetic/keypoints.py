@@ -18,14 +18,12 @@ def forstner_measure(image: np.ndarray, spacing=(1.0, 1.0, 1.0), sigma_mm: float
                      rho_mm: float = 2.0) -> np.ndarray:
     """Förstner's corner measure ``det(S) / trace(S)`` of the 3D structure tensor ``S``.
 
-    Args:
-        image: the CT, shape (z, y, x), in HU.
-        spacing: voxel spacing (z, y, x) in mm.
-        sigma_mm: Gaussian pre-smoothing in mm.
-        rho_mm: Gaussian integration scale of the tensor in mm.
+    ``image``: the CT, shape (z, y, x), in HU.
+    ``spacing``: voxel spacing (z, y, x) in mm.
+    ``sigma_mm``: Gaussian pre-smoothing in mm.
+    ``rho_mm``: Gaussian integration scale of the tensor in mm.
 
-    Returns:
-        The measure, shape (z, y, x), float32 (gradients in HU/mm); high at corner-like voxels.
+    Returns the measure, shape (z, y, x), float32 (gradients in HU/mm); high at corner-like voxels.
     """
     sp = np.asarray(spacing, dtype=float)
     img = ndi.gaussian_filter(np.asarray(image, dtype=np.float32), sigma_mm / sp)
@@ -55,17 +53,15 @@ def lung_keypoints(
 ) -> np.ndarray:
     """Distinctive keypoints inside the lungs: local maxima of :func:`forstner_measure`.
 
-    Args:
-        image: the CT, shape (z, y, x), in HU.
-        lungs: boolean lung mask, shape (z, y, x).
-        spacing: voxel spacing (z, y, x) in mm.
-        n: the most keypoints returned, strongest first.
-        min_distance_mm: the least distance between two keypoints, in mm.
-        erode_mm: the mask is eroded by this much first, so keypoints keep off the lung surface.
-        sigma_mm, rho_mm: scales of :func:`forstner_measure`.
+    ``image``: the CT, shape (z, y, x), in HU.
+    ``lungs``: boolean lung mask, shape (z, y, x).
+    ``spacing``: voxel spacing (z, y, x) in mm.
+    ``n``: the most keypoints returned, strongest first.
+    ``min_distance_mm``: the least distance between two keypoints, in mm.
+    ``erode_mm``: the mask is eroded by this much first, so keypoints keep off the lung surface.
+    ``sigma_mm``, ``rho_mm``: scales of :func:`forstner_measure`.
 
-    Returns:
-        Up to ``n`` voxel indices, shape (M, 3), (z, y, x), int.
+    Returns up to ``n`` voxel indices, shape (M, 3), (z, y, x), int.
     """
     sp = np.asarray(spacing, dtype=float)
     iters = np.maximum(1, np.round(erode_mm / sp)).astype(int)

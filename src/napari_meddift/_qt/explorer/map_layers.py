@@ -23,12 +23,12 @@ import contextlib
 
 import numpy as np
 
-from ..explorer import MAP_RANGES, display_limits
-from ._in_place import box_outline, crosshair, no_refresh, set_points, set_vectors, set_visible
-from ._layers import box_translate, same_geometry  # the scan's full geometry (direction in the affine)
-from ._napari_private import layer_ranges, layers_change_callback
+from ...explorer import MAP_RANGES, display_limits
+from .._layers import box_translate, same_geometry  # the scan's full geometry (direction in the affine)
+from .._napari_private import layer_ranges, layers_change_callback
+from .in_place_updates import box_outline, crosshair, no_refresh, set_points, set_vectors, set_visible
 
-__all__ = ["MapLayers", "SIM_COLORMAP", "same_geometry", "box_translate"]
+__all__ = ["MapLayers", "SIM_COLORMAP"]
 
 SIM_COLORMAP = "coolwarm"
 #: voxels between the maps of a strip
@@ -226,7 +226,9 @@ class MapLayers:
             return self._signs[axis]
         e = np.zeros(3)
         e[axis] = 1.0
-        d = np.asarray(self.target_layer.data_to_world(e), float) - np.asarray(self.target_layer.data_to_world(np.zeros(3)), float)
+        d = np.asarray(self.target_layer.data_to_world(e), float) - np.asarray(
+            self.target_layer.data_to_world(np.zeros(3)), float
+        )
         self._signs[axis] = 1 if d[axis] >= 0 else -1
         return self._signs[axis]
 
@@ -371,9 +373,3 @@ class MapLayers:
     def fused_map(self) -> np.ndarray:
         """The fused map as shown (cut from the ``maps`` layer)."""
         return self.strip_map("maps", 0)
-
-    def remove_source_markers(self) -> None:
-        for key in ("query", "cross_s"):
-            layer = self.layers.get(key)
-            if layer is not None and layer in self.source_viewer.layers:
-                self.source_viewer.layers.remove(layer)

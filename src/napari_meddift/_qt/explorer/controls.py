@@ -24,8 +24,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..explorer import DISPLAY_MODES, MAP_RANGES
-from ._layers import layer_store_path
+from ...explorer import DISPLAY_MODES, MAP_RANGES
+from .._layers import layer_store_path
 
 __all__ = ["ExplorerControls", "bind"]
 
@@ -111,7 +111,8 @@ class ExplorerControls(Container):
         self.min_error = FloatSlider(label="Landmarks with error >= (mm)", min=0.0, max=30.0, step=0.5)
         super().__init__(widgets=[
             self.source, self.source_store, self.target, self.target_store, self.connect_button,
-            self.radius, self.window_label, self.exclusion, self.levels, self.display_mode, self.color_range, self.per_level,
+            self.radius, self.window_label, self.exclusion, self.levels, self.display_mode, self.color_range,
+            self.per_level,
             self.following, self.show_truth, self.timesteps_text, self.extract_timesteps, self.cancel_timesteps,
             self.timestep, self.timestep_label, self.compare, self.show_landmarks, self.min_error,
         ], labels=True)

@@ -6,6 +6,11 @@ a Cancel that works, and errors shown as napari notifications (and in the widget
 :class:`~napari_meddift.errors.CancelledError` once ``cancel()`` was called, so the core stops
 between steps and leaves nothing half-written.
 
+Shared by every dock with long work: the explorer's long jobs (``explorer/long_jobs.py``), the
+run/cancel rows of the Extract, Registration and Feature quality docks (``_task_panel.py``),
+Landmarks and Feature view. (The explorer's mouse path does not use it: a search per pointer
+position runs on ``explorer/latest_request_worker.py``.)
+
 This module is the one place where worker progress becomes napari progress, and it is built so
 that it cannot re-enter itself (a 300-landmark match once sent one queued signal per landmark;
 napari's progress bar calls ``QApplication.processEvents()`` inside every update, which delivered

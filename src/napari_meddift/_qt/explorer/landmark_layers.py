@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._map_layers import same_geometry
+from .._layers import same_geometry
 
 __all__ = ["LandmarkLayers", "ERROR_COLORMAP"]
 

@@ -8,7 +8,7 @@ import weakref
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QMainWindow, QVBoxLayout, QWidget
 
-from ._napari_private import qt_viewer_class, reslice_callback, skip_thumbnails
+from .._napari_private import qt_viewer_class, reslice_callback, skip_thumbnails
 
 __all__ = ["TargetView", "CloseWatcher", "DockArranger", "set_slice"]
 
@@ -19,7 +19,7 @@ class TargetView(QWidget):
     def __init__(self, title: str = "MedDIFT target", parent=None):
         from napari.components import ViewerModel
 
-        QtViewer = qt_viewer_class()  # noqa: N806 (a class)
+        QtViewer = qt_viewer_class()
 
         super().__init__(parent)
         self.viewer = ViewerModel(title=title)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._napari_private import refresh_blocker
+from .._napari_private import refresh_blocker
 
 __all__ = ["box_outline", "crosshair", "no_refresh", "set_points", "set_vectors", "set_visible"]
 

@@ -1,16 +1,19 @@
 """Correspondence explorer: hover over the source, see the match, its maps and the truth.
 
-The dock widget only wires things together; each concern lives in its own file:
+The dock widget only wires things together; each concern lives in its own module of this
+subpackage:
 
-* ``napari_meddift.explorer`` (no Qt): the session (pair, evented state, truth, landmarks,
-  timesteps) and the compute step;
-* ``_explorer_controls.py``: magicgui controls bound to the state;
-* ``_target_view.py``: the docked second canvas; ``_map_layers.py``: maps, strips, markers,
-  crosshairs, search window (``_in_place.py``: in-place layer updates); ``_landmark_layers.py``:
-  every landmark coloured by error;
-* ``_worker.py``: the mouse path's one-slot worker (stale positions are dropped, never queued);
-  ``_explorer_work.py`` / ``_tasks.py``: long work (loading stores, timestep extraction, matching
-  all landmarks) on napari workers with progress in the activity dock.
+* ``napari_meddift.explorer`` (the core, no Qt): the session (pair, evented state, truth,
+  landmarks, timesteps) and the compute step;
+* ``controls``: magicgui controls bound to the state;
+* ``target_view``: the docked second canvas; ``map_layers``: maps, strips, markers,
+  crosshairs, search window (``in_place_updates``: in-place layer updates);
+  ``landmark_layers``: every landmark coloured by error;
+* ``latest_request_worker``: the mouse path's one-slot worker (stale positions are dropped,
+  never queued); ``long_jobs``: long work (loading stores, timestep extraction, matching all
+  landmarks) on napari workers with progress in the activity dock (``_qt/_long_task.py``);
+* ``latency``: a recorder of the mouse path's timings that a benchmark attaches (the widget
+  only emits the timestamps).
 
 Other widgets (Landmarks, Feature view) share the explorer's ``session`` and call its public
 methods (``show_query``, ``go_to_landmark``, ``match_landmarks``); they find the explorer with
@@ -22,24 +25,23 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ..errors import MedDiftError
-from ..explorer import ExplorerSession, format_status, pick_along_ray, suggest_map_range
-from ._controls import StatusText, error_label
-from ._landmark_layers import LandmarkLayers
-from ._layers import STORE_KEY, voxel_to_world, world_to_voxel
-from ._map_layers import MapLayers
-from ._target_view import CloseWatcher, DockArranger, TargetView, set_slice
-from ._explorer_work import ExplorerWork
-from ._tasks import error_text, notify_error
-from ._worker import LatestRequestWorker
-from ._explorer_controls import ExplorerControls
+from ...errors import MedDiftError
+from ...explorer import ExplorerSession, format_status, pick_along_ray, suggest_map_range
+from .._controls import StatusText, error_label
+from .._layers import STORE_KEY, voxel_to_world, world_to_voxel
+from .._long_task import error_text, notify_error
+from .controls import ExplorerControls
+from .landmark_layers import LandmarkLayers
+from .latest_request_worker import LatestRequestWorker
+from .long_jobs import ExplorerJobs
+from .map_layers import MapLayers
+from .target_view import CloseWatcher, DockArranger, TargetView, set_slice
 
 __all__ = ["ExplorerWidget", "explorer_in"]
 
@@ -67,8 +69,16 @@ class ExplorerWidget(QWidget):
 
     Programmatic use: ``connect_pair(source_layer, target_layer, src_store, tgt_store)`` (or
     ``matcher=m``), then ``show_query(zyx)``; settings through ``state`` (``state.radius = 25.0``, mm).
-    ``result_applied`` fires after the layers show a new result; ``latencies_ms`` holds the time
-    from each mouse event to its updated layers.
+    ``result_applied`` fires after the layers show a new result.
+
+    The mouse path's timestamps (``time.perf_counter()`` seconds) go out as signals for whoever
+    measures them (:class:`~napari_meddift._qt.explorer.latency.LatencyRecorder`):
+    ``request_submitted(request, t_submit)`` when a search goes to the worker,
+    ``result_timed(result, t_arrive, t_done)`` when a result reached the GUI thread and when its
+    layers were updated (``result.request.t_event``: the mouse event), ``compare_timed(result,
+    t_done)`` when the compare strip was drawn. ``search_worker`` (the map),
+    ``consistency_worker`` (forward-backward check) and ``compare_worker`` (compare strip) are
+    the three latest-request threads; their ``idle``/``wait_idle``/``dropped`` are public.
     """
 
     result_applied = Signal(object)
@@ -76,6 +86,12 @@ class ExplorerWidget(QWidget):
     landmarks_applied = Signal(object)
     timesteps_ready = Signal(object)
     compare_applied = Signal(object)
+    #: (request, t_submit): a search request went to the worker
+    request_submitted = Signal(object, float)
+    #: (result, t_arrive, t_done): a result reached the GUI thread; its layers were updated
+    result_timed = Signal(object, float, float)
+    #: (result, t_done): the compare strip of a result was drawn
+    compare_timed = Signal(object, float)
 
     #: seconds the forward-backward check waits for the pointer to settle
     FB_SETTLE_S = 0.03
@@ -90,9 +106,6 @@ class ExplorerWidget(QWidget):
         self.map_layers: MapLayers | None = None
         self.landmark_layers: LandmarkLayers | None = None
         self.result = None
-        self.latencies_ms: deque[float] = deque(maxlen=10000)
-        self.timings: deque[dict] = deque(maxlen=10000)  # ms: event->submit, compute, wait, apply
-        self._t_submit: dict = {}
         self.closed = False
         self._callbacks_on = False
         self._range_chosen = False  # the user chose the raw colour range: keep it on reconnect
@@ -103,25 +116,24 @@ class ExplorerWidget(QWidget):
         n = compute_threads or max(1, (os.cpu_count() or 2) - 1)
         self.compute_threads = n
         init = functools.partial(_set_torch_threads, n)
-        self._worker = LatestRequestWorker(functools.partial(self.session.compute, compare=False), self,
-                                           name="meddift-explorer", init=init)
-        self._worker.finished.connect(self._on_result)
-        self._worker.failed.connect(lambda req, exc: self.show_error(exc))
-        self._fb_worker = LatestRequestWorker(self._compute_fb, self, name="meddift-consistency", init=init)
-        self._fb_worker.finished.connect(self._on_fb)
-        self._fb_worker.failed.connect(lambda req, exc: None)
+        self.search_worker = LatestRequestWorker(functools.partial(self.session.compute, compare=False), self,
+                                                 name="meddift-explorer", init=init)
+        self.search_worker.finished.connect(self._on_result)
+        self.search_worker.failed.connect(lambda req, exc: self.show_error(exc))
+        self.consistency_worker = LatestRequestWorker(self._compute_fb, self, name="meddift-consistency",
+                                                      init=init)
+        self.consistency_worker.finished.connect(self._on_fb)
+        self.consistency_worker.failed.connect(lambda req, exc: None)
         # the timestep compare strip: one more search per cached timestep, after the main map
-        self._cmp_worker = LatestRequestWorker(self._compute_compare, self, name="meddift-compare", init=init)
-        self._cmp_worker.finished.connect(self._on_compare)
-        self._cmp_worker.failed.connect(lambda req, exc: self.show_error(exc))
-        #: ms from the mouse event to the compare strip drawn
-        self.compare_latencies_ms: deque[float] = deque(maxlen=10000)
+        self.compare_worker = LatestRequestWorker(self._compute_compare, self, name="meddift-compare", init=init)
+        self.compare_worker.finished.connect(self._on_compare)
+        self.compare_worker.failed.connect(lambda req, exc: self.show_error(exc))
 
         self.controls = ExplorerControls(napari_viewer, self.state)
         self.controls.window_voxels = self.session.window_voxels
         self.controls.timestep_label_of = self.session.timestep_label
-        self.work = ExplorerWork(self)
-        self.controls.connect_button.changed.connect(lambda *_: self.work.connect_from_controls())
+        self.jobs = ExplorerJobs(self)
+        self.controls.connect_button.changed.connect(lambda *_: self.jobs.connect_from_controls())
         self.controls.extract_timesteps.changed.connect(lambda *_: self.extract_timesteps())
         self.controls.cancel_timesteps.changed.connect(lambda *_: self.task and self.task.cancel())
         self.status_label = StatusText("Connect a pair, then move the mouse over the source image.", lines=8)
@@ -162,12 +174,12 @@ class ExplorerWidget(QWidget):
                      timestep: int | None = None):
         """Explore ``source_layer`` -> ``target_layer`` with their stores (or a ready matcher);
         ``timestep``: the diffusion timestep of the descriptors (default: from the stores)."""
-        from ..io.store import open_store
+        from ...io.store import open_store
 
         src_store = open_store(src_store) if isinstance(src_store, (str, Path)) else src_store
         tgt_store = open_store(tgt_store) if isinstance(tgt_store, (str, Path)) else tgt_store
         if matcher is None:
-            from ..matching import Matcher
+            from ...matching import Matcher
 
             if src_store is None or tgt_store is None:
                 raise MedDiftError("the explorer needs a descriptor store for the source and for the target")
@@ -178,7 +190,7 @@ class ExplorerWidget(QWidget):
                 raise MedDiftError(
                     f"the {which} store was made from an image of shape {tuple(shape)} but layer "
                     f"'{layer.name}' has shape {tuple(np.shape(layer.data))}; pick the matching layer or store")
-        self._worker.wait_idle(5)
+        self.search_worker.wait_idle(5)
         stores = (src_store, tgt_store) if src_store is not None and tgt_store is not None else None
         self.session.connect(matcher, tuple(source_layer.scale[-3:]), tuple(target_layer.scale[-3:]),
                              timestep=timestep, stores=stores)
@@ -218,7 +230,7 @@ class ExplorerWidget(QWidget):
 
     def _suggest_range(self) -> None:
         try:
-            from ..explorer import MAP_RANGES
+            from ...explorer import MAP_RANGES
 
             name = suggest_map_range(self.engine, MAP_RANGES, self.session.search_radius)
         except Exception:  # pragma: no cover - a suggestion only; [-1, 1] always works
@@ -317,8 +329,8 @@ class ExplorerWidget(QWidget):
         if self.engine is None:
             return
         req = self.session.request(vox, tag=tag, t_event=t_event)
-        self._t_submit = {"request": req, "t": time.perf_counter()}
-        self._worker.submit(req)
+        self.request_submitted.emit(req, time.perf_counter())
+        self.search_worker.submit(req)
 
     def show_query(self, vox, move_source: bool = True) -> None:
         """Go to source voxel ``vox`` (moves the source slice there) and search from it."""
@@ -334,7 +346,7 @@ class ExplorerWidget(QWidget):
 
     def _compute_fb(self, result):
         time.sleep(self.FB_SETTLE_S)
-        if self.engine is None or not self._worker.idle or self.result is not result:
+        if self.engine is None or not self.search_worker.idle or self.result is not result:
             return None  # closed, or a newer map is on its way: this check is stale
         return result, self.session.consistency(result)
 
@@ -354,23 +366,15 @@ class ExplorerWidget(QWidget):
             elif self.state.following:
                 self._follow(result)
         self._update_status(result, pending_fb=True)
-        t_done = time.perf_counter()
-        self.latencies_ms.append((t_done - req.t_event) * 1e3)
-        t_sub = self._t_submit.get("t") if self._t_submit.get("request") is req else None
-        self.timings.append({
-            "event_to_submit": (t_sub - req.t_event) * 1e3 if t_sub else float("nan"),
-            "compute": result.compute_ms,
-            "wait_and_queue": ((t_arrive - t_sub) * 1e3 - result.compute_ms) if t_sub else float("nan"),
-            "apply": (t_done - t_arrive) * 1e3,
-        })
+        self.result_timed.emit(result, t_arrive, time.perf_counter())
         self.error_label.setText("")
         self.result_applied.emit(result)
         if result.request.compare:
-            self._cmp_worker.submit(result)
-        self._fb_worker.submit(result)
+            self.compare_worker.submit(result)
+        self.consistency_worker.submit(result)
 
     def _compute_compare(self, result):
-        if self.result is not result or not self._worker.idle:
+        if self.result is not result or not self.search_worker.idle:
             return None  # a newer map is on its way: this strip would be stale
         return self.session.compute_compare(result)
 
@@ -378,7 +382,7 @@ class ExplorerWidget(QWidget):
         if result is None or self.closed or self.map_layers is None or result is not self.result:
             return
         self.map_layers.show_compare(result, self.state)
-        self.compare_latencies_ms.append((time.perf_counter() - result.request.t_event) * 1e3)
+        self.compare_timed.emit(result, time.perf_counter())
         self.compare_applied.emit(result)
 
     def _redraw(self, *_):
@@ -435,17 +439,17 @@ class ExplorerWidget(QWidget):
 
     def match_landmarks(self, run_async: bool = True, on_error=None):
         """Match every landmark with the current settings (napari progress, cancellable)."""
-        return self.work.match_landmarks(run_async, on_error)
+        return self.jobs.match_landmarks(run_async, on_error)
 
     def extract_timesteps(self, timesteps=None, cache_dir=None, run_async: bool = True):
         """Extract ``timesteps`` (default: the controls' list) for this pair into cached stores,
         in the background with napari progress; each becomes a choice of the timestep slider."""
-        return self.work.extract_timesteps(timesteps, cache_dir, run_async)
+        return self.jobs.extract_timesteps(timesteps, cache_dir, run_async)
 
     @property
     def task(self):
         """The running (or last) long task: ``task.cancel()`` stops it."""
-        return self.work.task
+        return self.jobs.task
 
     def go_to_landmark(self, i: int) -> None:
         """Both viewers to landmark pair ``i``: its source point searched, the target at its truth."""
@@ -460,22 +464,7 @@ class ExplorerWidget(QWidget):
             set_slice(self.target_view.viewer, self._focus)
         self.submit(vox, tag="landmark")
 
-    # ------------------------------------------------------------------ extra markers and docks
-
-    def marker_layer(self, name: str, data, in_target: bool = True, **kw):
-        """Create or update a Points layer ``name`` (voxel zyx) in the target (or source) viewer."""
-        from ._map_layers import same_geometry
-
-        if self.engine is None or self.target_view is None:
-            raise MedDiftError("connect a pair in the explorer first")
-        viewer = self.target_view.viewer if in_target else self.viewer
-        ref = self.target_layer if in_target else self.source_layer
-        data = np.asarray(data, float).reshape(-1, 3)
-        if name in viewer.layers:
-            viewer.layers[name].data = data
-            return viewer.layers[name]
-        kw.setdefault("size", 3)
-        return viewer.add_points(data, name=name, **same_geometry(ref), **kw)
+    # ------------------------------------------------------------------ docks
 
     def arrange_docks(self, others=()) -> None:
         """[main canvas | target canvas | explorer]; ``others`` (docks) tabbed with the explorer."""
@@ -491,9 +480,9 @@ class ExplorerWidget(QWidget):
         self.closed = True
         if self.task is not None and self.task.running:
             self.task.cancel()
-        self._worker.close()
-        self._fb_worker.close()
-        self._cmp_worker.close()
+        self.search_worker.close()
+        self.consistency_worker.close()
+        self.compare_worker.close()
         try:
             self._disconnect_callbacks()
         except Exception:  # pragma: no cover - viewer already torn down

@@ -1,7 +1,11 @@
-"""The explorer's background work: loading a pair's stores, extracting timesteps, matching all
-landmarks. Each runs on a napari worker (``_tasks.LongTask``: progress in the activity dock, a
-working Cancel, errors as napari notifications) and hands its result to the shared session.
-Uses only the explorer's public surface (``session``, ``controls``, ``connect_pair``, ...).
+"""The explorer's long jobs: loading a pair's stores, extracting timesteps, matching all
+landmarks. Each runs on a napari worker (:class:`~napari_meddift._qt._long_task.LongTask`:
+progress in the activity dock, a working Cancel, errors as napari notifications), one at a time,
+and hands its result to the shared session. Uses only the explorer's public surface
+(``session``, ``controls``, ``connect_pair``, ``show_error``, ...).
+
+Not the mouse path: a search per pointer position runs on the explorer's
+:class:`~napari_meddift._qt.explorer.latest_request_worker.LatestRequestWorker` instead.
 """
 
 from __future__ import annotations
@@ -10,15 +14,15 @@ from pathlib import Path
 
 from qtpy.QtCore import QObject
 
-from ..errors import MedDiftError
-from ._layers import layer_to_volume
-from ._tasks import LongTask, error_text
+from ...errors import MedDiftError
+from .._layers import layer_to_volume
+from .._long_task import LongTask, error_text
 
-__all__ = ["ExplorerWork"]
+__all__ = ["ExplorerJobs"]
 
 
-class ExplorerWork(QObject):
-    """Long tasks of one ExplorerWidget; one at a time (``task``)."""
+class ExplorerJobs(QObject):
+    """Long jobs of one ExplorerWidget; one at a time (``task``)."""
 
     def __init__(self, explorer):
         super().__init__(explorer)
@@ -50,11 +54,13 @@ class ExplorerWork(QObject):
             return ex.show_error(MedDiftError("open the source and target images first (two 3D image layers)"))
         paths = [str(v) if v is not None else "" for v in (c.source_store.value, c.target_store.value)]
         if any(p in ("", ".") for p in paths):
-            return ex.show_error(MedDiftError("give a descriptor store for both images (run 'Extract descriptors' first)"))
+            return ex.show_error(
+                MedDiftError("give a descriptor store for both images (run 'Extract descriptors' first)")
+            )
 
         def load(progress):
-            from ..io.store import open_store
-            from ..matching import Matcher
+            from ...io.store import open_store
+            from ...matching import Matcher
 
             progress(0, 2, "opening stores")
             s, t = open_store(paths[0]), open_store(paths[1])
@@ -85,8 +91,8 @@ class ExplorerWork(QObject):
     def extract_timesteps(self, timesteps=None, cache_dir=None, run_async: bool = True):
         """Extract ``timesteps`` (default: the controls' list) for the pair into cached stores
         (backbone and settings of the connected stores); each becomes a slider choice."""
-        from ..explorer import extract_timesteps, parse_timesteps
-        from ..io.cache import default_cache_dir
+        from ...explorer import extract_timesteps, parse_timesteps
+        from ...io.cache import default_cache_dir
 
         ex = self.explorer
         session = ex.session
@@ -103,7 +109,7 @@ class ExplorerWork(QObject):
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
 
         def work(progress=None):
-            from ..matching import Matcher
+            from ...matching import Matcher
 
             pairs = extract_timesteps(vols[0], vols[1], ref, ts, cache, progress=progress)
             return {t: (Matcher.from_stores(s, g), (s, g)) for t, (s, g) in pairs.items()}
