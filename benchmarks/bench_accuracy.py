@@ -1,6 +1,6 @@
 """Accuracy benchmark: landmark TRE of every correspondence method on known breathing deformations.
 
-    nice python benchmarks/bench_accuracy.py              # full run (~15 min on 2 idle CPU cores), writes docs/benchmarks.md
+    nice python benchmarks/bench_accuracy.py              # full run (~15 min, 2 idle cores), writes docs/benchmarks.md
     nice python benchmarks/bench_accuracy.py --quick      # smoke run: 2 cases, 40 points, no doc update
     python benchmarks/bench_accuracy.py --help            # every option (MAISI weights, point counts, ...)
 
@@ -349,7 +349,8 @@ def accuracy_table(rows: list[Row]) -> str:
 
 def runtime_table(rows: list[Row]) -> str:
     keys = list(dict.fromkeys((r.method, r.search) for r in rows))
-    out = ["| method | search | extract / register per pair (s) | match (s) | points matched | peak RSS increase (MB) |",
+    out = ["| method | search | extract / register per pair (s) | match (s) | points matched "
+           "| peak RSS increase (MB) |",
            "|---|---|---:|---:|---:|---:|"]
     for method, search in keys:
         rs = [r for r in rows if (r.method, r.search) == (method, search)]
@@ -399,15 +400,16 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU") + ".",
         "",
         (f"mini weights: sha256 `{args.mini_hash[:16]}...` ({args.mini_weights or 'shipped data/mini_v2.pt'})"
-         + (f"; `{args.compare_mini}` rows: the earlier weights, `--weights {args.compare_mini}`." if args.compare_mini else ".")
+         + (f"; `{args.compare_mini}` rows: the earlier weights, `--weights {args.compare_mini}`."
+            if args.compare_mini else ".")
          if getattr(args, "mini_hash", None) else "mini weights: not available in this run."),
         "",
         "## What is measured",
         "",
         "Real chest CTs from `shared/data/ct`, resampled to 2.5 mm and cropped to the lungs exactly as the",
         "packaged demo pair, paired with a synthetic exhale made by a known smooth breathing deformation",
-        "(`napari_meddift.synthetic.deformation`: cranio-caudal motion growing towards the diaphragm, an antero-posterior",
-        "component, smooth random perturbation, mass-preserving lung density). Landmarks are Förstner",
+        "(`napari_meddift.synthetic.deformation`: cranio-caudal motion growing towards the diaphragm, an",
+        "antero-posterior component, smooth random perturbation, mass-preserving lung density). Landmarks are Förstner",
         "keypoints inside the inhale lungs; their exact exhale positions come from inverting the field.",
         "TRE = ||(predicted - true) x spacing|| in mm. The real Learn2Reg LungCT images are not available",
         "here; `meddift evaluate-l2r --root DIR` runs the same methods on them where they are.",
@@ -424,7 +426,8 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         f"Descriptor methods: windowed search (radius {args.radius} voxels = {args.radius * 2.5:.0f} mm) over all",
         f"landmarks, and global search (the whole exhale) over the first {args.global_points} landmarks of each",
         "case (global search costs a full-image map per point). Extraction at t=20, one noise sample, each",
-        f"backbone's default levels (mini: {'+'.join(mini_default_levels())}), float32 on CPU; matching is the project's exact native-resolution `Matcher` (no",
+        f"backbone's default levels (mini: {'+'.join(mini_default_levels())}), float32 on CPU; matching is the",
+        "project's exact native-resolution `Matcher` (no",
         "forward-backward check). elastix: affine then B-spline (12 mm grid, Mattes MI, bending penalty,",
         f"3 resolutions, {args.elastix_iterations} iterations per resolution, inhale lung mask), points mapped",
         "through its fixed->moving transform.",

@@ -39,8 +39,9 @@ with tempfile.TemporaryDirectory() as d:
     total = time.perf_counter() - t
     levels = {n: list(store.level(n).shape) for n in store.level_names}
 print(json.dumps({"scan": Path(path).name, "shape": list(vol.shape), "spacing": [round(s, 3) for s in vol.spacing],
-                  "grid": list(grid.shape), "grid_spacing": [round(s, 3) for s in grid.spacing], "read_s": round(read_s, 2),
-                  "extract_s": round(total, 2), "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                  "grid": list(grid.shape), "grid_spacing": [round(s, 3) for s in grid.spacing],
+                  "read_s": round(read_s, 2), "extract_s": round(total, 2),
+                  "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                   "levels": levels, "threads": torch.get_num_threads()}), flush=True)
 """
 
@@ -58,8 +59,9 @@ def main() -> None:
         sys.exit("no scans given and ../shared/data/ct not found")
     rows = []
     for scan in scans:
-        proc = subprocess.run([sys.executable, "-c", CHILD, scan, a.backbone, a.spacing, a.weights], capture_output=True,
-                              text=True, timeout=a.timeout, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        proc = subprocess.run([sys.executable, "-c", CHILD, scan, a.backbone, a.spacing, a.weights],
+                              capture_output=True, text=True, timeout=a.timeout,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         if proc.returncode != 0:
             print(json.dumps({"scan": Path(scan).name, "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)
             continue
@@ -68,7 +70,8 @@ def main() -> None:
         rows.append(row)
     load = os.getloadavg()
     print(f"\n{a.backbone} {a.weights}, spacing {a.spacing}; load average at the end {load[0]:.1f}\n")
-    print("| scan | voxels (z, y, x) at mm | extraction grid | read | extract (resample + network + store) | peak memory |")
+    print("| scan | voxels (z, y, x) at mm | extraction grid | read "
+          "| extract (resample + network + store) | peak memory |")
     print("|---|---|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['scan']} | {'x'.join(map(str, r['shape']))} at {'x'.join(f'{s:g}' for s in r['spacing'])} | "

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_accuracy import REPO, SHARED_CT, Case, _subset, contiguous_fusions, log, run_ablation  # noqa: E402
+from bench_accuracy import SHARED_CT, Case, _subset, contiguous_fusions, log, run_ablation
 
 VALIDATION_SCANS = ("lung_elastix_small.nii.gz", "chest_cip_lobes.nii.gz")
 VALIDATION_SEED = 100

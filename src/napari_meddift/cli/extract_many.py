@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         check_scheduler_address(args.scheduler)
     settings = ExtractionSettings(
         timestep=args.timestep,
-        levels=resolve_levels(args.levels, backbone_levels(args.backbone, args.weights, args.random_weights)[0]),  # the workers build the backbone
+        # the workers build the backbone; its levels come from the weights' JSON
+        levels=resolve_levels(args.levels, backbone_levels(args.backbone, args.weights, args.random_weights)[0]),
         seed=args.seed,
         samples=args.samples,
         device=args.device,

@@ -191,7 +191,8 @@ def check_training_args(out_path: Path, minutes: float, crop: int, spacing: floa
     if max_steps is not None and max_steps < 1:
         raise MedDiftError(f"--max-steps must be at least 1, got {max_steps}")
     if out_path.suffix != ".pt":
-        raise MedDiftError(f"--out must name a .pt file (its .json, .loss.csv and .state.pt go beside it), got {out_path}")
+        raise MedDiftError(f"--out must name a .pt file (its .json, .loss.csv and .state.pt go beside it), "
+                           f"got {out_path}")
     for path in (out_path, out_path.with_suffix(".json"), out_path.with_suffix(".loss.csv"), state_path(out_path)):
         check_output_file(path, "--out")
 
