@@ -2,17 +2,18 @@
 
 It works in image space (no autoencoder): the HU-windowed image, scaled to [-1, 1], is noised
 with the same DDPM schedule as MAISI (scaled_linear_beta 0.0015..0.0195, 1000 steps) and passed
-once through a MONAI ``DiffusionModelUNet``; the outputs of its three decoder blocks are the
-descriptor levels. MONAI's up blocks end with their upsampler (all but the last), so for the
-default channels (16, 32, 64) the levels are ``up0``: 64 channels at 1/2 of the network grid,
-``up1``: 32 channels at full resolution, ``up2``: 16 channels at full resolution (MAISI's
-up_block_0 is likewise one upsampling above its bottleneck).
+once through a MONAI ``DiffusionModelUNet``; the outputs of its decoder blocks are the
+descriptor levels, one per block, coarse to fine (``up0`` ...). MONAI's up blocks end with their
+upsampler (all but the last). The default weights, ``mini_v1`` (channels 16, 32, 64), give ``up0``:
+64 channels at 1/2 of the network grid, ``up1``: 32 and ``up2``: 16 channels at full resolution;
+``mini_v2`` (``--weights mini_v2``, channels 16 .. 128) has MAISI's four levels ``up0..up3``. The
+levels of an instance are those of the weights it loaded (their JSON).
 
-The network was trained at one isotropic voxel spacing (stored in the weights' JSON, 2.5 mm for
-the shipped ``mini_v1``): that is its ``grid_spacing``, and extraction resamples every scan to it
-over the scan's own field of view (``backbones/extraction.py``), so a 0.6 mm scan is seen at the
-scale the network learned, at a fraction of the cost. ``--spacing native`` runs on the scan's own
-grid instead (see docs/model-card.md).
+The network was trained around one isotropic voxel spacing (``spacing_mm`` in the weights' JSON,
+2.5 mm for both shipped weights; mini_v2 saw 2.0-3.0 mm): that is its ``grid_spacing``, and
+extraction resamples every scan to it over the scan's own field of view (``backbones/extraction.py``),
+so a 0.6 mm scan is seen at the scale the network learned, at a fraction of the cost.
+``--spacing native`` runs on the scan's own grid instead (see docs/model-card.md).
 
 Weights are stored as a float16 state dict (``mini_v1.pt``) with a JSON beside it
 (``mini_v1.json``) that holds the architecture, the training spacing and the file's sha256,
@@ -63,7 +64,10 @@ TRAINING_SPACING_MM = 2.5
 SIZE_MULTIPLE = 16
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-DEFAULT_WEIGHTS = DATA_DIR / "mini_v2.pt"
+#: The default weights. mini_v2 (four levels) ships beside it and loads by name, ``--weights
+#: mini_v2``; it did not beat mini_v1 on the unseen demo scan, so mini_v1 stays the default
+#: (docs/model-card.md).
+DEFAULT_WEIGHTS = DATA_DIR / "mini_v1.pt"
 
 #: Default levels of weights whose JSON names none (mini_v1: up2 is dominated by the noise it
 #: predicts, so up0 + up1; docs/model-card.md).
@@ -137,9 +141,9 @@ def network_input(
 class MiniBackbone:
     """Small image-space diffusion UNet; one level per decoder block, coarse to fine.
 
-    mini_v2 (the default): up0 (128 ch, 1/4), up1 (64 ch, 1/2), up2 (32 ch, full), up3 (16 ch,
-    full); mini_v1: up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full). The class attributes
-    describe the shipped default weights; an instance, the weights it loaded.
+    mini_v1 (the default): up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full); mini_v2
+    (``weights="mini_v2"``): up0 (128 ch, 1/4), up1 (64 ch, 1/2), up2 (32 ch, full), up3 (16 ch,
+    full). The class attributes describe the shipped default weights; an instance, the weights it loaded.
 
     Validation, noising, capture and sample averaging are the shared ones of
     :mod:`napari_meddift.backbones.capture`; this class is the network, its levels and its input.
@@ -154,8 +158,8 @@ class MiniBackbone:
         self.metadata: dict[str, Any] = {}
         if random_weights:
             with seeded(self.seed):
-                self.unet = build_unet(MINI_V2_ARCH)
-            self.metadata = {"arch": MINI_V2_ARCH, "spacing_mm": None, "input_scaling": "minus1_1",
+                self.unet = build_unet(self.default_arch())
+            self.metadata = {"arch": self.default_arch(), "spacing_mm": None, "input_scaling": "minus1_1",
                              "default_levels": list(type(self).default_levels)}
             self._hash = f"random-{self.seed}"
             self.weights_path: Path | None = None
@@ -184,6 +188,12 @@ class MiniBackbone:
             if isinstance(spacing, (int, float)) and spacing > 0:
                 return float(spacing)
         return TRAINING_SPACING_MM
+
+    @staticmethod
+    def default_arch() -> dict[str, Any]:
+        """The default weights' architecture: random-weight controls are built like them."""
+        arch = _declared_metadata(None).get("arch")
+        return dict(arch) if isinstance(arch, dict) else dict(MINI_ARCH)
 
     @classmethod
     def declared_levels(cls, weights: str | Path | None = None,
@@ -261,8 +271,8 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
     meta_path = metadata_path(path)
     if not path.is_file():
         raise MedDiftError(
-            f"mini backbone weights not found: {path} (the package ships data/mini_v2.pt and mini_v1.pt, "
-            "also by name: --weights mini_v1; reinstall napari-meddift, pass --weights, or use random "
+            f"mini backbone weights not found: {path} (the package ships data/mini_v1.pt and mini_v2.pt, "
+            "also by name: --weights mini_v2; reinstall napari-meddift, pass --weights, or use random "
             "weights for testing)"
         )
     if not meta_path.is_file():
