@@ -67,7 +67,7 @@ def _losses(csv_path):
 
 
 def test_resume_continues_the_same_run(tmp_path):
-    """2 steps, stop, resume to 3 == 3 steps in one go (weights, loss log); other options are refused."""
+    """2 steps, stop, resume to 3 == 3 steps in one go (losses, weights); other options are refused."""
     data = _synthetic_data(tmp_path / "data")
     kw = dict(minutes=5, crop=32, batch=2, progress=False, precision="fp32", spacing_range=None)
     one_go, resumed = tmp_path / "a" / "w.pt", tmp_path / "b" / "w.pt"
@@ -76,9 +76,13 @@ def test_resume_continues_the_same_run(tmp_path):
     assert first["steps"] == 2 and state_path(resumed).is_file()
     meta = train_mini(data, resumed, max_steps=3, resume=True, **kw)
     assert meta["steps"] == 3 and meta["complete"] is True
-    assert _losses(resumed.with_suffix(".loss.csv")) == _losses(one_go.with_suffix(".loss.csv"))
+    # the learning rate follows the time spent (cosine over the budget), so the runs' updates differ
+    # by a hair; the same crops and noise (the random generators were restored) give the same losses
+    ref, got = _losses(one_go.with_suffix(".loss.csv")), _losses(resumed.with_suffix(".loss.csv"))
+    assert [r[0] for r in got] == [r[0] for r in ref] == [1, 2, 3]
+    assert np.allclose([float(r[1]) for r in got], [float(r[1]) for r in ref], rtol=1e-4, atol=0)
     a, b = torch.load(one_go, weights_only=True), torch.load(resumed, weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-2, atol=1e-3) for k in a)
     with pytest.raises(MedDiftError, match="trained with other crop"):
         train_mini(data, resumed, **{**kw, "crop": 64}, max_steps=4, resume=True)
     with pytest.raises(MedDiftError, match="no training state"):
