@@ -323,6 +323,12 @@ def plot_ablation(abl: dict, timesteps, path: Path) -> None:
 # ----------------------------------------------------------------------------- report
 
 
+def default_mini_weights() -> str:
+    from napari_meddift.backbones.mini import DEFAULT_WEIGHTS
+
+    return DEFAULT_WEIGHTS.name
+
+
 def mini_default_levels() -> tuple[str, ...]:
     from napari_meddift.backbones.mini import MiniBackbone
 
@@ -399,8 +405,9 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         f"{os.cpu_count()} CPU core(s) ({cpu}), torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU") + ".",
         "",
-        (f"mini weights: sha256 `{args.mini_hash[:16]}...` ({args.mini_weights or 'shipped data/mini_v2.pt'})"
-         + (f"; `{args.compare_mini}` rows: the earlier weights, `--weights {args.compare_mini}`."
+        (f"mini weights: sha256 `{args.mini_hash[:16]}...` "
+         f"({args.mini_weights or 'the shipped default, data/' + default_mini_weights()})"
+         + (f"; `{args.compare_mini}` rows: the same backbone with `--weights {args.compare_mini}`."
             if args.compare_mini else ".")
          if getattr(args, "mini_hash", None) else "mini weights: not available in this run."),
         "",
@@ -516,8 +523,8 @@ def parse_args(argv=None):
     p.add_argument("--ablation-cases", type=int, default=1,
                    help="unseen cases in the ablation (1: the demo pair; each adds ~7 mini extractions per volume)")
     p.add_argument("--no-elastix", action="store_true")
-    p.add_argument("--mini-weights", help="mini weight file (default: the shipped data/mini_v2.pt)")
-    p.add_argument("--compare-mini", default="mini_v1",
+    p.add_argument("--mini-weights", help="mini weight file (default: the shipped default, data/mini_v1.pt)")
+    p.add_argument("--compare-mini", default="mini_v2",
                    help="also run these mini weights (a shipped name or a file) beside the default; '' for none")
     p.add_argument("--maisi-weights", default=os.environ.get("MEDDIFT_MAISI_WEIGHTS"),
                    help="MAISI checkpoint folder (or $MEDDIFT_MAISI_WEIGHTS); skipped when absent")
