@@ -210,7 +210,7 @@ def test_evaluate_l2r_malformed_configs(tmp_path, capsys):
         (["--jitter", "0.05", "1.5"], "--jitter scale and shift must be in [0, 1)"),
         (["--resume"], "--resume: no training state"),
         (["--channels", "16", "30"], "--channels must be 2 to 6 multiples of 8, got 16 30"),
-        (["--channels", "16", "32", "64", "--crop", "20"], "a multiple of 4 and at least 16, got 20"),
+        (["--channels", "16", "32", "64", "--crop", "18"], "a multiple of 4 and at least 16, got 18"),
         (["--crop", "0"], "--crop must be"),
         (["--batch", "0"], "--batch must be at least 1"),
         (["--threads", "0"], "--threads must be at least 1"),
