@@ -54,7 +54,8 @@ MINI_ARCH: dict[str, Any] = {
     "use_flash_attention": True,
 }
 
-#: Architecture of mini_v2 (the default): four levels, so the coarsest descriptor sees 1/4 of the grid.
+#: Architecture of mini_v2 (shipped beside the default, ``--weights mini_v2``): four levels, so the
+#: coarsest descriptor sees 1/4 of the grid.
 MINI_V2_ARCH: dict[str, Any] = {**MINI_ARCH, "channels": [16, 32, 64, 128], "attention_levels": [False] * 4}
 
 #: The spacing mini_v1 was trained at; random-weight controls run on the same grid as trained weights.
@@ -158,8 +159,9 @@ class MiniBackbone:
         self.metadata: dict[str, Any] = {}
         if random_weights:
             with seeded(self.seed):
-                self.unet = build_unet(self.default_arch())
-            self.metadata = {"arch": self.default_arch(), "spacing_mm": None, "input_scaling": "minus1_1",
+                arch = self.default_arch()
+                self.unet = build_unet(arch)
+            self.metadata = {"arch": arch, "spacing_mm": None, "input_scaling": "minus1_1",
                              "default_levels": list(type(self).default_levels)}
             self._hash = f"random-{self.seed}"
             self.weights_path: Path | None = None

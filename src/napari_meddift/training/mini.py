@@ -39,14 +39,7 @@ from ..backbones.noise import make_scheduler
 from ..errors import MedDiftError
 from ..io.hashing import file_sha256
 from ..io.volume import read_volume
-from .data import (  # noqa: F401 - DEMO_SOURCE, training_files, resample_isotropic_hu are this module's API too
-    DEMO_SOURCE,
-    CropSampler,
-    load_training_scans,
-    resample_isotropic_hu,
-    training_files,
-    training_spacings,
-)
+from .data import DEMO_SOURCE, CropSampler, load_training_scans, training_files, training_spacings
 from .state import TrainingState, load_state, save_state, state_path
 
 def _atomic_save(unet: torch.nn.Module, out_path: Path, meta: dict) -> dict:
@@ -226,13 +219,12 @@ def _train(files, out_path, log_path, recipe, minutes, progress, max_steps, chec
     losses: list[float] = []
     step, spent = 0, 0.0
     if state is not None:
-        st = state
-        unet.load_state_dict(st.model)
-        opt.load_state_dict(st.optimizer)
-        step, spent = st.step, st.elapsed_s
-        rng.bit_generator.state = st.numpy_rng
-        if st.torch_rng is not None:
-            torch.set_rng_state(st.torch_rng)
+        unet.load_state_dict(state.model)
+        opt.load_state_dict(state.optimizer)
+        step, spent = state.step, state.elapsed_s
+        rng.bit_generator.state = state.numpy_rng
+        if state.torch_rng is not None:
+            torch.set_rng_state(state.torch_rng)
         rows = _loss_rows(log_path, step) if log_path.is_file() else []
         losses = [float(r[2]) for r in rows]
         say(f"resuming at step {step} after {spent / 60:.1f} min of {minutes} min")

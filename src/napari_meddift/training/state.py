@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import MedDiftError
@@ -68,10 +67,3 @@ def load_state(path: Path, recipe: dict[str, Any]) -> TrainingState:
                          elapsed_s=float(raw["elapsed_s"]), numpy_rng=json.loads(raw["numpy_rng_json"]),
                          torch_rng=raw["torch_rng"])
 
-
-def numpy_rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return rng.bit_generator.state
-
-
-def restore_numpy_rng(rng: np.random.Generator, state: dict[str, Any]) -> None:
-    rng.bit_generator.state = state
