@@ -65,6 +65,15 @@ def _move(qtbot, viewer, w, src, vox):
     return world
 
 
+def _wait_for_map(qtbot, w, expected, timeout=10000):
+    """Until the shown fused map is ``expected`` (the test's assert_allclose tolerance)."""
+    def shown():
+        got = w.map_layers.fused_map()
+        return got is not None and got.shape == expected.shape and np.allclose(got, expected, rtol=1e-7, atol=1e-6)
+
+    qtbot.waitUntil(shown, timeout=timeout)
+
+
 def test_mouse_move_updates_match_and_map_like_the_core(explorer, qtbot):
     viewer, w, src, tgt, ref = explorer
     fused = w.map_layers.layers["maps"]  # per-level maps off: the fused map alone
@@ -106,12 +115,16 @@ def test_level_toggle_and_radius_update_the_map(explorer, qtbot):
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         rows["up0"].check.value = False
     ref.set_levels(["up1", "up2"])
+    # under load a result of the move can still arrive after the toggle's first signal: wait for
+    # the toggle's own map (the same comparison as below, which then must hold)
+    _wait_for_map(qtbot, w, ref.similarity(vox, R_VOX).fused)
     np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, R_VOX).fused, atol=1e-6)
     assert not np.allclose(before, w.map_layers.fused_map())
     with qtbot.waitSignal(w.result_applied, timeout=10000):
         w.state.radius = 2.0  # a script sets the state (mm): the control follows
     assert w.controls.radius.value == 2.0
     assert w.controls.window_label.value == "window: +-1 x 2 x 2 target voxels (z, y, x)"
+    _wait_for_map(qtbot, w, ref.similarity(vox, (1, 2, 2)).fused)
     assert w.map_layers.fused_map().shape == ref.similarity(vox, (1, 2, 2)).fused.shape
     np.testing.assert_allclose(w.map_layers.fused_map(), ref.similarity(vox, (1, 2, 2)).fused, atol=1e-6)
     # the last level cannot be switched off
