@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
-from napari_meddift.backbones.base import ExtractionSettings  # noqa: E402
+from napari_meddift.backbones.base import ExtractionSettings, default_timestep  # noqa: E402
 from napari_meddift.errors import MedDiftError  # noqa: E402
 from napari_meddift.evaluation.metrics import summarize, tre_mm  # noqa: E402
 from napari_meddift.io.volume import Volume  # noqa: E402
@@ -329,10 +329,10 @@ def default_mini_weights() -> str:
     return DEFAULT_WEIGHTS.name
 
 
-def mini_default_levels() -> tuple[str, ...]:
-    from napari_meddift.backbones.mini import MiniBackbone
-
-    return tuple(MiniBackbone.default_levels)
+def defaults_of(backbone) -> str:
+    """``t=T, levels A+B``: what a backbone extracts and fuses unless told (the tables' setting)."""
+    levels = "+".join(backbone.default_levels)
+    return f"t={default_timestep(backbone)}, {levels}" if getattr(backbone, "scheduler", None) else levels
 
 
 def _fmt(v, d=2):
@@ -432,8 +432,9 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         "",
         f"Descriptor methods: windowed search (radius {args.radius} voxels = {args.radius * 2.5:.0f} mm) over all",
         f"landmarks, and global search (the whole exhale) over the first {args.global_points} landmarks of each",
-        "case (global search costs a full-image map per point). Extraction at t=20, one noise sample, each",
-        f"backbone's default levels (mini: {'+'.join(mini_default_levels())}), float32 on CPU; matching is the",
+        "case (global search costs a full-image map per point). Extraction at each backbone's default timestep",
+        "and levels (" + "; ".join(f"{k}: {v}" for k, v in args.descriptor_defaults.items()) + "), one noise",
+        "sample, float32 on CPU; matching is the",
         "project's exact native-resolution `Matcher` (no",
         "forward-backward check). elastix: affine then B-spline (12 mm grid, Mattes MI, bending penalty,",
         f"3 resolutions, {args.elastix_iterations} iterations per resolution, inhale lung mask), points mapped",
@@ -466,7 +467,7 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
             f"TRE in mm over {', '.join(abl_cases)} ({sum(len(c.src) for c in cases if c.name in abl_cases)} "
             "landmarks), windowed search, each level alone, mini's default fusion and all levels fused "
             "(equal-weight mean of per-level cosines). "
-            "t=20 is the setting of the tables above.",
+            f"mini's tables above use {args.descriptor_defaults.get('mini', '-')}.",
             "",
             ablation_table(abl, args.timesteps),
             f"![mini ablation: timestep x levels]({rel})",
@@ -474,14 +475,12 @@ def write_doc(path: Path, cases, rows, skipped, abl, args, total_s, fig_path) ->
         ]
         best = min(abl, key=lambda k: abl[k]["mean"])
         t_best, cfg_best = best.split("|")
-        from napari_meddift.backbones.mini import MiniBackbone
-
-        default = "+".join(MiniBackbone.default_levels)
-        if f"20|{default}" in abl:
+        mini_t, default = args.mini_default
+        if f"{mini_t}|{default}" in abl:
             parts += [
                 f"Lowest mean TRE in this ablation: {_level_label(cfg_best)} at t={t_best}, "
                 f"{abl[best]['mean']:.2f} mm (median {abl[best]['median']:.2f}); the default used in the tables "
-                f"above ({default}, t=20) gives {abl[f'20|{default}']['mean']:.2f} mm.",
+                f"above ({default}, t={mini_t}) gives {abl[f'{mini_t}|{default}']['mean']:.2f} mm.",
                 "",
             ]
     parts += [
@@ -561,7 +560,7 @@ def main(argv=None) -> int:
     cases = build_cases(args, work)
     rows: list[Row] = []
     skipped: list[str] = []
-    settings = ExtractionSettings(timestep=20, device="cpu")
+    settings = ExtractionSettings(device="cpu")  # each backbone's default timestep (mini: its weights')
 
     # descriptor sources: (label, backbone, which cases)
     sources = [("MIND-SSC", get_backbone("mind-ssc"), cases)]
@@ -570,6 +569,7 @@ def main(argv=None) -> int:
         mini = get_backbone("mini", weights=args.mini_weights)
         sources.append(("mini", mini, cases))
         args.mini_hash = mini.weights_hash
+        args.mini_default = (default_timestep(mini), "+".join(mini.default_levels))
     except MedDiftError as exc:
         skipped.append(f"mini (trained): {exc}")
         log(f"SKIP mini: {exc}")
@@ -603,6 +603,7 @@ def main(argv=None) -> int:
             skipped.append("elastix B-spline: itk-elastix is not installed (pip install itk-elastix)")
             log("SKIP elastix: pip install itk-elastix")
 
+    args.descriptor_defaults = {label: defaults_of(bb) for label, bb, _ in sources}
     for case in cases:
         rows += run_identity(case)
         if have_elastix:

@@ -41,8 +41,8 @@ START, END = "<!-- registration:start -->", "<!-- registration:end -->"
 
 def extract(case, backbone):
     with acc.PeakRSS() as mx:
-        a = backbone.extract(case.inhale, ExtractionSettings(timestep=20, device="cpu"))
-        b = backbone.extract(case.exhale, ExtractionSettings(timestep=20, device="cpu"))
+        a = backbone.extract(case.inhale, ExtractionSettings(device="cpu"))
+        b = backbone.extract(case.exhale, ExtractionSettings(device="cpu"))
     return a, b, mx
 
 

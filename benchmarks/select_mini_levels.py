@@ -1,4 +1,4 @@
-"""Choose a mini weight file's default levels on validation pairs, never on the benchmark's cases.
+"""Choose a mini weight file's default timestep and levels on validation pairs, never on the benchmark's cases.
 
     nice python benchmarks/select_mini_levels.py --weights W.pt            # print the table
     nice python benchmarks/select_mini_levels.py --weights W.pt --write    # and record the choice in W.json
@@ -8,10 +8,10 @@ landmarks) applied with seed 100 to training scans (``VALIDATION_SCANS``; the be
 cases use seed 0 of the first two, so these are other deformations; a scan where the recipe
 finds no lung landmarks is skipped with a line). The network saw these scans in training, though
 not these deformations; the choice is made here so that docs/benchmarks.md's unseen demo scan stays a
-test the defaults were not tuned on. Every run of neighbouring levels is scored by the pooled
-mean TRE of windowed search (radius 8 voxels, argmax) at the operating timestep t = 20; the
-lowest wins. ``--write`` stores ``default_levels`` and the table in the weights' JSON (the
-weights' sha256 covers the .pt only, so the file stays verifiable).
+test the defaults were not tuned on. Every timestep of ``--timesteps`` x every run of neighbouring
+levels is scored by the pooled mean TRE of windowed search (radius 8 voxels, argmax); the lowest
+wins. ``--write`` stores ``default_timestep``, ``default_levels`` and the table in the weights'
+JSON (the weights' sha256 covers the .pt only, so the file stays verifiable).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", required=True, help="mini weight file (.pt with its .json)")
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--radius", type=int, default=8)
-    p.add_argument("--timestep", type=int, default=20)
+    p.add_argument("--timesteps", type=int, nargs="+", default=[0, 5, 10, 20],
+                   help="the timesteps to choose from (default: 0 5 10 20)")
     p.add_argument("--work", help="folder for the built pairs (default: a temporary folder)")
     p.add_argument("--write", action="store_true", help="record the choice in the weights' JSON")
     args = p.parse_args(argv)
@@ -79,28 +80,31 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="meddift_val_"))
     cases = validation_cases(work, args.points)
     configs = contiguous_fusions(tuple(mini.level_names))
-    ns = argparse.Namespace(timesteps=[args.timestep], radius=args.radius)
+    ns = argparse.Namespace(timesteps=args.timesteps, radius=args.radius)
     table = run_ablation(cases, mini, ns, configs)
-    rows = sorted(((k.split("|")[1], v) for k, v in table.items()), key=lambda kv: kv[1]["mean"])
-    print(f"| levels (t = {args.timestep}, window r{args.radius}) | mean | median | p95 |")
-    print("|---|---|---|---|")
-    for name, v in rows:
-        print(f"| {name} | {v['mean']:.2f} | {v['median']:.2f} | {v['p95']:.2f} |")
-    best = rows[0][0].split("+")
-    print(f"chosen default levels: {'+'.join(best)}")
+    rows = sorted(table.items(), key=lambda kv: kv[1]["mean"])  # keys "t|levels"
+    print(f"| t | levels (window r{args.radius}) | mean | median | p95 |")
+    print("|---:|---|---:|---:|---:|")
+    for key, v in rows:
+        t, name = key.split("|")
+        print(f"| {t} | {name} | {v['mean']:.2f} | {v['median']:.2f} | {v['p95']:.2f} |")
+    best_t, best_name = rows[0][0].split("|")
+    best = best_name.split("+")
+    print(f"chosen default: t = {best_t}, levels {'+'.join(best)}")
     if args.write:
         path = metadata_path(args.weights)
         meta = json.loads(path.read_text())
+        meta["default_timestep"] = int(best_t)
         meta["default_levels"] = best
         meta["level_selection"] = {
             "script": "benchmarks/select_mini_levels.py", "validation_scans": [c.scan for c in cases],
-            "seed": VALIDATION_SEED, "timestep": args.timestep, "radius": args.radius, "points": args.points,
-            "mean_tre_mm": {name: round(v["mean"], 3) for name, v in rows},
+            "seed": VALIDATION_SEED, "timesteps": args.timesteps, "radius": args.radius, "points": args.points,
+            "mean_tre_mm": {key: round(v["mean"], 3) for key, v in rows},
         }
         tmp = path.with_name(path.name + ".partial")
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
         tmp.replace(path)
-        log(f"wrote default_levels {best} to {path}")
+        log(f"wrote default_timestep {best_t} and default_levels {best} to {path}")
     return 0
 
 

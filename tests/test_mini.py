@@ -133,6 +133,34 @@ def test_mini_v2_loads_by_name_with_four_levels():
     assert tuple(out["up3"].shape) == (MINI_V2_ARCH["channels"][0], 16, 16, 16)
 
 
+def test_default_timestep_comes_from_the_weights_json(tmp_path):
+    """Weights record the timestep chosen for them on validation pairs; it is what extraction uses
+    unless told, what the GUI shows before loading, and a bad value is refused in one line."""
+    from napari_meddift.backbones import backbone_default_timestep, get_backbone
+    from napari_meddift.backbones.base import default_timestep
+
+    w = tmp_path / "w.pt"
+    shutil.copy(DEFAULT_WEIGHTS, w)
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text(encoding="utf-8"))
+    meta.pop("default_timestep", None)
+    metadata_path(w).write_text(json.dumps(meta))
+    assert backbone_default_timestep("mini", w) == default_timestep(MiniBackbone(weights=w)) == 20  # DDPM t = 20
+    meta["default_timestep"] = 7
+    metadata_path(w).write_text(json.dumps(meta))
+    bb = get_backbone("mini", weights=w)
+    assert backbone_default_timestep("mini", w) == bb.default_timestep == 7
+    assert ExtractionSettings().resolved(bb).timestep == 7
+    assert ExtractionSettings(timestep=3).resolved(bb).timestep == 3
+    for bad in (1000, -1, 2.5, "5", True):
+        meta["default_timestep"] = bad
+        metadata_path(w).write_text(json.dumps(meta))
+        with pytest.raises(MedDiftError, match="default_timestep.*0..999"):
+            MiniBackbone(weights=w)
+    # random-weight controls run at the default weights' timestep, as at their levels
+    assert MiniBackbone(random_weights=True).default_timestep == backbone_default_timestep("mini") == \
+        backbone_default_timestep("mini", random_weights=True)
+
+
 def test_corrupt_hash_and_missing_files(tmp_path):
     assert DEFAULT_WEIGHTS.is_file()
     w = tmp_path / "mini_copy.pt"

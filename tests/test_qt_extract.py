@@ -47,7 +47,10 @@ def test_extract_then_reuse_and_open_the_explorer(extract_widget, qtbot):
 
     viewer, w, cache = extract_widget
     assert w.source.value == "fixed" and w.target.value == "moving"
-    assert w.default_timestep.value and w.timestep.value == 20  # mini: DDPM, its default t = 20
+    from napari_meddift.backbones import backbone_default_timestep
+
+    # mini: the timestep its (default) weights record, chosen on validation pairs
+    assert w.default_timestep.value and w.timestep.value == backbone_default_timestep("mini", random_weights=True)
     w.timestep.value = 50  # moving the slider asks for exactly that t
     assert not w.default_timestep.value
     assert "t=50 (DDPM): noise/signal 0.301" in w.noise_label.value and "noise std" in w.noise_label.value
@@ -119,6 +122,35 @@ def test_wrong_layer_is_refused(make_napari_viewer):
     w = ExtractWidget(viewer)
     assert w.source.choices == ()  # 2D images are not offered
     assert w.start() is None and "source image" in w.error.value
+
+
+def test_the_default_timestep_follows_the_chosen_weights(extract_widget):
+    """mini weights record their own default timestep: the slider shows it when they are chosen,
+    and a store extracted with the box ticked asks the backbone for its default (None)."""
+    import json
+    import shutil
+
+    from napari_meddift.backbones.mini import DEFAULT_WEIGHTS, metadata_path
+
+    viewer, w, tmp = extract_widget
+    weights = tmp.parent / "w7.pt"
+    shutil.copy(DEFAULT_WEIGHTS, weights)
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text(encoding="utf-8"))
+    metadata_path(weights).write_text(json.dumps({**meta, "default_timestep": 7}), encoding="utf-8")
+    w.random_weights.value = False
+    w.weights.value = str(weights)
+    assert w.default_timestep.value and w.timestep.value == 7 and w.settings().timestep is None
+    assert w.noise_label.value.startswith("t=7 (DDPM)")
+    w.timestep.value = 7  # the default's own value keeps the box ticked
+    assert w.default_timestep.value
+    w.timestep.value = 20
+    assert not w.default_timestep.value and w.settings().timestep == 20
+    w.default_timestep.value = True
+    assert w.timestep.value == 7
+    metadata_path(weights).write_text(json.dumps({k: v for k, v in meta.items() if k != "default_timestep"}),
+                                      encoding="utf-8")
+    w.weights.value = str(tmp.parent / "other.pt")  # unreadable weights: the schedule's operating point
+    assert w.timestep.value == 20
 
 
 def test_maisi_options_show_for_maisi_and_reach_the_backbone(extract_widget, monkeypatch):

@@ -23,7 +23,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..backbones import backbone_levels
+from ..backbones import backbone_default_timestep, backbone_levels
 from ..errors import CancelledError, MedDiftError, is_out_of_memory, out_of_memory_message
 from ..backbones.extraction import cached_store_path
 from ._layers import STORE_KEY, layer_to_volume
@@ -50,7 +50,7 @@ def _noise_text(t: int, variant: str = "ddpm") -> str:
             f"(signal {a:.3f}, noise std {b:.3f})")
 
 
-def _default_t(variant: str) -> int:
+def _operating_t(variant: str) -> int:
     """The schedule's timestep with DDPM t = 20's noise/signal (what a backbone extracts unless told)."""
     from ..backbones.noise import operating_timestep, schedule_scheduler
 
@@ -85,8 +85,9 @@ class ExtractWidget(Container):
                                 tooltip="auto: recognised from the checkpoint; with random weights auto = ddpm")
         self.latent = ComboBox(label="Latent", choices=["mean", "sample"], value="mean",
                                tooltip="posterior mean (deterministic) or mean + sigma * noise")
-        self.default_timestep = CheckBox(text="the backbone's default timestep (noise/signal of DDPM t = 20)",
-                                         value=True)
+        self.default_timestep = CheckBox(text="the backbone's default timestep", value=True,
+                                         tooltip="mini: the one chosen for its weights on validation pairs; "
+                                         "MAISI: the noise/signal of DDPM t = 20 on the release's schedule")
         self.timestep = Slider(label="Timestep", min=0, max=999, value=20, tracking=True,
                                tooltip="moving it extracts at exactly this t (the default box unticks)")
         self.noise_label = Label(value=_noise_text(20))
@@ -119,8 +120,8 @@ class ExtractWidget(Container):
         self._show_maisi_options(self.backbone.value == "maisi")
         self.backbone.changed.connect(self._on_backbone)
         # mini_v1 and mini_v2 have different levels: the checkboxes follow the weights
-        self.weights.changed.connect(lambda *_: self._rebuild_levels())
-        self.random_weights.changed.connect(lambda *_: self._rebuild_levels())
+        self.weights.changed.connect(self._on_weights)
+        self.random_weights.changed.connect(self._on_weights)
         self.run_button.changed.connect(self.start)
         self.last_result: dict | None = None
         self.viewer.layers.events.inserted.connect(self._reset_choices)
@@ -159,6 +160,11 @@ class ExtractWidget(Container):
             self.levels_box.append(row)
             self._level_widgets[name] = (box, w)
 
+    def _on_weights(self, *_):
+        """Other weights: their levels and, mini, their default timestep."""
+        self._rebuild_levels()
+        self._update_noise()
+
     def _on_backbone(self, name):
         self._rebuild_levels()
         self.weights.mode = "d" if name == "maisi" else "r"
@@ -173,9 +179,15 @@ class ExtractWidget(Container):
         """The noise schedule of the chosen backbone (MAISI ``auto`` counts as DDPM until loaded)."""
         return "rflow" if self.backbone.value == "maisi" and self.variant.value == "rflow" else "ddpm"
 
+    def _default_t(self) -> int:
+        """What the chosen backbone and weights extract at unless told: the timestep their files
+        declare (mini), else the schedule's operating point."""
+        declared = backbone_default_timestep(self.backbone.value, self._weights_path(), self.random_weights.value)
+        return _operating_t(self._schedule()) if declared is None else declared
+
     def _on_timestep(self, *_):
         """The user moved the slider: that exact t from now on."""
-        if self.default_timestep.value and int(self.timestep.value) != _default_t(self._schedule()):
+        if self.default_timestep.value and int(self.timestep.value) != self._default_t():
             with self.default_timestep.changed.blocked():
                 self.default_timestep.value = False
         self._update_noise()
@@ -184,10 +196,10 @@ class ExtractWidget(Container):
         schedule = self._schedule()
         if self.default_timestep.value:  # the slider shows the default of the chosen variant
             with self.timestep.changed.blocked():
-                self.timestep.value = _default_t(schedule)
+                self.timestep.value = self._default_t()
         text = _noise_text(self.timestep.value, schedule)
         if self.default_timestep.value and self.backbone.value == "maisi" and self.variant.value == "auto":
-            text += f"; a rectified-flow release takes its own default (t={_default_t('rflow')})"
+            text += f"; a rectified-flow release takes its own default (t={_operating_t('rflow')})"
         self.noise_label.value = text
 
     # ------------------------------------------------------------------ settings

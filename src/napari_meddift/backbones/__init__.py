@@ -96,6 +96,14 @@ def backbone_levels(name: str, weights=None, random_weights: bool = False) -> tu
     return tuple(cls.level_names), tuple(cls.default_levels)
 
 
+def backbone_default_timestep(name: str, weights=None, random_weights: bool = False) -> int | None:
+    """The timestep a backbone extracts at unless told, without building it, where its weights'
+    files declare one (mini: ``default_timestep`` in the weights' JSON); None where it is the
+    paper's operating point on the backbone's schedule (MAISI: known once the release is read)."""
+    declared = getattr(_backbone_class(name), "declared_timestep", None)
+    return None if declared is None else int(declared(weights, random_weights))
+
+
 def backbone_grid_spacing(name: str, weights=None, random_weights: bool = False) -> float | None:
     """The spacing (mm) a backbone runs at, without building it (mini reads its weights' JSON);
     None for the scan's own grid. Lets the CLI check memory before a model is loaded."""
@@ -122,5 +130,6 @@ _LAZY = {"Backbone": ".base", "ExtractionSettings": ".base"}
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
-__all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_grid_spacing", "backbone_levels",
+__all__ = ["Backbone", "ExtractionSettings", "available_backbones", "backbone_default_timestep",
+           "backbone_grid_spacing", "backbone_levels",
            "get_backbone", "register_backbone"]

@@ -32,7 +32,7 @@ import torch
 from ..errors import MedDiftError
 from ..io.hashing import file_sha256
 from ..io.volume import Volume
-from .noise import make_scheduler, operating_timestep
+from .noise import NUM_TRAIN_TIMESTEPS, make_scheduler, operating_timestep
 from .preprocessing import PreprocessSettings, window_intensity
 from .preprocessing import network_shape as _network_shape
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
@@ -100,6 +100,15 @@ def levels_of(meta: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return names, tuple(n for n in default if n in names) or names[:1]
 
 
+def timestep_of(meta: dict[str, Any]) -> int:
+    """The default timestep of weights described by ``meta``: their ``default_timestep`` if it is
+    one (an integer in 0..999), else the paper's operating point on the DDPM schedule (t = 20)."""
+    t = meta.get("default_timestep")
+    if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < NUM_TRAIN_TIMESTEPS:
+        return t
+    return operating_timestep(make_scheduler())
+
+
 def _declared_metadata(weights: str | Path | None) -> dict[str, Any]:
     try:
         meta = json.loads(metadata_path(resolve_weights(weights)).read_text())
@@ -162,7 +171,8 @@ class MiniBackbone:
                 arch = self.default_arch()
                 self.unet = build_unet(arch)
             self.metadata = {"arch": arch, "spacing_mm": None, "input_scaling": "minus1_1",
-                             "default_levels": list(type(self).default_levels)}
+                             "default_levels": list(type(self).default_levels),
+                             "default_timestep": self.declared_timestep(None)}
             self._hash = f"random-{self.seed}"
             self.weights_path: Path | None = None
         else:
@@ -216,8 +226,15 @@ class MiniBackbone:
 
     @property
     def default_timestep(self) -> int:
-        """The paper's operating point on its schedule: t = 20 (``noise.operating_timestep``)."""
-        return operating_timestep(self._scheduler)
+        """The timestep chosen for these weights on validation pairs (``default_timestep`` in their
+        JSON, ``benchmarks/select_mini_levels.py``); weights that record none: the paper's operating
+        point, t = 20 (``noise.operating_timestep``). Random weights: that of the default weights."""
+        return timestep_of(self.metadata)
+
+    @staticmethod
+    def declared_timestep(weights: str | Path | None = None, random_weights: bool = False) -> int:
+        """``default_timestep`` without loading the network: from the weights' JSON (cheap)."""
+        return timestep_of(_declared_metadata(None if random_weights else weights))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -290,6 +307,11 @@ def load_mini_weights(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
     if unknown:
         raise MedDiftError(f"{meta_path}: unknown key(s) {', '.join(map(str, unknown))} in 'arch'; it holds only "
                            f"{', '.join(MINI_ARCH)}: restore the file written with the weights")
+    t = meta.get("default_timestep")
+    if t is not None and timestep_of(meta) != t:
+        raise MedDiftError(f"{meta_path}: 'default_timestep' is {t!r}, not a timestep in "
+                           f"0..{NUM_TRAIN_TIMESTEPS - 1}; restore the file written with the weights or rerun "
+                           "benchmarks/select_mini_levels.py --write")
     digest = file_sha256(path)
     expected = meta.get("sha256")
     if expected is None:

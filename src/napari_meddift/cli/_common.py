@@ -162,8 +162,9 @@ def add_backbone_arguments(p: argparse.ArgumentParser, backbone_help: str, times
     w.add_argument("--weights", help="folder with the backbone's checkpoint files (MAISI)")
     w.add_argument("--random-weights", action="store_true", help="same architecture at seeded random weights")
     p.add_argument("--timestep", type=int, default=None,
-                   help=(timestep_help or "diffusion timestep") + "; default: the backbone's own, the noise/signal of "
-                   "DDPM t=20 (mini and MAISI DDPM 20, MAISI rectified flow 155)")
+                   help=(timestep_help or "diffusion timestep") + "; default: the backbone's own: mini, the one its "
+                   "weights record (chosen on validation pairs; 20 where they record none); MAISI, the noise/signal "
+                   "of DDPM t=20 (DDPM 20, rectified flow 155)")
     p.add_argument("--seed", type=int, default=0)
 
 
