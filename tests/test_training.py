@@ -90,8 +90,13 @@ def test_resume_continues_the_same_run(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_an_interrupted_run_keeps_its_state(tmp_path, monkeypatch):
-    """Ctrl-C (or timeout -s INT on a lent GPU) after two steps: one line, the state saved, --resume goes on."""
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_run_keeps_its_state(tmp_path, monkeypatch, how):
+    """Ctrl-C (or timeout -s INT on a lent GPU), or SIGTERM (kill, a scheduler's limit: background
+    jobs ignore SIGINT) after two steps: one line, the state saved, --resume goes on."""
+    import os
+    import signal
+
     from napari_meddift.training import data as training_data
 
     data = _synthetic_data(tmp_path / "data")
@@ -103,13 +108,25 @@ def test_an_interrupted_run_keeps_its_state(tmp_path, monkeypatch):
     def batch_then_interrupt(self, n):
         calls.append(n)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)  # the training's handler turns it into an interrupt
+            else:
+                raise KeyboardInterrupt
         return real_batch(self, n)
 
+    terms = []  # without the training's own handler, SIGTERM would land here and training go on
+    def sentinel(*_):
+        terms.append(1)
+
+    handler = signal.signal(signal.SIGTERM, sentinel)
     monkeypatch.setattr(training_data.CropSampler, "batch", batch_then_interrupt)
     with pytest.raises(MedDiftError, match="interrupted at step 2; the state is saved"):
         train_mini(data, out, max_steps=5, **kw)
     monkeypatch.undo()
+    try:
+        assert terms == [] and signal.getsignal(signal.SIGTERM) is sentinel  # the one before training is back
+    finally:
+        signal.signal(signal.SIGTERM, handler)
     assert [r[0] for r in _losses(out.with_suffix(".loss.csv"))] == [1, 2]
     meta = train_mini(data, out, max_steps=3, resume=True, **kw)
     assert meta["steps"] == 3 and [r[0] for r in _losses(out.with_suffix(".loss.csv"))] == [1, 2, 3]

@@ -22,11 +22,14 @@ Recipe (documented in docs/model-card.md):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -56,6 +59,24 @@ def _atomic_save(unet: torch.nn.Module, out_path: Path, meta: dict) -> dict:
     os.replace(tmp, out_path)
     os.replace(json_tmp, json_path)
     return meta
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a batch scheduler's time limit) stops training as Ctrl-C does, so the state
+    is saved; background jobs ignore SIGINT, so this is how they are stopped. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _loss_summary(losses: list[float]) -> dict:
@@ -276,7 +297,7 @@ def _train(files, out_path, log_path, recipe, minutes, progress, max_steps, chec
     t_start = time.time() - spent  # training seconds so far count towards the budget
     last_ckpt = time.time()
     try:
-        with open(log_path, "w", newline="") as logf:
+        with _sigterm_as_interrupt(), open(log_path, "w", newline="") as logf:
             log = csv.writer(logf)
             log.writerow(["step", "elapsed_s", "loss", "lr"])
             log.writerows(rows)
@@ -313,7 +334,7 @@ def _train(files, out_path, log_path, recipe, minutes, progress, max_steps, chec
                     logf.flush()
                     checkpoint(complete=False)
                     last_ckpt = time.time()
-    except KeyboardInterrupt:  # Ctrl-C, or timeout -s INT: keep what was trained
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or timeout -s INT: keep what was trained
         if step == 0:
             raise
         checkpoint(complete=False)
