@@ -522,8 +522,8 @@ def parse_args(argv=None):
     p.add_argument("--ablation-cases", type=int, default=1,
                    help="unseen cases in the ablation (1: the demo pair; each adds ~7 mini extractions per volume)")
     p.add_argument("--no-elastix", action="store_true")
-    p.add_argument("--mini-weights", help="mini weight file (default: the shipped default, data/mini_v1.pt)")
-    p.add_argument("--compare-mini", default="mini_v2",
+    p.add_argument("--mini-weights", help="mini weight file (default: the shipped default, data/mini_v2.pt)")
+    p.add_argument("--compare-mini", default="mini_v1",
                    help="also run these mini weights (a shipped name or a file) beside the default; '' for none")
     p.add_argument("--maisi-weights", default=os.environ.get("MEDDIFT_MAISI_WEIGHTS"),
                    help="MAISI checkpoint folder (or $MEDDIFT_MAISI_WEIGHTS); skipped when absent")

@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-fused", action="store_true", help="skip the mini + MIND-SSC fusion")
     p.add_argument("--mini-weights", help="mini weights of the 'mini' rows (a shipped name or a file; default: "
                    "the shipped default)")
-    p.add_argument("--compare-mini", default="mini_v2",
+    p.add_argument("--compare-mini", default="mini_v1",
                    help="also run these mini weights (a shipped name or a file) beside the default; '' for none")
     p.add_argument("--maisi-weights", default=os.environ.get("MEDDIFT_MAISI_WEIGHTS"))
     p.add_argument("--unigradicon-weights", default=os.environ.get("MEDDIFT_UNIGRADICON_WEIGHTS"))

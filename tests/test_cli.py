@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_meddift.backbones.levels import resolve_levels
+from napari_meddift.backbones.mini import DATA_DIR
 from napari_meddift.cli import SUBCOMMANDS, main
 from napari_meddift.errors import MedDiftError
 from napari_meddift.io.store import open_store
@@ -22,19 +23,23 @@ def ct(small_data):
 @pytest.fixture(scope="module")
 def store_path(ct, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "lung.zarr"
-    assert main(["extract", str(ct), "-o", str(out), "--random-weights", "--timestep", "20"]) == 0
+    assert main(["extract", str(ct), "-o", str(out), "--random-weights"]) == 0
     return out
 
 
 def test_extract_writes_a_complete_store(store_path, ct):
     store = open_store(store_path)
     assert store.image_shape == (64, 78, 57)  # SOURCES.md: 57x78x64 (x,y,z)
-    assert store.attrs["timestep"] == 20
-    assert list(store.level_names) == ["up0", "up1"]  # mini fuses up0+up1 by default
+    # random weights run at the default weights' timestep and levels (their JSON)
+    meta = json.loads((DATA_DIR / "mini_v2.json").read_text(encoding="utf-8"))
+    assert store.attrs["timestep"] == meta["default_timestep"]
+    assert list(store.level_names) == meta["default_levels"]
 
 
 def test_extract_again_reuses(store_path, ct, capsys):
-    assert main(["extract", str(ct), "-o", str(store_path), "--random-weights"]) == 0
+    """The default timestep is resolved before the cache key: naming it gives the same store."""
+    t = open_store(store_path).attrs["timestep"]
+    assert main(["extract", str(ct), "-o", str(store_path), "--random-weights", "--timestep", str(t)]) == 0
     assert "reused" in capsys.readouterr().out
 
 

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from napari_meddift.backbones import backbone_levels
 from napari_meddift.cli import main
 from napari_meddift.evaluation.metrics import summarize, tre_mm
 from napari_meddift.io.landmarks import read_points
@@ -31,9 +32,12 @@ def test_report_on_the_demo_pair(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "best by tre_mean_mm:" in said and (out / "report.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(out / "report.csv")))
-    # mini's stores hold up0, up1: each level and the fused default (= the pair), 2 timesteps, 3 regions
-    assert {r["configuration"] for r in rows} == {"up0", "up1", "fused (default)"}
-    assert len(rows) == 3 * 2 * 3
+    # mini's stores hold its default levels, up0..up2: each level, each pair and the fused default
+    # (all three), 2 timesteps, 3 regions
+    assert backbone_levels("mini")[1] == ("up0", "up1", "up2")
+    configurations = ["up0", "up1", "up2", "fused (default)", "up0+up1", "up0+up2", "up1+up2"]
+    assert sorted({r["configuration"] for r in rows}) == sorted(configurations)
+    assert len(rows) == 7 * 2 * 3
     doc = json.loads((out / "report.json").read_text())
     assert doc["meta"]["n_points"] == 300 and doc["meta"]["timesteps"] == [0, 20]
 
@@ -65,7 +69,7 @@ def test_report_on_the_demo_pair(tmp_path, capsys):
     assert main(["report", row["source_store"], row["target_store"], "--points", _demo("src"),
                  "--fusion", "up0:3+up1", "--radius", "8", "-o", str(tmp_path / "stores")]) == 0
     rows2 = list(csv.DictReader(open(tmp_path / "stores" / "report.csv")))
-    assert [r["configuration"] for r in rows2] == ["up0", "up1", "fused (default)", "up0:3+up1"]
+    assert [r["configuration"] for r in rows2] == [*configurations, "up0:3+up1"]
     assert rows2[1]["fb_consistent_pct"] == row["fb_consistent_pct"] and rows2[1]["tre_mean_mm"] == ""
 
 

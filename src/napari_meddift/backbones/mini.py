@@ -4,10 +4,11 @@ It works in image space (no autoencoder): the HU-windowed image, scaled to [-1, 
 with the same DDPM schedule as MAISI (scaled_linear_beta 0.0015..0.0195, 1000 steps) and passed
 once through a MONAI ``DiffusionModelUNet``; the outputs of its decoder blocks are the
 descriptor levels, one per block, coarse to fine (``up0`` ...). MONAI's up blocks end with their
-upsampler (all but the last). The default weights, ``mini_v1`` (channels 16, 32, 64), give ``up0``:
-64 channels at 1/2 of the network grid, ``up1``: 32 and ``up2``: 16 channels at full resolution;
-``mini_v2`` (``--weights mini_v2``, channels 16 .. 128) has MAISI's four levels ``up0..up3``. The
-levels of an instance are those of the weights it loaded (their JSON).
+upsampler (all but the last). The default weights, ``mini_v2`` (channels 16 .. 128), have MAISI's
+four levels ``up0..up3``: 128 channels at 1/4 of the network grid, 64 at 1/2, 32 and 16 at full
+resolution; the earlier ``mini_v1`` (``--weights mini_v1``, channels 16, 32, 64) has three. The
+levels of an instance, and the timestep it extracts at unless told, are those of the weights it
+loaded (their JSON).
 
 The network was trained around one isotropic voxel spacing (``spacing_mm`` in the weights' JSON,
 2.5 mm for both shipped weights; mini_v2 saw 2.0-3.0 mm): that is its ``grid_spacing``, and
@@ -15,8 +16,8 @@ extraction resamples every scan to it over the scan's own field of view (``backb
 so a 0.6 mm scan is seen at the scale the network learned, at a fraction of the cost.
 ``--spacing native`` runs on the scan's own grid instead (see docs/model-card.md).
 
-Weights are stored as a float16 state dict (``mini_v1.pt``) with a JSON beside it
-(``mini_v1.json``) that holds the architecture, the training spacing and the file's sha256,
+Weights are stored as a float16 state dict (``mini_v2.pt``) with a JSON beside it
+(``mini_v2.json``) that holds the architecture, the training spacing and the file's sha256,
 which is checked at load.
 """
 
@@ -39,7 +40,7 @@ from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_
 from .capture import capture_levels, check_request, seeded
 from .slabs import slabwise_upsampling
 
-#: Architecture of mini_v1; the JSON beside a weight file overrides it.
+#: Architecture of mini_v1, for weights whose JSON has no ``arch`` (every shipped JSON has one).
 MINI_ARCH: dict[str, Any] = {
     "spatial_dims": 3,
     "in_channels": 1,
@@ -54,21 +55,20 @@ MINI_ARCH: dict[str, Any] = {
     "use_flash_attention": True,
 }
 
-#: Architecture of mini_v2 (shipped beside the default, ``--weights mini_v2``): four levels, so the
-#: coarsest descriptor sees 1/4 of the grid.
+#: Architecture of mini_v2, the default weights: four levels, so the coarsest descriptor sees 1/4 of
+#: the grid.
 MINI_V2_ARCH: dict[str, Any] = {**MINI_ARCH, "channels": [16, 32, 64, 128], "attention_levels": [False] * 4}
 
-#: The spacing mini_v1 was trained at; random-weight controls run on the same grid as trained weights.
+#: The spacing both shipped weights were trained around; random-weight controls run on the same grid.
 TRAINING_SPACING_MM = 2.5
 
 #: Network input sizes are multiples of this (MAISI-like "nearest multiple, at least one").
 SIZE_MULTIPLE = 16
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-#: The default weights. mini_v2 (four levels) ships beside it and loads by name, ``--weights
-#: mini_v2``; it did not beat mini_v1 on the unseen demo scan, so mini_v1 stays the default
-#: (docs/model-card.md).
-DEFAULT_WEIGHTS = DATA_DIR / "mini_v1.pt"
+#: The default weights: mini_v2 (four levels, chosen over mini_v1 on validation pairs,
+#: docs/model-card.md). mini_v1 ships beside it and loads by name, ``--weights mini_v1``.
+DEFAULT_WEIGHTS = DATA_DIR / "mini_v2.pt"
 
 #: Default levels of weights whose JSON names none (mini_v1: up2 is dominated by the noise it
 #: predicts, so up0 + up1; docs/model-card.md).
@@ -151,9 +151,9 @@ def network_input(
 class MiniBackbone:
     """Small image-space diffusion UNet; one level per decoder block, coarse to fine.
 
-    mini_v1 (the default): up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full); mini_v2
-    (``weights="mini_v2"``): up0 (128 ch, 1/4), up1 (64 ch, 1/2), up2 (32 ch, full), up3 (16 ch,
-    full). The class attributes describe the shipped default weights; an instance, the weights it loaded.
+    mini_v2 (the default): up0 (128 ch, 1/4), up1 (64 ch, 1/2), up2 (32 ch, full), up3 (16 ch,
+    full); mini_v1 (``weights="mini_v1"``): up0 (64 ch, 1/2), up1 (32 ch, full), up2 (16 ch, full).
+    The class attributes describe the shipped default weights; an instance, the weights it loaded.
 
     Validation, noising, capture and sample averaging are the shared ones of
     :mod:`napari_meddift.backbones.capture`; this class is the network, its levels and its input.

@@ -35,7 +35,7 @@ def extract_demo_stores(inhale, exhale, cache_dir: Path, random_weights: bool = 
     if progress is not None:
         progress(0, 2, "inhale: loading the mini backbone")
     backbone = get_backbone("mini", random_weights=random_weights)
-    settings = ExtractionSettings(timestep=20, seed=0, samples=1, device="cpu")
+    settings = ExtractionSettings(seed=0, samples=1, device="cpu")  # the weights' own timestep
     stores = []
     for k, (name, volume) in enumerate((("inhale", inhale), ("exhale", exhale))):
         step = None
