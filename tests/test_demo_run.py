@@ -16,10 +16,11 @@ def test_headless_demo_report(tmp_path, capsys):
     identity, mini, control = methods["identity"], methods["mini"], methods["mini (random weights)"]
     # identity is the known displacement of the demo pair (docs/demo.md): 9.90 mm mean
     assert identity["mean"] == pytest.approx(9.90, abs=0.01)
-    # the trained model recovers most of it; the untrained architecture does not (model-card.md)
-    assert mini["mean"] < 0.5 * identity["mean"]
+    # the trained model recovers most of it; the untrained architecture much less: at mini_v2's
+    # t = 0 random filters still see local intensity structure (6.1 mm, README), trained ones 2.5 mm
+    assert mini["mean"] < 0.3 * identity["mean"]
     assert mini["mean"] < 0.5 * control["mean"]
-    assert control["mean"] > 0.8 * identity["mean"]
+    assert control["mean"] > 0.5 * identity["mean"]
     # the stores were cached: a second run reuses them
     stores = sorted(p.name for p in tmp_path.glob("*.zarr"))
     assert stores == ["demo-mini-exhale.zarr", "demo-mini-inhale.zarr",

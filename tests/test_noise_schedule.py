@@ -87,15 +87,18 @@ def test_rflow_store_with_default_settings_records_the_equivalent_timestep(tmp_p
 
 
 def test_ddpm_defaults_keep_t20_and_its_cache_keys(tmp_path):
+    """MAISI DDPM and mini_v1 (weights that record no timestep of their own) keep the paper's t = 20;
+    the default mini_v2 records t = 0. Either way the default is resolved before the cache key."""
     vol = _volume()
     ddpm = M.MaisiBackbone(random_weights=True, width=WIDTH, variant="ddpm", preprocessing=SMALL)
-    mini = MiniBackbone(random_weights=True)
-    for b in (ddpm, mini):
-        assert b.default_timestep == 20
+    v1 = MiniBackbone(weights="mini_v1")
+    v2 = MiniBackbone(random_weights=True)  # built, and defaulting, like the default weights
+    for b, t in ((ddpm, 20), (v1, 20), (v2, 0)):
+        assert b.default_timestep == t
         assert cached_store_path(vol, b, ExtractionSettings(), tmp_path) == cached_store_path(
-            vol, b, ExtractionSettings(timestep=20), tmp_path
+            vol, b, ExtractionSettings(timestep=t), tmp_path
         )
-    store, _ = extract_to_store(vol, mini, ExtractionSettings(), tmp_path / "m.zarr")
+    store, _ = extract_to_store(vol, v1, ExtractionSettings(), tmp_path / "m.zarr")
     assert store.attrs["timestep"] == 20
     assert store.attrs["noise_signal"] == pytest.approx(_ddpm_reference(20), rel=1e-5)
 
@@ -104,7 +107,7 @@ def test_extract_prints_the_timestep_and_its_noise_signal(small_data, tmp_path, 
     ct = small_data / "ct" / "lung_elastix_small.nii.gz"
     assert main(["extract", str(ct), "-o", str(tmp_path / "a.zarr"), "--random-weights"]) == 0
     out = capsys.readouterr().out
-    assert "t=20 noise/signal 0.184 (the backbone's default)" in out
+    assert f"t=0 noise/signal {_ddpm_reference(0):.3f} (the backbone's default)" in out  # mini_v2's own t
     assert main(["extract", str(ct), "-o", str(tmp_path / "b.zarr"), "--random-weights", "--timestep", "50"]) == 0
     want = f"t=50 noise/signal {_ddpm_reference(50):.3f} (given)"
     assert want in capsys.readouterr().out
