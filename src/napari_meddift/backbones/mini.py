@@ -33,7 +33,7 @@ import torch
 from ..errors import MedDiftError
 from ..io.hashing import file_sha256
 from ..io.volume import Volume
-from .noise import NUM_TRAIN_TIMESTEPS, make_scheduler, operating_timestep
+from .noise import NUM_TRAIN_TIMESTEPS, PAPER_TIMESTEP, make_scheduler
 from .preprocessing import PreprocessSettings, window_intensity
 from .preprocessing import network_shape as _network_shape
 from .base import ExtractionSettings, ProgressCallback, resolve_device, resolve_dtype
@@ -102,11 +102,12 @@ def levels_of(meta: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def timestep_of(meta: dict[str, Any]) -> int:
     """The default timestep of weights described by ``meta``: their ``default_timestep`` if it is
-    one (an integer in 0..999), else the paper's operating point on the DDPM schedule (t = 20)."""
+    one (an integer in 0..999), else the paper's operating point, which is a timestep of mini's own
+    DDPM schedule (``PAPER_TIMESTEP``, t = 20): nothing to solve."""
     t = meta.get("default_timestep")
     if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < NUM_TRAIN_TIMESTEPS:
         return t
-    return operating_timestep(make_scheduler())
+    return PAPER_TIMESTEP
 
 
 def _declared_metadata(weights: str | Path | None) -> dict[str, Any]:
@@ -228,7 +229,7 @@ class MiniBackbone:
     def default_timestep(self) -> int:
         """The timestep chosen for these weights on validation pairs (``default_timestep`` in their
         JSON, ``benchmarks/select_mini_levels.py``); weights that record none: the paper's operating
-        point, t = 20 (``noise.operating_timestep``). Random weights: that of the default weights."""
+        point, t = 20 (``noise.PAPER_TIMESTEP``). Random weights: that of the default weights."""
         return timestep_of(self.metadata)
 
     @staticmethod
